@@ -1,0 +1,38 @@
+"""The exceptions metaembed raises at its public boundary.
+
+Every error a user can cause by passing bad input is a subclass of both
+:class:`MetaEmbedError` and the matching built-in (``ValueError`` or
+``TypeError``), so callers can catch either the project-wide family or the
+familiar built-in.
+"""
+
+from __future__ import annotations
+
+
+class MetaEmbedError(Exception):
+    """Base class of every error raised by metaembed on purpose."""
+
+
+class BudgetError(MetaEmbedError, ValueError):
+    """A budget ``(r_q, r_c)`` is malformed or larger than what is available."""
+
+
+class InputError(MetaEmbedError, ValueError):
+    """An item, batch or file given by the user cannot be used as it is."""
+
+
+class ItemTypeError(MetaEmbedError, TypeError):
+    """An item has a type metaembed does not know how to encode."""
+
+
+class IndexStateError(MetaEmbedError, ValueError):
+    """An index operation cannot be done: unknown or duplicate ids, a path that
+    is not an index, vectors of the wrong shape, and the like."""
+
+__all__ = [
+    "MetaEmbedError",
+    "BudgetError",
+    "InputError",
+    "ItemTypeError",
+    "IndexStateError",
+]
