@@ -40,6 +40,9 @@ def encode_item(
     images = [load_image(image) for image in item.images]
     prompt = template.render(item.text, len(images), side, item.instruction)
     encoded = adapter.encode(prompt, images)
+    backbone_limit = adapter.max_content_tokens(num_meta_tokens)
+    if backbone_limit is not None:
+        max_length = min(max_length, backbone_limit)
     if len(encoded.input_ids) > max_length:
         # cut text on the right, as the official Truncation does; never cut into an image
         if adapter.image_token_id is not None and adapter.image_token_id in encoded.input_ids[max_length:]:

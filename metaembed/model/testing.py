@@ -112,11 +112,27 @@ def _qwen_processor_dir(patch_size: int) -> str:
 
 
 def _qwen_ids(processor_dir: str) -> dict[str, int]:
-    ids = {name: QWEN_SPECIAL_TOKENS.index(token) for name, token in (
+    return {name: QWEN_SPECIAL_TOKENS.index(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
     )}  # fmt: skip
-    return ids
+
+
+def _qwen_text(*, rope_theta: float, mrope: bool = True, **extra: Any) -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": rope_theta}
+    if mrope:  # the 3-D rotary sections must sum to head_dim / 2 = 8
+        rope["mrope_section"] = [2, 3, 3]
+        if extra.pop("mrope_interleaved", False):
+            rope["mrope_interleaved"] = True
+    return dict(
+        _TEXT,
+        vocab_size=512,
+        bos_token_id=None,
+        eos_token_id=QWEN_SPECIAL_TOKENS.index("<|im_end|>"),
+        pad_token_id=QWEN_SPECIAL_TOKENS.index("<|endoftext|>"),
+        rope_parameters=rope,
+        **extra,
+    )
 
 
 def _qwen2_vl() -> tuple[PretrainedConfig, str]:
@@ -124,22 +140,111 @@ def _qwen2_vl() -> tuple[PretrainedConfig, str]:
 
     processor = _qwen_processor_dir(14)
     config = Qwen2VLConfig(
-        text_config=dict(
-            _TEXT,
-            vocab_size=512,
-            bos_token_id=None,
-            eos_token_id=QWEN_SPECIAL_TOKENS.index("<|im_end|>"),
-            pad_token_id=QWEN_SPECIAL_TOKENS.index("<|endoftext|>"),
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        ),
+        text_config=_qwen_text(rope_theta=1e6),
         vision_config=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, hidden_size=64),
         **_qwen_ids(processor),
     )
     return config, processor
 
 
+def _qwen2_5_vl() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen2_5_VLConfig
+
+    processor = _qwen_processor_dir(14)
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(rope_theta=1e6),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=14, window_size=56, fullatt_block_indexes=[1],
+        ),  # fmt: skip
+        **_qwen_ids(processor),
+    )
+    return config, processor
+
+
+def _qwen3_vl() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen3VLConfig
+
+    processor = _qwen_processor_dir(16)
+    config = Qwen3VLConfig(
+        text_config=_qwen_text(rope_theta=5e5, head_dim=16, mrope_interleaved=True),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=16, num_position_embeddings=144, deepstack_visual_indexes=[0, 1],
+        ),  # fmt: skip
+        **_qwen_ids(processor),
+    )
+    return config, processor
+
+
+@functools.lru_cache(maxsize=None)
+def _text_processor_dir(kind: str) -> str:
+    path = _scratch_dir(kind)
+    if kind == "bert":
+        tokenizer = wordpiece()
+    elif kind == "gemma":
+        tokenizer = byte_level_bpe(
+            ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+            pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        )  # fmt: skip
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(path))
+    else:  # qwen text LMs
+        tokenizer = byte_level_bpe(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def _qwen2() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**_qwen_text(rope_theta=1e6, mrope=False)), _text_processor_dir("qwen_text")
+
+
+def _qwen3() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**_qwen_text(rope_theta=1e6, mrope=False, head_dim=16)), _text_processor_dir("qwen_text")
+
+
+def _bert() -> tuple[PretrainedConfig, str]:
+    from transformers import BertConfig
+
+    config = BertConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    return config, _text_processor_dir("bert")
+
+
+def _paligemma() -> tuple[PretrainedConfig, str]:
+    from transformers import PaliGemmaConfig
+
+    config = PaliGemmaConfig(
+        text_config=dict(
+            model_type="gemma2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1,
+            bos_token_id=2, sliding_window=64,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=32, patch_size=8, projection_dim=64,
+        ),
+        image_token_id=4,
+        projection_dim=64,
+    )  # fmt: skip
+    return config, _text_processor_dir("gemma")
+
+
 _FAMILIES: dict[str, Callable[[], tuple[PretrainedConfig, str]]] = {
     "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
+    "paligemma": _paligemma,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "bert": _bert,
 }
 
 

@@ -142,6 +142,10 @@ class BackboneAdapter:
             return None
         return int(self.tokenizer.convert_tokens_to_ids(self.image_token))
 
+    def max_content_tokens(self, num_meta_tokens: int) -> int | None:
+        """Most content tokens an item may have before the Meta Tokens (``None``: no backbone limit)."""
+        return None
+
     # --------------------------------------------------------------- per item
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids of a rendered prompt; the template carries all special tokens."""
@@ -196,7 +200,7 @@ def register(adapter: type[BackboneAdapter]) -> type[BackboneAdapter]:
 
 def _load_families() -> None:
     # Importing the family modules runs their @register decorators.
-    from metaembed.model.backbones import encoder, causal_lm, qwen_vl  # noqa: F401
+    from metaembed.model.backbones import causal_lm, encoder, paligemma, qwen_vl  # noqa: F401
 
 
 def families() -> list[str]:
