@@ -154,6 +154,11 @@ class MetaEmbedModel(nn.Module):
         dtype = _resolve_dtype(dtype)
         if saving.is_saved_model(path_or_id):
             model = saving.load(cls, path_or_id, dtype=dtype)
+        elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
+            raise InputError(
+                f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
+                "nor a Hugging Face model folder (no config.json)"
+            )
         else:
             config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=str(dtype).removeprefix("torch.") if dtype else None)
             model = cls.from_config(config)
