@@ -149,11 +149,13 @@ class MetaEmbedModel(nn.Module):
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
         """
-        from metaembed.model import saving
+        from metaembed.model import official, saving
 
         dtype = _resolve_dtype(dtype)
         if saving.is_saved_model(path_or_id):
             model = saving.load(cls, path_or_id, dtype=dtype)
+        elif official.is_official_checkpoint(path_or_id):
+            model = official.load_official(cls, path_or_id, dtype=dtype)
         elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
             raise InputError(
                 f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
@@ -165,6 +167,18 @@ class MetaEmbedModel(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+    @classmethod
+    def from_official(cls, path: str | Path, **options: Any) -> "MetaEmbedModel":
+        """Convert a checkpoint of the official MetaEmbed code (PEFT adapter or full folder).
+
+        ``options``: ``base``, ``num_query_tokens`` (16), ``num_candidate_tokens`` (64),
+        ``processor``, ``dtype``, ``max_visual_tokens`` (1024); see
+        :func:`metaembed.model.official.load_official`.
+        """
+        from metaembed.model import official
+
+        return official.load_official(cls, path, **options).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""

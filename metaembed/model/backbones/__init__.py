@@ -45,7 +45,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from metaembed.errors import InputError
 from metaembed.model.templates import PromptTemplate
@@ -89,9 +96,22 @@ class BackboneAdapter:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load_backbone(cls, source: str | PretrainedConfig, dtype: torch.dtype | None = None) -> PreTrainedModel:
-        """The base model (no LM head) from a config object (random init) or a folder / id."""
+        """The base model (no LM head) from a config object (random init) or a folder / id.
+
+        A vision-language checkpoint saved as ``...ForConditionalGeneration`` (or a
+        subclass, as the official ``LastQwen2_5``) is loaded with its own class and
+        its base model taken out: loading it straight into the base class mis-maps
+        the vision-tower keys in transformers 5.
+        """
         if isinstance(source, PretrainedConfig):
             return AutoModel.from_config(source, dtype=dtype)
+        if cls.supports_images:
+            architectures = AutoConfig.from_pretrained(source).architectures or []
+            if architectures and not architectures[0].endswith("Model"):
+                full = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+                backbone = full.model
+                del full  # drop the LM head
+                return backbone
         return AutoModel.from_pretrained(source, dtype=dtype)
 
     @classmethod
