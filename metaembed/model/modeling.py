@@ -23,7 +23,7 @@ from metaembed.errors import BudgetError, InputError
 from metaembed.model import pooling
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
-from metaembed.model.items import ItemLike, to_items
+from metaembed.model.items import Item, ItemLike, to_items
 from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
 from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
@@ -38,6 +38,11 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if not isinstance(resolved, torch.dtype):
         raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return resolved
+
+
+def _size_hint(item: Item) -> tuple[int, int]:
+    """Cheap sort key for batching: images first (they dominate length), then text length."""
+    return (len(item.images), len(item.text or ""))
 
 
 class MetaEmbedModel(nn.Module):
@@ -105,6 +110,16 @@ class MetaEmbedModel(nn.Module):
     def tokenizer(self) -> Any:
         """The backbone's tokenizer."""
         return self.adapter.tokenizer
+
+    def num_appended(self, side: Side) -> int:
+        """Meta Token slots after an input of ``side`` (0 for the baseline poolings).
+
+        All ``R_q + R_c`` rows, except a query on a causal backbone, which stops
+        after its ``R_q`` rows (the later rows cannot change them).
+        """
+        if self.meta_tokens is None:
+            return 0
+        return self.meta_tokens.num_appended(side, causal=self.adapter.causal)
 
     def num_vectors(self, side: Side) -> int:
         """``R`` for ``side``."""
@@ -223,7 +238,7 @@ class MetaEmbedModel(nn.Module):
             self.template,
             to_items(items, instruction=instruction),
             side,
-            num_meta_tokens=self.meta_tokens.num_rows if self.meta_tokens is not None else 0,
+            num_meta_tokens=self.num_appended(side),
             max_length=self.config.max_length,
             padding_side=padding_side,
         )
@@ -235,10 +250,11 @@ class MetaEmbedModel(nn.Module):
         batch = {key: value.to(device) for key, value in batch.items()}
         attention_mask = batch["attention_mask"]
         if self.meta_tokens is not None:
-            slots = last_valid_mask(attention_mask, self.meta_tokens.num_rows)
-            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots):
+            count = self.num_appended(side)
+            slots = last_valid_mask(attention_mask, count)
+            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, count):
                 hidden = self.adapter.run(batch)
-            meta_states = hidden[slots].view(hidden.shape[0], self.meta_tokens.num_rows, hidden.shape[-1])
+            meta_states = hidden[slots].view(hidden.shape[0], count, hidden.shape[-1])
             vectors = self.meta_tokens.read_out(meta_states, side)
         else:
             hidden = self.adapter.run(batch)
@@ -296,15 +312,19 @@ class MetaEmbedModel(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         normalised = to_items(items, instruction=instruction)
-        starts = range(0, len(normalised), batch_size)
+        # Encode in order of decreasing size so each batch holds items of similar
+        # length (less padding); results do not depend on the batch (padding-invariant).
+        order = sorted(range(len(normalised)), key=lambda i: _size_hint(normalised[i]), reverse=True)
+        starts = range(0, len(order), batch_size)
         # None lets tqdm show the bar only on a terminal; a single batch never needs one
         disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
-        outputs = []
+        output = torch.empty(len(order), keep, self.embedding_dim)
         with self._evaluating(), torch.inference_mode():
             for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
-                batch = self.prepare(normalised[start : start + batch_size], side)
-                outputs.append(self.forward(batch, side)[:, :keep].float().cpu())
-        return torch.cat(outputs)
+                chosen = order[start : start + batch_size]
+                batch = self.prepare([normalised[i] for i in chosen], side)
+                output[chosen] = self.forward(batch, side)[:, :keep].float().cpu()
+        return output
 
     def resolve_budget(self, budget: int | Budget | str | None, side: Side) -> int:
         """The prefix length for ``side``: ``budget`` as an int, a Budget's r_q / r_c, or all vectors."""

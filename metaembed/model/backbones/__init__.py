@@ -7,6 +7,9 @@ class attributes and override what differs, then decorate it with
 ``family`` / ``model_types``
     the adapter's name and the Hugging Face ``config.model_type`` values it
     serves (used to detect the family of a checkpoint).
+``causal``
+    whether the backbone attends causally (then a query need not carry the
+    candidate Meta Tokens, which cannot influence its own).
 ``supports_images`` / ``image_token``
     whether items may carry images, and the placeholder token that image
     features replace (the template's ``image_placeholder`` contains it).
@@ -82,6 +85,8 @@ class BackboneAdapter:
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     supports_images: ClassVar[bool] = False
+    #: causal attention: queries may skip the candidate Meta Tokens (see MetaTokens.num_appended)
+    causal: ClassVar[bool] = True
     image_token: ClassVar[str | None] = None
     default_template: ClassVar[PromptTemplate] = PromptTemplate()
     #: peft ``target_modules`` regex (full match on module names) for :meth:`MetaEmbedModel.add_lora`
