@@ -233,14 +233,20 @@ class MetaEmbedModel(nn.Module):
         images. ``instruction`` applies to items without their own.
         """
         self._check_side(side)
+        return self._build(to_items(items, instruction=instruction), side, padding_side=padding_side)
+
+    def _build(
+        self, items: Sequence[Item], side: Side, *, padding_side: str = "left", item_numbers: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
         return build_batch(
             self.adapter,
             self.template,
-            to_items(items, instruction=instruction),
+            items,
             side,
             num_meta_tokens=self.num_appended(side),
             max_length=self.config.max_length,
             padding_side=padding_side,
+            item_numbers=item_numbers,
         )
 
     def forward(self, batch: Mapping[str, torch.Tensor], side: Side) -> torch.Tensor:
@@ -322,7 +328,7 @@ class MetaEmbedModel(nn.Module):
         with self._evaluating(), torch.inference_mode():
             for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
                 chosen = order[start : start + batch_size]
-                batch = self.prepare([normalised[i] for i in chosen], side)
+                batch = self._build([normalised[i] for i in chosen], side, item_numbers=chosen)
                 output[chosen] = self.forward(batch, side)[:, :keep].float().cpu()
         return output
 

@@ -229,6 +229,14 @@ def _text_processor_dir(kind: str) -> str:
     path = _scratch_dir(kind)
     if kind == "bert":
         tokenizer = wordpiece()
+    elif kind == "llama":
+        tokenizer = byte_level_bpe(
+            ["<|begin_of_text|>", "<|end_of_text|>", "<|image|>", "<|finetune_right_pad_id|>"],
+            bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
+        )  # fmt: skip
+        from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+        MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2).save_pretrained(str(path))
     elif kind == "gemma":
         tokenizer = byte_level_bpe(
             ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
@@ -284,7 +292,38 @@ def _paligemma() -> tuple[PretrainedConfig, str]:
     return config, _text_processor_dir("gemma")
 
 
+def _mllama() -> tuple[PretrainedConfig, str]:
+    from transformers import MllamaConfig
+
+    config = MllamaConfig(
+        text_config=dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, cross_attention_layers=[1],
+            num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2, intermediate_size=64,
+            image_size=28, patch_size=14, max_num_tiles=2, intermediate_layers_indices=[0], vision_output_dim=64,
+            supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+        ),
+        image_token_index=2,
+    )  # fmt: skip
+    return config, _text_processor_dir("llama")
+
+
+def _open_cross_attention_gates(model: MetaEmbedModel) -> None:
+    # Mllama initialises its cross-attention gates at 0 (tanh(0) = 0: images invisible
+    # until trained); a random test model should see its images.
+    with torch.no_grad():
+        for name, parameter in model.backbone.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(0.5)
+
+
+_AFTER_INIT: dict[str, Callable[[MetaEmbedModel], None]] = {"mllama": _open_cross_attention_gates}
+
 _FAMILIES: dict[str, Callable[[], tuple[PretrainedConfig, str]]] = {
+    "mllama": _mllama,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -351,6 +390,8 @@ def tiny_model(
             adapter = get_adapter(family)
             image_processor = adapter.load_image_processor(processor, config) if adapter.supports_images else None
             model = MetaEmbedModel(config, adapter.load_backbone(backbone), tokenizer, image_processor)
+    if family in _AFTER_INIT:
+        _AFTER_INIT[family](model)
     return model.eval()
 
 

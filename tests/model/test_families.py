@@ -8,7 +8,7 @@ import torch
 from metaembed.errors import InputError
 from metaembed.model.testing import tiny_families, tiny_model
 
-VISION_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma"}
+VISION_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "mllama"}
 
 
 @pytest.fixture(scope="module", params=tiny_families())
@@ -24,7 +24,7 @@ def _items(model, images):
 
 
 def test_every_family_is_covered():
-    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "qwen2", "qwen3", "bert"} <= set(tiny_families())
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "mllama", "qwen2", "qwen3", "bert"} <= set(tiny_families())
 
 
 def test_family_shapes_padding_and_sensitivity(family_model, images):

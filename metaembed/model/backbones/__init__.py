@@ -24,9 +24,10 @@ class attributes and override what differs, then decorate it with
 ``process_images(images)``
     PIL images → ``(tensors, tokens_per_image)``; the image placeholder of the
     i-th image is expanded to ``tokens_per_image[i]`` tokens.
-``collate_images(per_item)`` / ``token_features(input_ids)``
-    batch the per-item image tensors; derive per-token tensors
-    (``mm_token_type_ids`` for Qwen-VL) from the padded ids.
+``collate(encoded, input_ids, attention_mask)``
+    the batch's extra tensors: by default the image tensors of the items that
+    have images, concatenated, plus ``token_features(input_ids)`` (per-token
+    tensors such as Qwen-VL's ``mm_token_type_ids``).
 ``lora_target_modules``
     the default peft target regex (the language model's attention and MLP).
 ``run(batch)``
@@ -203,10 +204,19 @@ class BackboneAdapter:
         return EncodedItem(expanded, tensors)
 
     # ------------------------------------------------------------------ batch
-    def collate_images(self, per_item: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Batch the image tensors of the items that have images (default: concatenate on dim 0)."""
-        keys = {key for tensors in per_item for key in tensors}
-        return {key: torch.cat([tensors[key] for tensors in per_item if key in tensors]) for key in sorted(keys)}
+    def collate(
+        self, encoded: Sequence[EncodedItem], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Extra batch tensors for the padded ``input_ids`` / ``attention_mask`` ``(B, L)``.
+
+        Default: :meth:`token_features` plus the image tensors of the items that
+        have images, concatenated on dim 0 (in item order).
+        """
+        batch = self.token_features(input_ids)
+        per_item = [item.images for item in encoded if item.images]
+        keys = sorted({key for tensors in per_item for key in tensors})
+        batch.update({key: torch.cat([tensors[key] for tensors in per_item if key in tensors]) for key in keys})
+        return batch
 
     def token_features(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra per-token tensors the backbone needs, derived from padded ids."""
@@ -225,7 +235,7 @@ def register(adapter: type[BackboneAdapter]) -> type[BackboneAdapter]:
 
 def _load_families() -> None:
     # Importing the family modules runs their @register decorators.
-    from metaembed.model.backbones import causal_lm, encoder, paligemma, qwen_vl  # noqa: F401
+    from metaembed.model.backbones import causal_lm, encoder, mllama, paligemma, qwen_vl  # noqa: F401
 
 
 def families() -> list[str]:
