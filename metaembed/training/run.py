@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainingArguments, set_seed
 
 from metaembed.budget import Budget
@@ -102,6 +103,8 @@ def training_arguments(config: TrainingConfig) -> TrainingArguments:
         # Meta Tokens of both sides and every LoRA layer are used at every step
         ddp_find_unused_parameters=False,
         report_to="none",
+        # without a GPU, accelerate only sets up multi-process (gloo) training when told to use the CPU
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
     values.update(config.trainer_args)
