@@ -151,6 +151,10 @@ class _ParquetRecords(Sequence[Mapping[str, Any]]):
         return self._table.slice(index, 1).to_pylist()[0]
 
 
+def _has_data_files(folder: Path) -> bool:
+    return any(p.suffix in (".parquet", ".jsonl", ".json") for p in folder.iterdir())
+
+
 def _read_records(path: Path) -> Sequence[Mapping[str, Any]]:
     """Records of a ``.jsonl`` / ``.json`` (list) / ``.parquet`` file, or of all such files in a folder."""
     if path.is_dir():
@@ -303,7 +307,8 @@ def load_mmeb_train(
         raise InputError(f"MMEB-train folder not found: {root}")
     images = Path(image_root) if image_root is not None else root
     if subsets is None:
-        subsets = {p.name: default for p in sorted(root.iterdir()) if p.is_dir()}
+        # subset folders are those holding data files (an image folder beside them is not one)
+        subsets = {p.name: default for p in sorted(root.iterdir()) if p.is_dir() and _has_data_files(p)}
         if not subsets:
             raise InputError(f"no subset folders in {root}; expected {root}/<Subset>/*.parquet")
     sources = []
