@@ -1,0 +1,245 @@
+"""An on-disk cache of multi-vector embeddings, written shard by shard so a run can resume.
+
+Layout::
+
+    <cache_dir>/<model key>/<data set>/<side>/manifest.json
+    <cache_dir>/<model key>/<data set>/<side>/shard-00000.safetensors   (items 0..S-1)
+    ...
+
+The manifest records the model identity, the data set, the side ("queries" /
+"candidates"), a fingerprint of the items (texts, image paths, instructions)
+and the shards written so far. Each shard is written to a temporary name and
+renamed, and the manifest is rewritten after every shard, so an interrupted run
+leaves only whole shards and resumes after the last one. A manifest whose
+fingerprint or model differs means the cache is stale: it is cleared and the
+side is encoded again. A shard that cannot be read raises
+:class:`~metaembed.errors.InputError` naming it (delete it to re-encode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from metaembed.errors import InputError
+from metaembed.evaluation.tasks import fingerprint_items
+from metaembed.model.items import Item
+
+MANIFEST = "manifest.json"
+_FORMAT = 1
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return repr(value)
+
+
+def _parameter_digest(model: Any) -> str | None:
+    """A cheap digest of a few weight tensors: two randomly initialised models with
+    the same config must not share a cache."""
+    parameters = getattr(model, "parameters", None)
+    if not callable(parameters):
+        return None
+    digest = hashlib.sha256()
+    tensors = list(parameters())
+    if not tensors:
+        return None
+    for tensor in tensors[:4] + tensors[-4:]:
+        sample = tensor.detach().reshape(-1)[:4096].to("cpu", torch.float32)
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: Any, name: str | None = None) -> dict[str, Any]:
+    """What identifies an encoder in cache keys: a name, its class, its config and a
+    digest of some of its weights (when it has ``parameters()``).
+
+    ``name`` defaults to ``model.name_or_path`` or the class name.
+    """
+    label = name or getattr(model, "name_or_path", None) or type(model).__name__
+    config = getattr(model, "config", None)
+    return {
+        "name": str(label),
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": json.loads(json.dumps(config, default=_jsonable, sort_keys=True)) if config is not None else None,
+        "weights": _parameter_digest(model),
+        "num_query_tokens": getattr(model, "num_query_tokens", None),
+        "num_candidate_tokens": getattr(model, "num_candidate_tokens", None),
+    }
+
+
+def model_key(identity: dict[str, Any]) -> str:
+    """A folder name for ``identity``: a readable prefix and a hash of the whole."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity["name"]).name)[:48] or "model"
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+@dataclass
+class EmbeddingCache:
+    """The cached embeddings of one side of one data set for one model.
+
+    ``encode`` takes a list of items and returns ``(n, R, D)`` float; the cache
+    calls it once per missing shard of ``shard_size`` items. ``dtype`` is the
+    storage type ("float16" halves the disk of float32; scoring converts back
+    to float32).
+    """
+
+    folder: Path
+    identity: dict[str, Any]
+    dataset: str
+    side: str
+    shard_size: int = 256
+    dtype: str = "float16"
+    encode_calls: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise InputError(f"cache dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.shard_size < 1:
+            raise InputError(f"shard_size must be at least 1, got {self.shard_size}")
+
+    @classmethod
+    def for_model(
+        cls, cache_dir: str | Path, identity: dict[str, Any], dataset: str, side: str, **options: Any
+    ) -> "EmbeddingCache":
+        """The cache of ``side`` of ``dataset`` under ``cache_dir`` for the model ``identity``."""
+        folder = Path(cache_dir) / model_key(identity) / _safe_name(dataset) / side
+        return cls(folder=folder, identity=identity, dataset=dataset, side=side, **options)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(
+                f"cache manifest {self.manifest_path} is unreadable ({error}); delete {self.folder} to re-encode"
+            ) from None
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+            raise InputError(
+                f"cache manifest {self.manifest_path} is not a metaembed cache manifest; delete {self.folder}"
+            )
+        return manifest
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        partial = self.manifest_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        partial.replace(self.manifest_path)
+
+    def _fresh_manifest(self, fingerprint: str, count: int) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "model": self.identity,
+            "dataset": self.dataset,
+            "side": self.side,
+            "fingerprint": fingerprint,
+            "num_items": count,
+            "shard_size": self.shard_size,
+            "dtype": self.dtype,
+            "shards": [],
+        }
+
+    def _load_shard(self, name: str, expected_rows: int) -> torch.Tensor:
+        path = self.folder / name
+        if not path.is_file():
+            raise InputError(f"cached shard {path} listed in {self.manifest_path} is missing; delete {self.folder}")
+        try:
+            tensor = load_file(path)["embeddings"]
+        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            raise InputError(
+                f"cached shard {path} is corrupt ({error}); delete it (or {self.folder}) to re-encode"
+            ) from None
+        if tensor.ndim != 3 or tensor.shape[0] != expected_rows:
+            raise InputError(
+                f"cached shard {path} holds shape {tuple(tensor.shape)}, expected {expected_rows} items; "
+                f"delete {self.folder} to re-encode"
+            )
+        return tensor
+
+    def cached_items(self, items: Sequence[Item]) -> int:
+        """How many of ``items`` are already encoded in this cache (0 if stale)."""
+        manifest = self._read_manifest()
+        if manifest is None or manifest["fingerprint"] != fingerprint_items(items) or manifest["model"] != self.identity:
+            return 0
+        return sum(shard["stop"] - shard["start"] for shard in manifest["shards"])
+
+    def get_or_encode(
+        self,
+        items: Sequence[Item],
+        encode: Callable[[list[Item]], torch.Tensor],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """All embeddings of ``items`` as ``(N, R, D)`` in the storage dtype, encoding
+        only the shards the cache lacks. ``progress(done, total)`` is called after
+        each shard."""
+        fingerprint = fingerprint_items(items)
+        manifest = self._read_manifest()
+        if manifest is not None and (
+            manifest["fingerprint"] != fingerprint
+            or manifest["model"] != self.identity
+            or manifest["shard_size"] != self.shard_size
+            or manifest["dtype"] != self.dtype
+        ):
+            # Stale (the data, model or storage changed): start over.
+            for stale in self.folder.glob("shard-*.safetensors"):
+                stale.unlink()
+            manifest = None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if manifest is None:
+            manifest = self._fresh_manifest(fingerprint, len(items))
+            self._write_manifest(manifest)
+
+        done = {shard["start"]: shard for shard in manifest["shards"]}
+        parts: list[torch.Tensor] = []
+        for start in range(0, len(items), self.shard_size):
+            stop = min(start + self.shard_size, len(items))
+            shard = done.get(start)
+            if shard is not None and shard["stop"] == stop:
+                parts.append(self._load_shard(shard["file"], stop - start))
+            else:
+                embeddings = encode(list(items[start:stop]))
+                self.encode_calls += 1
+                if embeddings.ndim != 3 or embeddings.shape[0] != stop - start:
+                    raise InputError(
+                        f"the encoder returned shape {tuple(embeddings.shape)} for {stop - start} items; "
+                        "expected (items, vectors, dim)"
+                    )
+                stored = embeddings.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
+                name = f"shard-{start // self.shard_size:05d}.safetensors"
+                partial = self.folder / (name + ".partial")
+                save_file({"embeddings": stored}, str(partial))
+                partial.replace(self.folder / name)
+                manifest["shards"].append({"file": name, "start": start, "stop": stop})
+                self._write_manifest(manifest)
+                parts.append(stored)
+            if progress is not None:
+                progress(stop, len(items))
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) > 1:
+            raise InputError(f"cached shards in {self.folder} disagree on (vectors, dim): {sorted(shapes)}")
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+__all__ = ["EmbeddingCache", "model_identity", "model_key"]
