@@ -64,8 +64,8 @@ def _parameter_digest(model: Any) -> str | None:
 
 
 def model_identity(model: Any, name: str | None = None) -> dict[str, Any]:
-    """What identifies an encoder in cache keys: a name, its class, its config and a
-    digest of some of its weights (when it has ``parameters()``).
+    """What identifies an encoder in cache keys: a name, its config, its numbers of
+    Meta Tokens and a digest of some of its weights (when it has ``parameters()``).
 
     ``name`` defaults to ``model.name_or_path`` or the class name.
     """
@@ -73,7 +73,6 @@ def model_identity(model: Any, name: str | None = None) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return {
         "name": str(label),
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "config": json.loads(json.dumps(config, default=_jsonable, sort_keys=True)) if config is not None else None,
         "weights": _parameter_digest(model),
         "num_query_tokens": getattr(model, "num_query_tokens", None),

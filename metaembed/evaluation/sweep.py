@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from metaembed.budget import Budget, BudgetLike, parse_ladder
+from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
 from metaembed.errors import InputError
 from metaembed.evaluation.benchmarks import Benchmark
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
@@ -174,8 +174,9 @@ def run_sweep(
         out_dir: where ``results.json``, ``results.md`` and ``results.png`` go
             (``None``: write nothing). ``results.json`` is rewritten after each
             data set, so a long run shows its progress.
-        ladder: budgets ``"r_q,r_c"`` (default the paper's ladder); each must fit
-            the model's numbers of Meta Tokens.
+        ladder: budgets ``"r_q,r_c"``; each must fit the model's numbers of Meta
+            Tokens. Default: the paper's ladder, cut to the budgets the model can
+            serve, plus its full budget ``(R_q, R_c)``.
         cache_dir: embedding cache (default ``<out_dir>/cache``); re-running with
             the same model and data reuses every shard already encoded.
         datasets: names of the data sets to run (default: all present).
@@ -193,11 +194,7 @@ def run_sweep(
     Returns:
         a :class:`SweepResult` (also written to ``out_dir`` when given).
     """
-    budgets = parse_ladder(ladder)
-    max_r_q = getattr(model, "num_query_tokens", None)
-    max_r_c = getattr(model, "num_candidate_tokens", None)
-    for budget in budgets:
-        budget.check_within(max_r_q, max_r_c, "the model")
+    budgets = _ladder_for(model, ladder)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if out_dir is None and cache_dir is None:
@@ -258,6 +255,25 @@ def run_sweep(
     if out_path is not None:
         write_report(result, out_path)
     return result
+
+
+def _ladder_for(model: MultiVectorEncoder, ladder: str | Sequence[BudgetLike] | None) -> tuple[Budget, ...]:
+    """The budgets to sweep: ``ladder`` checked against the model's Meta Tokens, or by
+    default the paper's ladder cut to what the model has (plus its full budget)."""
+    max_r_q = getattr(model, "num_query_tokens", None)
+    max_r_c = getattr(model, "num_candidate_tokens", None)
+    if ladder is not None:
+        budgets = parse_ladder(ladder)
+        for budget in budgets:
+            budget.check_within(max_r_q, max_r_c, "the model")
+        return budgets
+    fitting = [
+        b for b in DEFAULT_LADDER
+        if (max_r_q is None or b.r_q <= max_r_q) and (max_r_c is None or b.r_c <= max_r_c)
+    ]
+    if max_r_q is not None and max_r_c is not None:
+        fitting.append(Budget(max_r_q, max_r_c))
+    return parse_ladder(fitting)
 
 
 def _task_info(task: Task, seconds: float) -> dict[str, Any]:

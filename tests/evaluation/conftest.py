@@ -227,7 +227,7 @@ class FakeEncoder:
     adds item-specific noise so that budgets differ. Counts the items it encodes.
     """
 
-    def __init__(self, num_query_tokens: int = 4, num_candidate_tokens: int = 8, dim: int = 32) -> None:
+    def __init__(self, num_query_tokens: int = 4, num_candidate_tokens: int = 8, dim: int = 128) -> None:
         self.num_query_tokens = num_query_tokens
         self.num_candidate_tokens = num_candidate_tokens
         self.dim = dim
@@ -253,7 +253,7 @@ class FakeEncoder:
             base = sum((_token_vector(t, self.dim) for t in tokens), torch.zeros(self.dim))
             key = json.dumps(tokens)
             for r in range(vectors):
-                vector = base + 0.5 * _token_vector(f"{key}#{r}", self.dim)
+                vector = base + 0.2 * _token_vector(f"{key}#{r}", self.dim)
                 out[row, r] = vector / vector.norm()
         return out
 
