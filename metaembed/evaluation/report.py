@@ -24,6 +24,39 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _si(value: float, binary: bool = False) -> str:
+    """``2048`` -> ``"2.05 k"`` (or ``"2 Ki"`` with ``binary``)."""
+    base, prefixes = (1024.0, ["", " Ki", " Mi", " Gi", " Ti"]) if binary else (1000.0, ["", " k", " M", " G", " T"])
+    for prefix in prefixes:
+        if abs(value) < base or prefix == prefixes[-1]:
+            return f"{value:.3g}{prefix}"
+        value /= base
+    raise AssertionError("unreachable")
+
+
+def _budget_key(budget: str) -> tuple[int, int]:
+    r_q, r_c = budget.split(",")
+    return int(r_q), int(r_c)
+
+
+def _paper_table(result: SweepResult) -> list[str]:
+    """Our headline average beside the published one, over our budgets and theirs."""
+    label = "Overall" if result.benchmark == "mmeb" else "Average"
+    budgets = sorted(set(result.ladder) | {b for values in result.paper.values() for b in values}, key=_budget_key)
+    ours = result.groups.get(label, {})
+    lines = [
+        "",
+        f"## {label} beside the paper ({result.headline_metric} × 100; – = not run / not published)",
+        "",
+        f"| Model | {_budget_header(budgets)} |",
+        "|" + "---|" * (len(budgets) + 1),
+        f"| {result.model} (this run) | " + " | ".join(_percent(ours.get(b)) for b in budgets) + " |",
+    ]
+    for model, values in result.paper.items():
+        lines.append(f"| {model} (paper) | " + " | ".join(f"{values[b]:.1f}" if b in values else "–" for b in budgets) + " |")
+    return lines
+
+
 def _budget_header(ladder: list[str]) -> str:
     return " | ".join(f"({b})" for b in ladder)
 
@@ -60,7 +93,7 @@ def markdown_table(result: SweepResult) -> str:
             label = f"{name} ({split})" if split else name
             values = [_percent(result.datasets[name][b].get(metric)) for b in ladder]
             lines.append(f"| {label} | " + " | ".join(values) + " |")
-    lines += ["", "## Averages over data sets", "", header, rule]
+    lines += ["", "## Averages over data sets", "", header.replace("Data set", "Group", 1), rule]
     for label, values in result.groups.items():
         lines.append(f"| **{label}** | " + " | ".join(_percent(values.get(b)) for b in ladder) + " |")
     if result.benchmark == "mmeb" and len(result.datasets) < 36:
@@ -77,23 +110,13 @@ def markdown_table(result: SweepResult) -> str:
                 row.append(_percent(sum(values) / len(values)) if values else "–")
             lines.append(f"| {name} | " + " | ".join(row) + " |")
     if result.paper:
-        label = "Overall" if result.benchmark == "mmeb" else "Average"
-        lines += ["", f"## Published {label} ({metric} × 100), beside ours", "", header, rule]
-        ours = result.groups.get(label, {})
-        lines.append(f"| {result.model} (this run) | " + " | ".join(_percent(ours.get(b)) for b in ladder) + " |")
-        for model, values in result.paper.items():
-            cells = [f"{values[b]:.1f}" if b in values else "–" for b in ladder]
-            lines.append(f"| {model} (paper) | " + " | ".join(cells) + " |")
-        extra = sorted({b for values in result.paper.values() for b in values} - set(ladder))
-        if extra:
-            lines.append("")
-            lines.append(f"Published budgets not in this ladder: {', '.join(extra)}.")
+        lines += _paper_table(result)
     if result.costs:
         lines += ["", "## Cost per budget", "", f"| | {_budget_header(ladder)} |", rule]
-        flops = [f"{result.costs[b]['scoring_flops_per_pair'] / 1e6:.3g}" for b in ladder]
-        kib = [f"{result.costs[b]['index_bytes_per_candidate'] / 1024:.3g}" for b in ladder]
-        lines.append("| Scoring MFLOPs per query-candidate pair | " + " | ".join(flops) + " |")
-        lines.append(f"| Index KiB per candidate ({result.index_dtype}) | " + " | ".join(kib) + " |")
+        flops = [_si(result.costs[b]["scoring_flops_per_pair"]) for b in ladder]
+        sizes = [_si(result.costs[b]["index_bytes_per_candidate"], binary=True) + "B" for b in ladder]
+        lines.append("| Scoring FLOPs per query-candidate pair | " + " | ".join(flops) + " |")
+        lines.append(f"| Index bytes per candidate ({result.index_dtype}) | " + " | ".join(sizes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,14 +138,19 @@ def plot(result: SweepResult, path: str | Path) -> Path:
         for group, values in result.groups.items():
             axis.plot(xs, [100 * values[b] for b in ladder], marker="o", label=group)
         if result.paper and label.startswith("budget"):
-            for model, values in result.paper.items():
+            # Published points in black, one marker shape per model, apart from our coloured lines.
+            for (model, values), marker in zip(result.paper.items(), "*^sDv"):
                 points = [(ladder.index(b), v) for b, v in values.items() if b in ladder]
                 if points:
-                    axis.scatter(*zip(*points), marker="*", s=90, label=f"{model} (paper)", zorder=3)
+                    axis.scatter(*zip(*points), marker=marker, s=60, color="black",
+                                 label=f"{model} (paper)", zorder=3)
         if label.startswith("budget"):
             axis.set_xticks(xs, [f"({b})" for b in ladder])
         else:
+            # Log scale with a tick at each budget, labelled by its cost.
             axis.set_xscale("log")
+            axis.minorticks_off()
+            axis.set_xticks(xs, [_si(x, binary="bytes" in label) for x in xs], rotation=30)
         axis.set_xlabel(label)
         axis.set_ylabel(f"{result.headline_metric} × 100")
         axis.grid(True, alpha=0.3)

@@ -38,7 +38,8 @@ def naive_precision_at_1(encoder, task, r_q: int, r_c: int) -> float:
 
 def test_mmeb_sweep_matches_naive_reference_and_writes_reports(mmeb_root, tmp_path, encoder_class):
     encoder = encoder_class()
-    result = run_sweep(encoder, mmeb_root, out_dir=tmp_path / "out", ladder=LADDER, batch_size=2)
+    result = run_sweep(encoder, mmeb_root, out_dir=tmp_path / "out", ladder=LADDER, batch_size=2,
+                       model_name="fake-mmeb")
     assert result.benchmark == "mmeb" and result.headline_metric == "precision@1"
     assert list(result.datasets) == ["ImageNet-1K", "VisDial", "MSCOCO_t2i"]
     bench = Benchmark.open(mmeb_root)
@@ -66,8 +67,13 @@ def test_mmeb_sweep_matches_naive_reference_and_writes_reports(mmeb_root, tmp_pa
     assert "| **Classification** |" in markdown
     imagenet = f"| ImageNet-1K (IND) | {100 * result.datasets['ImageNet-1K']['1,1']['precision@1']:.1f} |"
     assert imagenet in markdown
-    assert "| MetaEmbed-7B (paper) | 71.3 | – | – |" in markdown
-    assert "Published budgets not in this ladder: 16,64, 8,16." in markdown
+    # Paper numbers sit beside ours over the union of both ladders.
+    assert "| Model | (1,1) | (2,4) | (4,8) | (8,16) | (16,64) |" in markdown
+    assert "| MetaEmbed-7B (paper) | 71.3 | – | – | 74.3 | 76.6 |" in markdown
+    overall = result.groups["Overall"]
+    assert f"| fake-mmeb (this run) | {100 * overall['1,1']:.1f} | {100 * overall['2,4']:.1f} |" in markdown
+    assert "| Scoring FLOPs per query-candidate pair | 256 | 2.05 k | 8.19 k |" in markdown
+    assert "| Index bytes per candidate (float16) | 256B | 1 KiB | 2 KiB |" in markdown
     with Image.open(out / "results.png") as plot:
         assert plot.format == "PNG" and plot.width > 600
 
