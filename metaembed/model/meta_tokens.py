@@ -1,0 +1,114 @@
+"""The learnable Meta Token table and how its rows enter the backbone.
+
+As in the official code, Meta Tokens are not vocabulary tokens: they are the
+rows of a separate ``nn.Embedding(R_q + R_c, hidden)`` (one shared set of ``R``
+rows with ``shared_meta_tokens``). Every sequence, query or candidate, gets all
+rows appended after its formatted input, in the order
+``[input, query Meta Tokens, candidate Meta Tokens]``; the batch carries
+placeholder ids in those slots and :meth:`MetaTokens.injected` swaps the
+placeholder embeddings for the table's rows on the way out of the backbone's
+input-embedding layer. Doing it at that layer (the official code patches
+``embed_tokens.forward`` the same way) leaves everything else to the backbone:
+image features, rotary / 3-D positions, attention masks.
+
+The slots are found from the attention mask (the last ``N`` real tokens of each
+row), never from absolute positions, so left and right padding give the same
+result.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class MetaTokens(nn.Module):
+    """The Meta Token table: ``weight`` of shape ``(num_rows, hidden_size)``.
+
+    Rows ``[0, num_query_tokens)`` are the query Meta Tokens and the rest the
+    candidate Meta Tokens (with ``shared=True`` one set serves both sides).
+    Initialised ``N(0, init_std)``, like a Hugging Face embedding.
+    """
+
+    def __init__(
+        self,
+        num_query_tokens: int,
+        num_candidate_tokens: int,
+        hidden_size: int,
+        *,
+        shared: bool = False,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.num_query_tokens = num_query_tokens
+        self.num_candidate_tokens = num_candidate_tokens
+        self.shared = shared
+        num_rows = num_query_tokens if shared else num_query_tokens + num_candidate_tokens
+        self.embedding = nn.Embedding(num_rows, hidden_size)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=init_std)
+
+    @property
+    def num_rows(self) -> int:
+        """How many rows are appended after every input."""
+        return self.embedding.num_embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table, ``(num_rows, hidden_size)``."""
+        return self.embedding.weight
+
+    def read_out(self, meta_states: torch.Tensor, side: str) -> torch.Tensor:
+        """Select a side's rows from the hidden states at all Meta Token slots.
+
+        ``meta_states`` is ``(B, num_rows, H)``; returns ``(B, R_side, H)``: the
+        official ``[-80:-64]`` for queries and ``[-64:]`` for candidates.
+        """
+        if self.shared:
+            return meta_states
+        if side == "query":
+            return meta_states[:, : self.num_query_tokens]
+        return meta_states[:, self.num_query_tokens :]
+
+    @contextmanager
+    def injected(self, input_embeddings: nn.Module, slot_mask: torch.Tensor) -> Iterator[None]:
+        """While active, ``input_embeddings`` outputs the table's rows at ``slot_mask``.
+
+        ``slot_mask`` is ``(B, L)`` bool with exactly ``num_rows`` true entries
+        per row (the Meta Token slots, in order). Gradients flow into the table.
+        """
+        if slot_mask.any():
+            counts = slot_mask.sum(dim=1)
+            if not bool((counts == self.num_rows).all()):
+                raise ValueError(f"every row needs {self.num_rows} Meta Token slots, got {counts.tolist()}")
+
+        def replace_slots(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if output.shape[:2] != slot_mask.shape:
+                raise RuntimeError(
+                    f"input embeddings of shape {tuple(output.shape)} do not match the Meta Token "
+                    f"slot mask {tuple(slot_mask.shape)}"
+                )
+            rows = self.weight.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+            return output.masked_scatter(slot_mask.unsqueeze(-1).to(output.device), rows)
+
+        handle = input_embeddings.register_forward_hook(replace_slots)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def last_valid_mask(attention_mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, L)`` bool: the last ``count`` positions where ``attention_mask`` is 1, per row.
+
+    Works for left, right or no padding (and any mask with the real tokens in
+    order), because it ranks real tokens instead of using absolute positions.
+    """
+    valid = attention_mask.bool()
+    rank_from_end = valid.sum(dim=1, keepdim=True) - valid.long().cumsum(dim=1)
+    return valid & (rank_from_end < count)
+
+
+__all__ = ["MetaTokens", "last_valid_mask"]

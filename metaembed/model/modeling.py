@@ -1,0 +1,332 @@
+"""``MetaEmbedModel``: a backbone plus the Meta Token table, the encode API and save/load.
+
+Shapes: a query is embedded as ``(R_q, D)`` and a candidate as ``(R_c, D)``
+(``R_q = 16``, ``R_c = 64`` by default; ``D`` = projection size or the
+backbone's hidden size). Rows are L2-normalised and nested: the first ``r`` rows
+are the embedding at budget ``r``, so a budget is a prefix length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, PretrainedConfig
+
+from metaembed.budget import Budget
+from metaembed.errors import BudgetError, InputError
+from metaembed.model import pooling
+from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
+from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.items import ItemLike, to_items
+from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
+from metaembed.model.processing import build_batch
+from metaembed.model.templates import SIDES
+
+Side = Literal["query", "candidate"]
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+    return resolved
+
+
+class MetaEmbedModel(nn.Module):
+    """MetaEmbed: learnable Meta Tokens appended to a Hugging Face backbone.
+
+    Build one with :meth:`from_config`, :meth:`from_pretrained` or
+    :func:`metaembed.model.testing.tiny_model`. Encode with
+    :meth:`encode_queries` / :meth:`encode_candidates` (float32 CPU tensors
+    ``(N, R, D)``); train with :meth:`prepare` + :meth:`forward`.
+    """
+
+    config: MetaEmbedConfig
+
+    def __init__(self, config: MetaEmbedConfig, backbone: nn.Module, tokenizer: Any, image_processor: Any = None):
+        super().__init__()
+        if config.family is None:
+            config.family = detect_family(backbone.config.model_type)
+        adapter_class = get_adapter(config.family)
+        self.config = config
+        self.backbone = backbone
+        self.adapter: BackboneAdapter = adapter_class(backbone, tokenizer, image_processor, config)
+        self.template = config.template or adapter_class.default_template
+        hidden = self.adapter.hidden_size
+        self.meta_tokens = (
+            MetaTokens(
+                config.num_query_tokens,
+                config.num_candidate_tokens,
+                hidden,
+                shared=config.shared_meta_tokens,
+                init_std=config.initializer_range,
+            )
+            if config.pooling == "meta_tokens"
+            else None
+        )
+        self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
+        self.peft_model: Any = None  # set by add_lora / loading; not a submodule (it wraps self.backbone)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def num_query_tokens(self) -> int:
+        """Vectors per query (1 for single-vector pooling)."""
+        return 1 if self.config.pooling in ("last_token", "mean") else self.config.num_query_tokens
+
+    @property
+    def num_candidate_tokens(self) -> int:
+        """Vectors per candidate (1 for single-vector pooling)."""
+        return 1 if self.config.pooling in ("last_token", "mean") else self.config.num_candidate_tokens
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D``: the projection size, or the backbone's hidden size without projection."""
+        return self.config.projection_dim or self.adapter.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's parameters live."""
+        return next(self.backbone.parameters()).device
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether items may carry images."""
+        return self.adapter.supports_images
+
+    @property
+    def tokenizer(self) -> Any:
+        """The backbone's tokenizer."""
+        return self.adapter.tokenizer
+
+    def num_vectors(self, side: Side) -> int:
+        """``R`` for ``side``."""
+        return self.num_query_tokens if side == "query" else self.num_candidate_tokens
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: MetaEmbedConfig) -> "MetaEmbedModel":
+        """Build the backbone (id, folder or config object) and its processors; fresh Meta Tokens."""
+        source = config.backbone
+        family = config.family
+        if family is None:
+            model_type = (
+                source.model_type if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source).model_type
+            )
+            family = config.family = detect_family(model_type)
+        adapter_class = get_adapter(family)
+        processor_source = config.processor or (source if isinstance(source, str) else None)
+        if processor_source is None:
+            raise InputError("a backbone given as a config object needs config.processor (a tokenizer folder or id)")
+        backbone = adapter_class.load_backbone(source, _resolve_dtype(config.torch_dtype))
+        tokenizer = adapter_class.load_tokenizer(processor_source)
+        image_processor = (
+            adapter_class.load_image_processor(processor_source, config) if adapter_class.supports_images else None
+        )
+        return cls(config, backbone, tokenizer, image_processor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> "MetaEmbedModel":
+        """Load a saved MetaEmbed model, an official-code checkpoint, or wrap a plain backbone.
+
+        * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
+        * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
+          :mod:`metaembed.model.official`): converted;
+        * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
+
+        ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
+        """
+        from metaembed.model import saving
+
+        dtype = _resolve_dtype(dtype)
+        if saving.is_saved_model(path_or_id):
+            model = saving.load(cls, path_or_id, dtype=dtype)
+        elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
+            raise InputError(
+                f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
+                "nor a Hugging Face model folder (no config.json)"
+            )
+        else:
+            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=str(dtype).removeprefix("torch.") if dtype else None)
+            model = cls.from_config(config)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
+        from metaembed.model import saving
+
+        saving.save(self, path)
+
+    def add_lora(
+        self,
+        r: int = 32,
+        alpha: int = 32,
+        dropout: float = 0.1,
+        target_modules: str | Sequence[str] | None = None,
+    ) -> None:
+        """Wrap the language model with peft LoRA (paper: r=32, α=32, dropout 0.1 on q/k/v/o/gate/up/down).
+
+        Afterwards only the LoRA weights, the Meta Token table and the projection
+        are trainable; everything else is frozen.
+        """
+        from metaembed.model import lora
+
+        lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+
+    # ---------------------------------------------------------------- batches
+    def prepare(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        side: Side,
+        instruction: str | None = None,
+        *,
+        padding_side: Literal["left", "right"] = "left",
+    ) -> dict[str, torch.Tensor]:
+        """A model-ready CPU batch for ``items`` (what the training collator calls).
+
+        Keys: ``input_ids``/``attention_mask`` ``(B, L)`` long (content, then the
+        Meta Token slots), plus the backbone's image tensors when any item has
+        images. ``instruction`` applies to items without their own.
+        """
+        self._check_side(side)
+        return build_batch(
+            self.adapter,
+            self.template,
+            to_items(items, instruction=instruction),
+            side,
+            num_meta_tokens=self.meta_tokens.num_rows if self.meta_tokens is not None else 0,
+            max_length=self.config.max_length,
+            padding_side=padding_side,
+        )
+
+    def forward(self, batch: Mapping[str, torch.Tensor], side: Side) -> torch.Tensor:
+        """Embed a prepared batch: ``(B, R_side, D)`` float32, L2-normalised rows, differentiable."""
+        self._check_side(side)
+        device = self.device
+        batch = {key: value.to(device) for key, value in batch.items()}
+        attention_mask = batch["attention_mask"]
+        if self.meta_tokens is not None:
+            slots = last_valid_mask(attention_mask, self.meta_tokens.num_rows)
+            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots):
+                hidden = self.adapter.run(batch)
+            meta_states = hidden[slots].view(hidden.shape[0], self.meta_tokens.num_rows, hidden.shape[-1])
+            vectors = self.meta_tokens.read_out(meta_states, side)
+        else:
+            hidden = self.adapter.run(batch)
+            if self.config.pooling == "last_token":
+                vectors = pooling.last_token(hidden, attention_mask)
+            elif self.config.pooling == "mean":
+                vectors = pooling.masked_mean(hidden, attention_mask)
+            else:
+                vectors = pooling.chunk_means(hidden, attention_mask, self.num_vectors(side))
+        vectors = vectors.float()
+        if self.projection is not None:
+            vectors = self.projection(vectors.to(self.projection.weight.dtype)).float()
+        return F.normalize(vectors, p=2, dim=-1)
+
+    # --------------------------------------------------------------- encoding
+    def encode_queries(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        *,
+        batch_size: int = 8,
+        budget: int | Budget | None = None,
+        instruction: str | None = None,
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed queries: float32 CPU tensor ``(N, r_q, D)`` with L2-normalised rows.
+
+        ``budget`` keeps the first ``r_q`` vectors (an int, or a :class:`Budget`
+        whose ``r_q`` is used); ``None`` keeps all ``num_query_tokens``.
+        ``show_progress=None`` shows a tqdm bar on a terminal for multi-batch inputs.
+        """
+        return self._encode(items, "query", batch_size, budget, instruction, show_progress)
+
+    def encode_candidates(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        *,
+        batch_size: int = 8,
+        budget: int | Budget | None = None,
+        instruction: str | None = None,
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed candidates: float32 CPU tensor ``(N, r_c, D)``; ``budget`` as in :meth:`encode_queries` (``r_c``)."""
+        return self._encode(items, "candidate", batch_size, budget, instruction, show_progress)
+
+    def _encode(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        side: Side,
+        batch_size: int,
+        budget: int | Budget | None,
+        instruction: str | None,
+        show_progress: bool | None,
+    ) -> torch.Tensor:
+        keep = self.resolve_budget(budget, side)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        normalised = to_items(items, instruction=instruction)
+        starts = range(0, len(normalised), batch_size)
+        # None lets tqdm show the bar only on a terminal; a single batch never needs one
+        disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
+        outputs = []
+        with self._evaluating(), torch.inference_mode():
+            for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
+                batch = self.prepare(normalised[start : start + batch_size], side)
+                outputs.append(self.forward(batch, side)[:, :keep].float().cpu())
+        return torch.cat(outputs)
+
+    def resolve_budget(self, budget: int | Budget | str | None, side: Side) -> int:
+        """The prefix length for ``side``: ``budget`` as an int, a Budget's r_q / r_c, or all vectors."""
+        self._check_side(side)
+        available = self.num_vectors(side)
+        if budget is None:
+            return available
+        if isinstance(budget, bool):
+            raise BudgetError(f"budget must be an int or a Budget, got {budget!r}")
+        if isinstance(budget, int):
+            if budget < 1:
+                raise BudgetError(f"budget must be at least 1, got {budget}")
+            wanted = budget
+        else:
+            parsed = Budget.parse(budget)
+            wanted = parsed.r_q if side == "query" else parsed.r_c
+        if wanted > available:
+            raise BudgetError(
+                f"budget {wanted} asks for {wanted} {side} vectors but the model has only {available} "
+                f"({side} Meta Tokens); use 1..{available}"
+            )
+        return wanted
+
+    @staticmethod
+    def _check_side(side: str) -> None:
+        if side not in SIDES:
+            raise InputError(f"side must be 'query' or 'candidate', got {side!r}")
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+
+__all__ = ["MetaEmbedModel"]

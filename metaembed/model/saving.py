@@ -1,0 +1,107 @@
+"""Save and load a MetaEmbed model folder.
+
+Layout written by :func:`save`::
+
+    metaembed_config.json      MetaEmbedConfig (backbone -> "backbone", processor -> "processor")
+    metaembed.safetensors      meta_tokens.weight (R_q+R_c, H), projection.weight/bias if any
+    backbone/                  the backbone (Hugging Face save_pretrained, base weights only)
+    processor/                 tokenizer and image processor
+    lora_adapter/              peft LoRA adapter, when the model has one
+
+Everything needed is in the folder, so loading is offline and reproduces the
+embeddings exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metaembed.errors import InputError
+from metaembed.model.config import CONFIG_NAME, MetaEmbedConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metaembed.model.modeling import MetaEmbedModel
+
+WEIGHTS_NAME = "metaembed.safetensors"
+BACKBONE_DIR = "backbone"
+PROCESSOR_DIR = "processor"
+ADAPTER_DIR = "lora_adapter"
+
+
+def is_saved_model(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`save`."""
+    return Path(path, CONFIG_NAME).is_file()
+
+
+def own_weights(model: "MetaEmbedModel") -> dict[str, torch.Tensor]:
+    """The tensors MetaEmbed adds to the backbone: Meta Token table and projection."""
+    tensors: dict[str, torch.Tensor] = {}
+    if model.meta_tokens is not None:
+        tensors["meta_tokens.weight"] = model.meta_tokens.weight
+    if model.projection is not None:
+        tensors["projection.weight"] = model.projection.weight
+        tensors["projection.bias"] = model.projection.bias
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+
+
+def load_own_weights(model: "MetaEmbedModel", tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` (as :func:`own_weights` names them) into ``model``; names must match exactly."""
+    expected = set(own_weights(model))
+    if set(tensors) != expected:
+        raise InputError(f"MetaEmbed weights hold {sorted(tensors)}, the config expects {sorted(expected)}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target = model.get_parameter(name)
+            if target.shape != tensor.shape:
+                raise InputError(f"{name} has shape {tuple(tensor.shape)}, the config expects {tuple(target.shape)}")
+            target.copy_(tensor)
+
+
+def base_backbone_state(model: "MetaEmbedModel") -> dict[str, torch.Tensor]:
+    """The backbone's own weights, without LoRA tensors and with peft's ``base_layer`` renamed back."""
+    state = {}
+    for name, tensor in model.backbone.state_dict().items():
+        if "lora_" in name:
+            continue
+        state[name.replace(".base_layer.", ".")] = tensor
+    return state
+
+
+def save(model: "MetaEmbedModel", path: str | Path) -> None:
+    """Write ``model`` to the folder ``path`` (created if needed)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(model.config, backbone=BACKBONE_DIR, processor=PROCESSOR_DIR)
+    config.save(path)
+    save_file(own_weights(model), str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+    model.backbone.save_pretrained(str(path / BACKBONE_DIR), state_dict=base_backbone_state(model))
+    model.adapter.save_processors(path / PROCESSOR_DIR)
+    if model.peft_model is not None:
+        model.peft_model.save_pretrained(str(path / ADAPTER_DIR))
+
+
+def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | None = None) -> "MetaEmbedModel":
+    """Read a folder written by :func:`save`."""
+    from metaembed.model import lora
+
+    path = Path(path)
+    config = MetaEmbedConfig.load(path)
+    for field in ("backbone", "processor"):
+        value = getattr(config, field)
+        if isinstance(value, str) and (path / value).exists():
+            setattr(config, field, str(path / value))
+    if dtype is not None:
+        config.torch_dtype = str(dtype).removeprefix("torch.")
+    model = cls.from_config(config)
+    load_own_weights(model, load_file(str(path / WEIGHTS_NAME)))
+    if (path / ADAPTER_DIR).is_dir():
+        lora.load_lora(model, path / ADAPTER_DIR)
+    return model
+
+
+__all__ = ["save", "load", "is_saved_model", "own_weights", "load_own_weights", "WEIGHTS_NAME"]

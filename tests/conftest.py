@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny offline MetaEmbed models and small test images (session-scoped)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageDraw
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl():
+    """A tiny random Qwen2-VL MetaEmbed model (4 query / 8 candidate Meta Tokens, hidden 64)."""
+    from metaembed.model.testing import tiny_model
+
+    return tiny_model("qwen2_vl")
+
+
+def _picture(color: tuple[int, int, int], size: tuple[int, int], mark: int) -> Image.Image:
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).rectangle([mark, mark, mark + 12, mark + 9], fill=(255 - color[0], 40, 200))
+    return image
+
+
+@pytest.fixture(scope="session")
+def images() -> list[Image.Image]:
+    """Three small RGB images of different sizes and content."""
+    return [_picture((200, 30, 30), (64, 48), 5), _picture((20, 160, 60), (56, 84), 20), _picture((10, 10, 90), (90, 60), 30)]
