@@ -48,19 +48,23 @@ def _jsonable(value: Any) -> Any:
 
 
 def _parameter_digest(model: Any) -> str | None:
-    """A cheap digest of a few weight tensors: two randomly initialised models with
-    the same config must not share a cache."""
+    """A cheap digest of the weights: the first and last 64 values of every tensor.
+
+    Two randomly initialised models with the same config, or a fine-tune that
+    changed only LoRA adapters or the Meta Tokens, must not share a cache;
+    hashing every weight of a 7B model would take minutes.
+    """
     parameters = getattr(model, "parameters", None)
     if not callable(parameters):
         return None
     digest = hashlib.sha256()
-    tensors = list(parameters())
-    if not tensors:
-        return None
-    for tensor in tensors[:4] + tensors[-4:]:
-        sample = tensor.detach().reshape(-1)[:4096].to("cpu", torch.float32)
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    count = 0
+    for tensor in parameters():
+        flat = tensor.detach().reshape(-1)
+        for sample in (flat[:64], flat[-64:]):
+            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
+        count += 1
+    return digest.hexdigest()[:16] if count else None
 
 
 def model_identity(model: Any, name: str | None = None) -> dict[str, Any]:

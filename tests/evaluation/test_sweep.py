@@ -216,3 +216,41 @@ def test_default_ladder_is_cut_to_the_model(mmeb_root, tmp_path, encoder_class):
     result = run_sweep(encoder_class(num_query_tokens=4, num_candidate_tokens=6), mmeb_root,
                        out_dir=tmp_path, datasets=["VisDial"])
     assert result.ladder == ["1,1", "2,4", "4,6"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from metaembed.model.testing import tiny_model
+
+    return tiny_model("qwen2_vl", num_query_tokens=4, num_candidate_tokens=8)
+
+
+def test_full_sweep_on_a_tiny_metaembed_model(tiny, mmeb_root, vidore_v1_root, tmp_path):
+    # float32 cache: the reference below is exact, and random weights give near-ties.
+    result = run_sweep(tiny, mmeb_root, out_dir=tmp_path / "mmeb", batch_size=4, cache_dtype="float32")
+    assert result.ladder == ["1,1", "2,4", "4,8"]
+    bench = Benchmark.open(mmeb_root)
+    for name in result.datasets:
+        task = bench.load(name)
+        for budget in parse_ladder(result.ladder):
+            expected = naive_precision_at_1(tiny, task, budget.r_q, budget.r_c)
+            assert result.datasets[name][str(budget)]["precision@1"] == pytest.approx(expected, abs=1e-9)
+    for filename in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / "mmeb" / filename).stat().st_size > 0
+    assert SweepResult.load(tmp_path / "mmeb" / "results.json").groups == result.groups
+
+    retrieval = run_sweep(tiny, vidore_v1_root, out_dir=tmp_path / "vidore", ladder="1,1 4,8", cache_dtype="float32")
+    task = Benchmark.open(vidore_v1_root, image_dir=tmp_path / "pages").load("docvqa_test_subsampled")
+    for r_q, r_c in [(1, 1), (4, 8)]:
+        expected = _retrieval_reference(tiny, task, r_q, r_c)
+        assert retrieval.datasets["docvqa_test_subsampled"][f"{r_q},{r_c}"]["ndcg@5"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_model_identity_separates_weights(tiny):
+    from metaembed.evaluation.cache import model_identity, model_key
+    from metaembed.model.testing import tiny_model
+
+    same = tiny_model("qwen2_vl", num_query_tokens=4, num_candidate_tokens=8)
+    other = tiny_model("qwen2_vl", num_query_tokens=4, num_candidate_tokens=8, seed=1)
+    assert model_key(model_identity(same)) == model_key(model_identity(tiny))
+    assert model_key(model_identity(other)) != model_key(model_identity(tiny))
