@@ -87,20 +87,44 @@ def retrieval_metrics(
     return {name: total / len(judged) for name, total in totals.items()}
 
 
-def collapse_duplicate_ids(scores: torch.Tensor, doc_ids: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
-    """Merge corpus rows that share a document id, keeping each id's maximum score.
+def rows_to_keep(doc_ids: Sequence[str], depth: int, ignore_identical_ids: bool = False) -> int:
+    """How many top-scored corpus rows hold each query's top ``depth`` distinct documents.
 
-    ``scores`` is ``(Q, N)`` over corpus rows; returns ``(Q, U)`` over the ``U``
-    distinct ids (in first-seen order) and those ids. ViDoRe v1 lists some pages
-    twice; the reference evaluator scores such a page by its best row.
+    Rows sharing a document id (ViDoRe v1 lists some pages twice) and a dropped
+    identical id can push distinct documents down; this many rows always suffice.
     """
-    unique: dict[str, int] = {}
-    index = torch.tensor([unique.setdefault(d, len(unique)) for d in doc_ids], dtype=torch.long)
-    if len(unique) == len(doc_ids):
-        return scores, list(doc_ids)
-    merged = torch.full((scores.shape[0], len(unique)), float("-inf"), dtype=scores.dtype)
-    merged.scatter_reduce_(1, index.expand_as(scores), scores, reduce="amax")
-    return merged, list(unique)
+    duplicates = len(doc_ids) - len(set(doc_ids))
+    return min(len(doc_ids), depth + duplicates + int(ignore_identical_ids))
+
+
+def run_from_ranked_rows(
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    depth: int = 1000,
+    ignore_identical_ids: bool = False,
+) -> dict[str, dict[str, float]]:
+    """A trec_eval run from each query's best corpus rows, sorted by descending score.
+
+    ``values`` / ``rows`` are ``(Q, K)``: scores and corpus row indices. A document
+    listed on several rows scores its best row (the first met); the reference
+    ViDoRe evaluator does the same. With ``ignore_identical_ids`` a document
+    whose id equals the query's id is skipped. At most ``depth`` documents are
+    kept per query.
+    """
+    run: dict[str, dict[str, float]] = {}
+    for qid, row_values, row_indices in zip(query_ids, values.tolist(), rows.tolist()):
+        docs: dict[str, float] = {}
+        for value, row in zip(row_values, row_indices):
+            doc_id = doc_ids[row]
+            if doc_id in docs or (ignore_identical_ids and doc_id == qid):
+                continue
+            docs[doc_id] = value
+            if len(docs) == depth:
+                break
+        run[qid] = docs
+    return run
 
 
 def build_run(
@@ -110,30 +134,17 @@ def build_run(
     depth: int = 1000,
     ignore_identical_ids: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Turn a ``(Q, N)`` score matrix into a trec_eval run of each query's top ``depth``.
-
-    Rows sharing a document id are merged first (:func:`collapse_duplicate_ids`).
-    With ``ignore_identical_ids`` a document whose id equals the query's id is
-    dropped from that query's ranking.
+    """Turn a ``(Q, N)`` score matrix over corpus rows into a run of each query's top
+    ``depth`` documents (see :func:`run_from_ranked_rows` for duplicates and identical ids).
     """
     if scores.shape != (len(query_ids), len(doc_ids)):
         raise InputError(
             f"scores have shape {tuple(scores.shape)} but there are {len(query_ids)} queries "
             f"and {len(doc_ids)} documents"
         )
-    scores, ids = collapse_duplicate_ids(scores.float(), doc_ids)
-    if ignore_identical_ids:
-        position = {d: j for j, d in enumerate(ids)}
-        scores = scores.clone()
-        for row, qid in enumerate(query_ids):
-            if qid in position:
-                scores[row, position[qid]] = float("-inf")
-    top = min(depth, len(ids))
-    values, indices = scores.topk(top, dim=1)
-    run: dict[str, dict[str, float]] = {}
-    for qid, row_values, row_indices in zip(query_ids, values.tolist(), indices.tolist()):
-        run[qid] = {ids[j]: v for j, v in zip(row_indices, row_values) if v != float("-inf")}
-    return run
+    keep = rows_to_keep(doc_ids, depth, ignore_identical_ids)
+    values, rows = scores.float().topk(keep, dim=1)
+    return run_from_ranked_rows(values, rows, query_ids, doc_ids, depth, ignore_identical_ids)
 
 
 def mean(values: Iterable[float]) -> float:
@@ -148,7 +159,8 @@ __all__ = [
     "DEFAULT_K_VALUES",
     "precision_at_1",
     "retrieval_metrics",
-    "collapse_duplicate_ids",
+    "rows_to_keep",
+    "run_from_ranked_rows",
     "build_run",
     "mean",
 ]

@@ -20,7 +20,14 @@ from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
 from metaembed.errors import InputError
 from metaembed.evaluation.benchmarks import Benchmark
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
-from metaembed.evaluation.metrics import DEFAULT_K_VALUES, build_run, mean, precision_at_1, retrieval_metrics
+from metaembed.evaluation.metrics import (
+    DEFAULT_K_VALUES,
+    mean,
+    precision_at_1,
+    retrieval_metrics,
+    rows_to_keep,
+    run_from_ranked_rows,
+)
 from metaembed.evaluation.report import RESULTS_JSON, write_report
 from metaembed.evaluation.result import SweepResult
 from metaembed.evaluation.mmeb import MMEB_DATASETS, MMEB_PAPER_OVERALL
@@ -81,6 +88,29 @@ def score_candidate_lists(
     return int(hit_flags.sum()) / hit_flags.numel()
 
 
+def top_rows(
+    queries: torch.Tensor, corpus: torch.Tensor, budget: Budget, keep: int, block_bytes: int = 256 << 20
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``keep`` best corpus rows by MaxSim at ``budget``: ``(Q, keep)`` scores and row indices.
+
+    The corpus is scored in blocks whose ``(Q, block)`` fp32 score matrix stays
+    under ``block_bytes``, merging a running top-``keep``, so a large user
+    collection never needs its full ``(Q, N)`` score matrix in memory.
+    """
+    num_queries, num_rows = queries.shape[0], corpus.shape[0]
+    block = max(keep, block_bytes // (4 * max(1, num_queries)))
+    best_values = torch.empty(num_queries, 0)
+    best_rows = torch.empty(num_queries, 0, dtype=torch.long)
+    for start in range(0, num_rows, block):
+        scores = maxsim(queries, corpus[start : start + block], budget)
+        values, rows = scores.topk(min(keep, scores.shape[1]), dim=1)
+        merged_values = torch.cat([best_values, values], dim=1)
+        merged_rows = torch.cat([best_rows, rows + start], dim=1)
+        best_values, order = merged_values.topk(min(keep, merged_values.shape[1]), dim=1)
+        best_rows = merged_rows.gather(1, order)
+    return best_values, best_rows
+
+
 def score_retrieval(
     task: RetrievalTask,
     queries: torch.Tensor,
@@ -89,10 +119,12 @@ def score_retrieval(
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     depth: int = 1000,
 ) -> dict[str, float]:
-    """nDCG@k, recall@k and MRR of ``task`` at ``budget`` (exhaustive MaxSim over the corpus)."""
-    scores = maxsim(queries, corpus, budget)
-    run = build_run(scores, task.query_ids, task.doc_ids, depth=max(depth, *k_values),
-                    ignore_identical_ids=task.ignore_identical_ids)
+    """nDCG@k, recall@k and MRR of ``task`` at ``budget``: exhaustive MaxSim over the
+    corpus, each query's top ``depth`` documents judged by trec_eval."""
+    depth = max(depth, *k_values)
+    keep = rows_to_keep(task.doc_ids, depth, task.ignore_identical_ids)
+    values, rows = top_rows(queries, corpus, budget, keep)
+    run = run_from_ranked_rows(values, rows, task.query_ids, task.doc_ids, depth, task.ignore_identical_ids)
     return retrieval_metrics(task.qrels, run, k_values)
 
 
@@ -308,5 +340,6 @@ __all__ = [
     "run_sweep",
     "score_candidate_lists",
     "score_retrieval",
+    "top_rows",
     "group_averages",
 ]

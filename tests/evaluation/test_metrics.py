@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metaembed.errors import InputError
-from metaembed.evaluation.metrics import build_run, collapse_duplicate_ids, precision_at_1, retrieval_metrics
+from metaembed.evaluation.metrics import build_run, precision_at_1, retrieval_metrics
 
 
 def test_precision_at_1_counts_ties_against_the_positive():
@@ -79,9 +79,11 @@ def test_retrieval_metrics_rejects_bad_input():
 
 def test_duplicate_document_rows_score_their_maximum():
     scores = torch.tensor([[0.1, 0.7, 0.3, 0.2], [0.9, 0.1, 0.3, 0.8]])
-    merged, ids = collapse_duplicate_ids(scores, ["a", "b", "a", "c"])
-    assert ids == ["a", "b", "c"]
-    torch.testing.assert_close(merged, torch.tensor([[0.3, 0.7, 0.2], [0.9, 0.1, 0.8]]))
+    run = build_run(scores, ["q1", "q2"], ["a", "b", "a", "c"])
+    assert run == {"q1": {"b": pytest.approx(0.7), "a": pytest.approx(0.3), "c": pytest.approx(0.2)},
+                   "q2": {"a": pytest.approx(0.9), "c": pytest.approx(0.8), "b": pytest.approx(0.1)}}
+    # depth counts distinct documents, not rows: "a" twice still leaves room for "c".
+    assert list(build_run(scores, ["q1", "q2"], ["a", "b", "a", "c"], depth=2)["q2"]) == ["a", "c"]
 
 
 def test_build_run_top_depth_and_identical_ids():

@@ -254,3 +254,18 @@ def test_model_identity_separates_weights(tiny):
     other = tiny_model("qwen2_vl", num_query_tokens=4, num_candidate_tokens=8, seed=1)
     assert model_key(model_identity(same)) == model_key(model_identity(tiny))
     assert model_key(model_identity(other)) != model_key(model_identity(tiny))
+
+
+def test_blockwise_top_rows_equal_the_full_ranking():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(5, 4, 16, generator=generator), dim=-1)
+    corpus = torch.nn.functional.normalize(torch.randn(300, 8, 16, generator=generator), dim=-1)
+    from metaembed.budget import Budget
+    from metaembed.evaluation.sweep import top_rows
+
+    full = naive_maxsim(queries, corpus, 2, 4).float()
+    expected_values, expected_rows = full.topk(7, dim=1)
+    # 5 queries * 4 bytes * 16 rows per block: many blocks, each merged into the running top 7.
+    values, rows = top_rows(queries, corpus, Budget(2, 4), keep=7, block_bytes=5 * 4 * 16)
+    assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(values, expected_values)
