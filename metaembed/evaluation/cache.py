@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from metaembed.errors import InputError
 from metaembed.evaluation.tasks import fingerprint_items
 from metaembed.model.items import Item
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _FORMAT = 1
@@ -118,6 +121,8 @@ class EmbeddingCache:
             raise InputError(f"cache dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.shard_size < 1:
             raise InputError(f"shard_size must be at least 1, got {self.shard_size}")
+        # Compare identities as the manifest stores them (tuples become lists in JSON).
+        self.identity = json.loads(json.dumps(self.identity, sort_keys=True, default=str))
 
     @classmethod
     def for_model(
@@ -215,6 +220,9 @@ class EmbeddingCache:
             self._write_manifest(manifest)
 
         done = {shard["start"]: shard for shard in manifest["shards"]}
+        if done:
+            logger.info("%s: %d of %d shards cached in %s", self.side, len(done),
+                        -(-len(items) // self.shard_size), self.folder)
         parts: list[torch.Tensor] = []
         for start in range(0, len(items), self.shard_size):
             stop = min(start + self.shard_size, len(items))

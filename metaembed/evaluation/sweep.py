@@ -28,9 +28,9 @@ from metaembed.evaluation.metrics import (
     rows_to_keep,
     run_from_ranked_rows,
 )
+from metaembed.evaluation.mmeb import MMEB_DATASETS, MMEB_PAPER_OVERALL
 from metaembed.evaluation.report import RESULTS_JSON, write_report
 from metaembed.evaluation.result import SweepResult
-from metaembed.evaluation.mmeb import MMEB_DATASETS, MMEB_PAPER_OVERALL
 from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask, Task
 from metaembed.evaluation.vidore import VIDORE_V2_PAPER_AVERAGE
 from metaembed.model.items import Item
@@ -140,9 +140,6 @@ def _encode_side(
         return encode(batch, batch_size=batch_size, budget=None, instruction=instruction,
                       show_progress=show_progress)
 
-    done = cache.cached_items(items)
-    if done:
-        logger.info("%s/%s: %d of %d items cached", cache.dataset, cache.side, done, len(items))
     return cache.get_or_encode(items, run)
 
 

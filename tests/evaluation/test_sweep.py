@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import pytrec_eval
@@ -269,3 +268,22 @@ def test_blockwise_top_rows_equal_the_full_ranking():
     values, rows = top_rows(queries, corpus, Budget(2, 4), keep=7, block_bytes=5 * 4 * 16)
     assert torch.equal(rows, expected_rows)
     torch.testing.assert_close(values, expected_values)
+
+
+def test_cache_reports_what_it_holds(tmp_path, encoder_class):
+    from metaembed.evaluation.cache import EmbeddingCache
+    from metaembed.model.items import to_items
+
+    items = to_items(["red", "green", "blue"])
+    encoder = encoder_class()
+    identity = {"name": "fake", "shape": (4, 8)}  # a tuple: must still match its JSON form
+    cache = EmbeddingCache.for_model(tmp_path, identity, "set", "queries", shard_size=2, dtype="float32")
+    assert cache.cached_items(items) == 0
+    first = cache.get_or_encode(items, lambda batch: encoder.encode_queries(batch, batch_size=2))
+    assert first.shape == (3, 4, 128) and cache.encode_calls == 2
+    again = EmbeddingCache.for_model(tmp_path, identity, "set", "queries", shard_size=2, dtype="float32")
+    assert again.cached_items(items) == 3
+    assert torch.equal(again.get_or_encode(items, lambda batch: 1 / 0), first)
+    assert again.cached_items(to_items(["red", "green", "yellow"])) == 0
+    with pytest.raises(InputError, match="cache dtype must be one of"):
+        EmbeddingCache.for_model(tmp_path, identity, "set", "queries", dtype="int4")
