@@ -12,7 +12,7 @@ from pathlib import Path
 
 from metaembed.errors import InputError
 from metaembed.evaluation import beir, mmeb, vidore
-from metaembed.evaluation.files import parquet_schema
+from metaembed.evaluation.files import parquet_files_below, parquet_schema
 from metaembed.evaluation.tasks import Task
 
 KINDS: tuple[str, ...] = ("mmeb", "vidore-v1", "vidore-v2", "beir")
@@ -53,7 +53,7 @@ def detect_kind(root: str | Path) -> str:
     if vidore.is_v2_folder(root) or any(vidore.is_v2_folder(p) for p in root.iterdir() if p.is_dir()):
         return "vidore-v2"
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(folder.rglob("*.parquet"))
+        files = parquet_files_below(folder)
         if not files:
             continue
         columns = parquet_schema(files[0]).names

@@ -19,8 +19,22 @@ import pyarrow.parquet as pq
 from metaembed.errors import InputError
 
 
+#: Published layouts put Parquet files at most this deep below a data set folder
+#: (``<set>/test-*.parquet``, ``<set>/data/test-*.parquet``, ``<set>/<config>/test/*.parquet``).
+#: Searching no deeper keeps listing fast next to an unpacked folder of 100,000 images.
+PARQUET_DEPTH = 3
+
+
+def parquet_files_below(folder: Path, depth: int = PARQUET_DEPTH) -> list[Path]:
+    """Every ``*.parquet`` file at most ``depth`` levels below ``folder``, sorted."""
+    files: list[Path] = []
+    for level in range(1, depth + 1):
+        files.extend(p for p in folder.glob("/".join(["*"] * (level - 1) + ["*.parquet"])) if p.is_file())
+    return sorted(files)
+
+
 def find_parquet_files(folder: Path, split: str = "test") -> list[Path]:
-    """The Parquet files of ``split`` under ``folder`` (searched recursively), sorted.
+    """The Parquet files of ``split`` under ``folder`` (see :data:`PARQUET_DEPTH`), sorted.
 
     Files named ``<split>-*.parquet`` / ``<split>.parquet`` or lying in a folder
     named ``<split>`` are preferred; when there are none, every ``*.parquet`` is
@@ -29,7 +43,7 @@ def find_parquet_files(folder: Path, split: str = "test") -> list[Path]:
     """
     if not folder.is_dir():
         raise InputError(f"data folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*.parquet") if p.is_file())
+    files = parquet_files_below(folder)
     if not files:
         raise InputError(f"no .parquet file under {folder}")
     of_split = [
@@ -173,6 +187,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "PARQUET_DEPTH",
+    "parquet_files_below",
     "find_parquet_files",
     "parquet_schema",
     "read_columns",

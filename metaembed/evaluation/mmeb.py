@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaembed.errors import InputError
-from metaembed.evaluation.files import find_parquet_files, read_columns
+from metaembed.evaluation.files import find_parquet_files, parquet_files_below, read_columns
 from metaembed.evaluation.tasks import CandidateListTask, check_image_files
 from metaembed.model.items import Item
 
@@ -89,7 +89,7 @@ def list_datasets(root: str | Path) -> list[str]:
     if not root.is_dir():
         raise InputError(f"MMEB folder not found: {root}")
     present = {
-        p.name for p in root.iterdir() if p.is_dir() and any(p.rglob("*.parquet"))
+        p.name for p in root.iterdir() if p.is_dir() and parquet_files_below(p)
     }
     known = [name for name in MMEB_GROUPS if name in present]
     return known + sorted(present - set(MMEB_GROUPS))

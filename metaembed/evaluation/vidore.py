@@ -30,6 +30,7 @@ from metaembed.evaluation.files import (
     extract_image,
     find_parquet_files,
     iter_column,
+    parquet_files_below,
     parquet_schema,
     read_columns,
 )
@@ -98,7 +99,7 @@ def list_v1_datasets(root: str | Path) -> list[str]:
         raise InputError(f"ViDoRe folder not found: {root}")
     present = set()
     for folder in root.iterdir():
-        files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+        files = parquet_files_below(folder) if folder.is_dir() else []
         if files and is_vidore_v1_table(parquet_schema(files[0]).names):
             present.add(folder.name)
     return [n for n in VIDORE_V1_DATASETS if n in present] + sorted(present - set(VIDORE_V1_DATASETS))
