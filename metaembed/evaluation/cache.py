@@ -197,11 +197,11 @@ class EmbeddingCache:
         self,
         items: Sequence[Item],
         encode: Callable[[list[Item]], torch.Tensor],
-        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """All embeddings of ``items`` as ``(N, R, D)`` in the storage dtype, encoding
-        only the shards the cache lacks. ``progress(done, total)`` is called after
-        each shard."""
+        only the shards the cache lacks (``encode`` gets one shard's items)."""
+        if not items:
+            raise InputError(f"nothing to encode for {self.dataset!r} ({self.side})")
         fingerprint = fingerprint_items(items)
         manifest = self._read_manifest()
         if manifest is not None and (
@@ -223,34 +223,49 @@ class EmbeddingCache:
         if done:
             logger.info("%s: %d of %d shards cached in %s", self.side, len(done),
                         -(-len(items) // self.shard_size), self.folder)
-        parts: list[torch.Tensor] = []
+        # Filled shard by shard: concatenating at the end would hold every shard twice.
+        out: torch.Tensor | None = None
         for start in range(0, len(items), self.shard_size):
             stop = min(start + self.shard_size, len(items))
             shard = done.get(start)
             if shard is not None and shard["stop"] == stop:
-                parts.append(self._load_shard(shard["file"], stop - start))
+                part = self._load_shard(shard["file"], stop - start)
             else:
-                embeddings = encode(list(items[start:stop]))
-                self.encode_calls += 1
-                if embeddings.ndim != 3 or embeddings.shape[0] != stop - start:
-                    raise InputError(
-                        f"the encoder returned shape {tuple(embeddings.shape)} for {stop - start} items; "
-                        "expected (items, vectors, dim)"
-                    )
-                stored = embeddings.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
-                name = f"shard-{start // self.shard_size:05d}.safetensors"
-                partial = self.folder / (name + ".partial")
-                save_file({"embeddings": stored}, str(partial))
-                partial.replace(self.folder / name)
-                manifest["shards"].append({"file": name, "start": start, "stop": stop})
-                self._write_manifest(manifest)
-                parts.append(stored)
-            if progress is not None:
-                progress(stop, len(items))
-        shapes = {tuple(p.shape[1:]) for p in parts}
-        if len(shapes) > 1:
-            raise InputError(f"cached shards in {self.folder} disagree on (vectors, dim): {sorted(shapes)}")
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+                part = self._encode_shard(items, start, stop, encode, manifest)
+            if out is None:
+                out = torch.empty((len(items), *part.shape[1:]), dtype=part.dtype)
+            elif part.shape[1:] != out.shape[1:]:
+                raise InputError(
+                    f"cached shards in {self.folder} disagree on (vectors, dim): "
+                    f"{tuple(out.shape[1:])} and {tuple(part.shape[1:])}; delete the folder to re-encode"
+                )
+            out[start:stop] = part
+        assert out is not None  # items is not empty
+        return out
+
+    def _encode_shard(
+        self,
+        items: Sequence[Item],
+        start: int,
+        stop: int,
+        encode: Callable[[list[Item]], torch.Tensor],
+        manifest: dict[str, Any],
+    ) -> torch.Tensor:
+        embeddings = encode(list(items[start:stop]))
+        self.encode_calls += 1
+        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 3 or embeddings.shape[0] != stop - start:
+            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise InputError(
+                f"the encoder returned {shape} for {stop - start} items; expected a (items, vectors, dim) tensor"
+            )
+        stored = embeddings.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
+        name = f"shard-{start // self.shard_size:05d}.safetensors"
+        partial = self.folder / (name + ".partial")
+        save_file({"embeddings": stored}, str(partial))
+        partial.replace(self.folder / name)  # atomic: a crash never leaves half a shard
+        manifest["shards"].append({"file": name, "start": start, "stop": stop})
+        self._write_manifest(manifest)
+        return stored
 
 
 __all__ = ["EmbeddingCache", "model_identity", "model_key"]

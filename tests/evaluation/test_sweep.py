@@ -287,3 +287,12 @@ def test_cache_reports_what_it_holds(tmp_path, encoder_class):
     assert again.cached_items(to_items(["red", "green", "yellow"])) == 0
     with pytest.raises(InputError, match="cache dtype must be one of"):
         EmbeddingCache.for_model(tmp_path, identity, "set", "queries", dtype="int4")
+
+
+def test_cache_rejects_a_wrong_encoder_output(tmp_path):
+    from metaembed.evaluation.cache import EmbeddingCache
+    from metaembed.model.items import to_items
+
+    cache = EmbeddingCache.for_model(tmp_path, {"name": "x"}, "set", "queries")
+    with pytest.raises(InputError, match=r"returned \(1, 4\) for 2 items"):
+        cache.get_or_encode(to_items(["a", "b"]), lambda batch: torch.zeros(1, 4))
