@@ -65,7 +65,9 @@ def encode(
     The file holds 'ids' (N,) and 'embeddings' (N, R, D) float32, R being the model's number of
     query or candidate Meta Tokens; any prefix [:, :r] is a valid lower-budget embedding.
 
-    Example:  metaembed encode -m ./my-model -i ./photos -o photos.npz
+    \b
+    Example:
+      metaembed encode -m ./my-model -i ./photos -o photos.npz
     """
     import numpy as np
 
@@ -102,7 +104,9 @@ def index_build(
     The index records the model folder and the budget ladder, so 'metaembed search' needs only
     the index path. Ids already in the index are skipped: rerun the same command to resume.
 
-    Example:  metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
+    \b
+    Example:
+      metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
     """
     from metaembed.retriever import build_index
 
@@ -128,7 +132,9 @@ def index_add(
 ) -> None:
     """Add new items to an index with the model it records; ids already there are skipped.
 
-    Example:  metaembed index add ./docs.index -i ./more-docs
+    \b
+    Example:
+      metaembed index add ./docs.index -i ./more-docs
     """
     from metaembed.retriever import build_index, open_index
 
@@ -148,7 +154,9 @@ def index_delete(
 ) -> None:
     """Remove items from an index by id.
 
-    Example:  metaembed index delete ./docs.index report.pdf#page=3 notes.txt
+    \b
+    Example:
+      metaembed index delete ./docs.index report.pdf#page=3 notes.txt
     """
     from metaembed.retriever import open_index
 
@@ -164,7 +172,9 @@ def index_info(
 ) -> None:
     """Show an index's model, size, budgets and memory / FLOPs per budget.
 
-    Example:  metaembed index info ./docs.index --json
+    \b
+    Example:
+      metaembed index info ./docs.index --json
     """
     from metaembed.retriever import Retriever
 
@@ -195,11 +205,13 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", help="Query image file (alone or with the text)."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results to return."),
-    mode: str = typer.Option("exact", "--mode", help="'exact' MaxSim over every item, or 'coarse' (prefilter at a small budget, rerank)."),
+    mode: str = typer.Option("exact", "--mode", help="'exact': MaxSim over every item; 'coarse': score all at budget 1,1, rerank the best 1000 "
+        "exactly; 'ann': take the shortlist from a FAISS graph (sub-linear), rerank exactly."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
 ) -> None:
     """Search an index with text and/or an image at a budget.
 
+    \b
     Examples:
       metaembed search ./docs.index "quarterly revenue table" --budget 4,8 -k 5
       metaembed search ./photos.index --image cat.jpg --json
@@ -236,6 +248,99 @@ def format_hits(hits: list, budget: Any) -> str:
     return "\n".join(lines)
 
 
+# --- train / eval / bench --------------------------------------------------------------------
+@app.command(no_args_is_help=True)
+def train(
+    config: Path = typer.Argument(..., help="Training YAML (model, output_dir, data, max_steps, ...; see metaembed.training.config)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override the config's max_steps."),
+) -> None:
+    """Train a MetaEmbed model (Meta Tokens + LoRA, MMR loss) from a YAML config.
+
+    The final model is saved to OUTPUT_DIR/model, ready for 'metaembed index build --model'.
+
+    \b
+    Example:
+      metaembed train configs/mmr.yaml --output-dir runs/mmr --max-steps 200
+    """
+    import dataclasses
+
+    from metaembed.training.config import TrainingConfig
+    from metaembed.training.run import train as run_training
+
+    if not config.is_file():
+        raise MetaEmbedError(f"config file not found: {config}")
+    loaded = TrainingConfig.from_yaml(config)
+    changes: dict[str, Any] = {}
+    if output_dir is not None:
+        changes["output_dir"] = str(output_dir)
+    if max_steps is not None:
+        changes["max_steps"] = max_steps
+    final = run_training(dataclasses.replace(loaded, **changes) if changes else loaded)
+    typer.echo(f"trained model saved to {final}")
+
+
+@app.command("eval", no_args_is_help=True)
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
+    benchmark: Path = typer.Option(..., "--benchmark", "-b", help="Local benchmark folder (MMEB, ViDoRe v1/v2 or BEIR layout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json, results.md and results.png."),
+    ladder: Optional[str] = typer.Option(None, "--ladder", help="Budgets to score, e.g. '1,1 4,8 16,64'. " + LADDER_HELP.split(". ", 1)[1]),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Benchmark kind when it cannot be detected from the folder."),
+    datasets: Optional[list[str]] = typer.Option(None, "--dataset", help="Only this data set (repeatable)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
+) -> None:
+    """Evaluate a model at every budget of a ladder and write a table and a plot.
+
+    Embeddings are cached under OUT/cache, so a rerun (or a new ladder) reuses them.
+
+    \b
+    Example:
+      metaembed eval -m ./my-model -b data/ViDoRe -o runs/vidore --ladder "1,1 4,8 16,64"
+    """
+    from metaembed.evaluation import markdown_table, run_sweep
+    from metaembed.retriever import load_model
+
+    if not benchmark.exists():
+        raise MetaEmbedError(f"benchmark folder not found: {benchmark}")
+    result = run_sweep(
+        load_model(model), benchmark, out_dir=out, kind=kind, ladder=ladder,
+        batch_size=batch_size, datasets=datasets or None, model_name=str(model),
+    )
+    typer.echo(markdown_table(result))
+    typer.echo(f"results written to {out}")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench(
+    context: typer.Context,
+    script: str = typer.Option("scoring", "--script", help="Which benchmarks/<name>.py to run."),
+) -> None:
+    """Run a speed benchmark from the source checkout's benchmarks/ folder.
+
+    Any further arguments are passed to the script (see 'metaembed bench -- --help'). The
+    scripts print a table and write JSON, with peer implementations measured in the same run.
+
+    \b
+    Example:
+      metaembed bench -- --quick --out runs/bench
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    target = root / "benchmarks" / f"{script}.py"
+    if not target.is_file():
+        raise MetaEmbedError(
+            f"benchmark script {target} not found: 'metaembed bench' runs from a source checkout "
+            "(git clone, then pip install -e .)"
+        )
+    completed = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *context.args], cwd=root)
+    if completed.returncode:
+        raise typer.Exit(completed.returncode)
+
+
 # --- serve -----------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def serve(
@@ -252,7 +357,9 @@ def serve(
 
     Endpoints: POST /search, POST /items, DELETE /items/{id}, GET /health, GET /info.
 
-    Example:  metaembed serve ./docs.index --port 8080 --api-key secret
+    \b
+    Example:
+      metaembed serve ./docs.index --port 8080 --api-key secret
     """
     import uvicorn
 
@@ -277,7 +384,9 @@ def quickstart(
     paired with its Unicode name. 10% of the characters are held out; their names are the test
     queries. Prints Recall@1 / nDCG@5 and query latency per budget and writes a PNG plot.
 
-    Example:  metaembed quickstart --cache ./.metaembed
+    \b
+    Example:
+      metaembed quickstart --cache ./.metaembed
     """
     from metaembed.quickstart import run_quickstart
 
@@ -285,8 +394,21 @@ def quickstart(
 
 
 # --- entry point -----------------------------------------------------------------------------
+def _quiet_libraries() -> None:
+    # Weight-loading bars and load reports from transformers would bury the CLI's own output;
+    # the CLI's progress bars (indexing, training) are its own tqdm bars and stay.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print ``error: ...`` and return 2 (no traceback)."""
+    _quiet_libraries()
     try:
         app(args=argv, prog_name="metaembed", standalone_mode=False)
     except click.exceptions.Exit as done:

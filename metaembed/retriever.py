@@ -82,6 +82,9 @@ class Retriever:
         self.index = index
         self.model = model
         self._write_lock = threading.Lock()
+        # MetaEmbedModel injects its Meta Tokens through a forward hook on the shared embedding
+        # module, so two encodes running at once would see each other's hooks: one at a time.
+        self._encode_lock = threading.Lock()
         if model.embedding_dim != self._index_dim:
             raise IndexStateError(
                 f"the model embeds into {model.embedding_dim} dimensions but the index holds "
@@ -172,7 +175,8 @@ class Retriever:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
-        embeddings = self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
+        with self._encode_lock:
+            embeddings = self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
         results = self.index.search(embeddings, k=k, budget=chosen, mode=mode)
         return [
             [Hit(rank, r.id, float(r.score), dict(r.payload or {})) for rank, r in enumerate(hits, start=1)]
@@ -197,7 +201,8 @@ class Retriever:
             return
         payloads = list(payloads) if payloads is not None else [{} for _ in ids]
         self._check_new(ids)  # fail before paying for the encoding
-        embeddings = self.model.encode_candidates(list(items), batch_size=batch_size, show_progress=False)
+        with self._encode_lock:
+            embeddings = self.model.encode_candidates(list(items), batch_size=batch_size, show_progress=False)
         with self._write_lock:
             self._check_new(ids)  # another writer may have added them meanwhile
             self.index.add(list(ids), embeddings, payloads)
@@ -222,6 +227,7 @@ def build_index(
     source: str | Path,
     out: str | Path,
     *,
+    model_path: str | Path | None = None,
     budgets: str | Iterable[BudgetLike] | None = None,
     batch_size: int = 16,
     dtype: str = "float16",
@@ -230,6 +236,8 @@ def build_index(
 ) -> "Retriever":
     """Embed every record of ``source`` (folder or JSONL) into the index at ``out``.
 
+    ``model`` is a saved model folder or a loaded model; with a loaded model, ``model_path`` names
+    the folder it was saved to (recorded so that the index can be opened by path alone).
     Creates the index when ``out`` does not exist (recording the model folder and the ``budgets``
     ladder in its metadata) and otherwise *resumes*: records whose id is already in the index are
     skipped, so an interrupted build continues where it stopped. Records are added one batch at a
@@ -238,7 +246,9 @@ def build_index(
     from metaembed.index import MultiVectorIndex
 
     out = Path(out)
-    model_path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else None
+    if isinstance(model, (str, Path)):
+        model_path = model
+    model_path = str(Path(model_path).resolve()) if model_path is not None else None
     index = None
     if out.exists():
         index = open_index(out)

@@ -82,14 +82,18 @@ def _font(filename: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 def render(glyph: Glyph, size: int = 32, font: str = COLLECTION_FONT) -> Image.Image:
-    """Draw one character black on white, centred on its ink, as an RGB ``size`` x ``size`` image."""
+    """Draw one character white on black, centred on its ink, as an RGB ``size`` x ``size`` image.
+
+    Light ink on a dark ground keeps empty patches at zero, so a linear patch embedding sees the
+    strokes rather than a large constant background.
+    """
     face = _font(font, int(size * 0.75))
-    canvas = Image.new("L", (size, size), 255)
+    canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     left, top, right, bottom = draw.textbbox((0, 0), chr(glyph.codepoint), font=face)
     x = (size - (right - left)) / 2 - left
     y = (size - (bottom - top)) / 2 - top
-    draw.text((x, y), chr(glyph.codepoint), font=face, fill=0)
+    draw.text((x, y), chr(glyph.codepoint), font=face, fill=255)
     return canvas.convert("RGB")
 
 
@@ -110,5 +114,5 @@ def split(glyphs: list[Glyph], held_out: float = 0.1, seed: int = 0) -> tuple[li
 
 
 def to_array(image: Image.Image) -> np.ndarray:
-    """A rendered glyph as a float32 array ``(3, H, W)`` in [0, 1] (white = 1)."""
+    """A rendered glyph as a float32 array ``(3, H, W)`` in [0, 1] (ink = 1)."""
     return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0

