@@ -1,0 +1,1 @@
+"""Training: MMR losses, data loading, and the trainer that fits Meta Tokens + LoRA."""
