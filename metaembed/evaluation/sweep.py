@@ -1,0 +1,342 @@
+"""The budget sweep: encode once at the full budget, re-score at every budget of a ladder.
+
+Queries and candidates are encoded once with all their Meta Token vectors
+(``R_q`` / ``R_c``) and cached on disk (:mod:`metaembed.evaluation.cache`). A
+budget ``(r_q, r_c)`` keeps the first ``r_q`` / ``r_c`` of them, so every budget
+of the ladder is only a call to :func:`metaembed.scoring.maxsim` on cached
+tensors. An interrupted run resumes from the cache without re-encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
+from metaembed.errors import InputError
+from metaembed.evaluation.benchmarks import Benchmark
+from metaembed.evaluation.cache import EmbeddingCache, model_identity
+from metaembed.evaluation.metrics import (
+    DEFAULT_K_VALUES,
+    mean,
+    precision_at_1,
+    retrieval_metrics,
+    rows_to_keep,
+    run_from_ranked_rows,
+)
+from metaembed.evaluation.mmeb import MMEB_DATASETS, MMEB_PAPER_OVERALL
+from metaembed.evaluation.report import RESULTS_JSON, write_report
+from metaembed.evaluation.result import SweepResult
+from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask, Task
+from metaembed.evaluation.vidore import VIDORE_V2_PAPER_AVERAGE
+from metaembed.model.items import Item
+from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
+
+logger = logging.getLogger(__name__)
+
+
+class MultiVectorEncoder(Protocol):
+    """What the sweep needs from a model (``metaembed.model.MetaEmbedModel`` is one).
+
+    Both methods return float ``(N, R, D)`` tensors with all vectors when
+    ``budget`` is ``None``.
+    """
+
+    num_query_tokens: int
+    num_candidate_tokens: int
+
+    def encode_queries(self, items: Sequence[Any], *, batch_size: int, budget: Any = None,
+                       instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor: ...
+
+    def encode_candidates(self, items: Sequence[Any], *, batch_size: int, budget: Any = None,
+                          instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor: ...
+
+
+def score_candidate_lists(
+    task: CandidateListTask, queries: torch.Tensor, candidates: torch.Tensor, budget: Budget
+) -> float:
+    """Precision@1 of ``task`` at ``budget`` from its cached embeddings.
+
+    ``queries`` is ``(Q, R_q, D)``, ``candidates`` ``(U, R_c, D)`` over the task's
+    distinct candidates. When the lists cover most of the candidates (MMEB
+    classification: every query ranks all classes) one ``(Q, U)`` MaxSim is
+    cheapest; otherwise (retrieval: a different 1,000 per query) each group of
+    queries sharing a list is scored against that list only.
+    """
+    lists = task.candidate_lists
+    total_pairs = sum(len(lst) for lst in lists)
+    hits: list[torch.Tensor] = []
+    if queries.shape[0] * candidates.shape[0] <= 4 * total_pairs:
+        full = maxsim(queries, candidates, budget)
+        for row, lst in enumerate(lists):
+            index = torch.tensor(lst)
+            hits.append(precision_at_1(full[row, index][None], index == lst[0]))
+    else:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, lst in enumerate(lists):
+            groups.setdefault(tuple(lst), []).append(row)
+        for lst, rows in groups.items():
+            index = torch.tensor(lst)
+            # Slice to r_c before gathering: the copy holds only the vectors scored.
+            scores = maxsim(queries[rows], candidates[index, : budget.r_c], budget)
+            hits.append(precision_at_1(scores, index == lst[0]))
+    hit_flags = torch.cat(hits)
+    return int(hit_flags.sum()) / hit_flags.numel()
+
+
+def top_rows(
+    queries: torch.Tensor, corpus: torch.Tensor, budget: Budget, keep: int, block_bytes: int = 256 << 20
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``keep`` best corpus rows by MaxSim at ``budget``: ``(Q, keep)`` scores and row indices.
+
+    The corpus is scored in blocks whose ``(Q, block)`` fp32 score matrix stays
+    under ``block_bytes``, merging a running top-``keep``, so a large user
+    collection never needs its full ``(Q, N)`` score matrix in memory.
+    """
+    num_queries, num_rows = queries.shape[0], corpus.shape[0]
+    block = max(keep, block_bytes // (4 * max(1, num_queries)))
+    best_values = torch.empty(num_queries, 0)
+    best_rows = torch.empty(num_queries, 0, dtype=torch.long)
+    for start in range(0, num_rows, block):
+        scores = maxsim(queries, corpus[start : start + block], budget)
+        values, rows = scores.topk(min(keep, scores.shape[1]), dim=1)
+        merged_values = torch.cat([best_values, values], dim=1)
+        merged_rows = torch.cat([best_rows, rows + start], dim=1)
+        best_values, order = merged_values.topk(min(keep, merged_values.shape[1]), dim=1)
+        best_rows = merged_rows.gather(1, order)
+    return best_values, best_rows
+
+
+def score_retrieval(
+    task: RetrievalTask,
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    budget: Budget,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    depth: int = 1000,
+) -> dict[str, float]:
+    """nDCG@k, recall@k and MRR of ``task`` at ``budget``: exhaustive MaxSim over the
+    corpus, each query's top ``depth`` documents judged by trec_eval."""
+    depth = max(depth, *k_values)
+    keep = rows_to_keep(task.doc_ids, depth, task.ignore_identical_ids)
+    values, rows = top_rows(queries, corpus, budget, keep)
+    run = run_from_ranked_rows(values, rows, task.query_ids, task.doc_ids, depth, task.ignore_identical_ids)
+    return retrieval_metrics(task.qrels, run, k_values)
+
+
+def _encode_side(
+    encode: Any,
+    items: list[Item],
+    cache: EmbeddingCache,
+    batch_size: int,
+    instruction: str | None,
+    show_progress: bool | None,
+) -> torch.Tensor:
+    def run(batch: list[Item]) -> torch.Tensor:
+        return encode(batch, batch_size=batch_size, budget=None, instruction=instruction,
+                      show_progress=show_progress)
+
+    return cache.get_or_encode(items, run)
+
+
+def group_averages(kind: str, result: SweepResult) -> dict[str, dict[str, float]]:
+    """Plain means of the headline metric over data sets, per budget.
+
+    MMEB: one row per meta-task present, then IND, OOD and Overall; the rest:
+    "Average". Data sets outside the published MMEB list count only in Overall.
+    """
+    metric = result.headline_metric
+    groups: dict[str, list[str]] = {}
+    if kind == "mmeb":
+        for meta_task in MMEB_DATASETS:
+            members = [n for n in result.datasets if result.info[n].get("meta_task") == meta_task]
+            if members:
+                groups[meta_task] = members
+        for split in ("IND", "OOD"):
+            members = [n for n in result.datasets if result.info[n].get("split") == split]
+            if members:
+                groups[split] = members
+        groups["Overall"] = list(result.datasets)
+    else:
+        groups["Average"] = list(result.datasets)
+    return {
+        label: {b: mean(result.datasets[n][b][metric] for n in members) for b in result.ladder}
+        for label, members in groups.items()
+        if members
+    }
+
+
+def _check_ladder(ladder: Sequence[Budget], queries: torch.Tensor, candidates: torch.Tensor, name: str) -> None:
+    for budget in ladder:
+        budget.check_within(queries.shape[1], candidates.shape[1], f"the embeddings of data set {name!r}")
+
+
+def run_sweep(
+    model: MultiVectorEncoder,
+    benchmark: str | Path | Benchmark,
+    *,
+    out_dir: str | Path | None,
+    kind: str | None = None,
+    ladder: str | Sequence[BudgetLike] | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 8,
+    datasets: Sequence[str] | None = None,
+    model_name: str | None = None,
+    image_root: str | Path | None = None,
+    query_instruction: str | None = None,
+    candidate_instruction: str | None = None,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    shard_size: int = 256,
+    cache_dtype: str = "float16",
+    show_progress: bool | None = None,
+) -> SweepResult:
+    """Evaluate ``model`` on a local benchmark folder at every budget of ``ladder``.
+
+    Args:
+        model: an encoder with ``encode_queries`` / ``encode_candidates``
+            returning ``(N, R, D)`` tensors (see :class:`MultiVectorEncoder`).
+        benchmark: a folder (MMEB, ViDoRe v1/v2 or BEIR layout; its kind is
+            detected unless ``kind`` is given) or an opened :class:`Benchmark`.
+        out_dir: where ``results.json``, ``results.md`` and ``results.png`` go
+            (``None``: write nothing). ``results.json`` is rewritten after each
+            data set, so a long run shows its progress.
+        ladder: budgets ``"r_q,r_c"``; each must fit the model's numbers of Meta
+            Tokens. Default: the paper's ladder, cut to the budgets the model can
+            serve, plus its full budget ``(R_q, R_c)``.
+        cache_dir: embedding cache (default ``<out_dir>/cache``); re-running with
+            the same model and data reuses every shard already encoded.
+        datasets: names of the data sets to run (default: all present).
+        model_name: a name for the model in cache keys and reports (default:
+            its ``name_or_path`` or class name). Cache keys also hash its config
+            and a sample of its weights.
+        image_root: MMEB's image folder when it is not under ``benchmark``.
+        query_instruction / candidate_instruction: instructions for ViDoRe/BEIR
+            items that carry none (MMEB items bring their own).
+        k_values: cut-offs for nDCG@k / recall@k.
+        shard_size: items per cache shard (the unit of resumption).
+        cache_dtype: storage precision of cached embeddings ("float16",
+            "bfloat16" or "float32"); scoring is always fp32.
+
+    Returns:
+        a :class:`SweepResult` (also written to ``out_dir`` when given).
+    """
+    budgets = _ladder_for(model, ladder)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if out_dir is None and cache_dir is None:
+        raise InputError("give out_dir or cache_dir: the sweep caches embeddings on disk")
+    out_path = Path(out_dir) if out_dir is not None else None
+    cache_root = Path(cache_dir) if cache_dir is not None else out_path / "cache"  # type: ignore[operator]
+    bench = (
+        benchmark
+        if isinstance(benchmark, Benchmark)
+        else Benchmark.open(benchmark, kind, image_root=image_root, image_dir=cache_root / "images")
+    )
+    names = bench.select(list(datasets) if datasets is not None else None)
+    identity = model_identity(model, model_name)
+    identity["instructions"] = [query_instruction, candidate_instruction]
+    result = SweepResult(
+        benchmark=bench.kind,
+        model=identity["name"],
+        ladder=[str(b) for b in budgets],
+        headline_metric=bench.headline_metric,
+        paper=_paper_numbers(bench.kind),
+        index_dtype=cache_dtype,
+    )
+    for name in names:
+        started = time.perf_counter()
+        task = bench.load(name)
+        options = {"shard_size": shard_size, "dtype": cache_dtype}
+        query_cache = EmbeddingCache.for_model(cache_root, identity, f"{bench.kind}/{name}", "queries", **options)
+        candidate_cache = EmbeddingCache.for_model(cache_root, identity, f"{bench.kind}/{name}", "candidates", **options)
+        candidate_items = task.candidates if isinstance(task, CandidateListTask) else task.corpus
+        queries = _encode_side(model.encode_queries, task.queries, query_cache, batch_size,
+                               query_instruction if isinstance(task, RetrievalTask) else None, show_progress)
+        candidates = _encode_side(model.encode_candidates, candidate_items, candidate_cache, batch_size,
+                                  candidate_instruction if isinstance(task, RetrievalTask) else None,
+                                  show_progress)
+        if queries.shape[2] != candidates.shape[2]:
+            raise InputError(f"data set {name!r}: query dim {queries.shape[2]} != candidate dim {candidates.shape[2]}")
+        _check_ladder(budgets, queries, candidates, name)
+        per_budget: dict[str, dict[str, float]] = {}
+        for budget in budgets:
+            if isinstance(task, CandidateListTask):
+                per_budget[str(budget)] = {"precision@1": score_candidate_lists(task, queries, candidates, budget)}
+            else:
+                per_budget[str(budget)] = score_retrieval(task, queries, candidates, budget, k_values)
+        result.datasets[name] = per_budget
+        result.info[name] = _task_info(task, time.perf_counter() - started)
+        dim = queries.shape[2]
+        result.costs = {
+            str(b): {
+                "scoring_flops_per_pair": float(maxsim_flops(b, dim)),
+                "index_bytes_per_candidate": float(embedding_bytes(b.r_c, dim, cache_dtype)),
+            }
+            for b in budgets
+        }
+        result.groups = group_averages(bench.kind, result)
+        if out_path is not None:
+            result.save(out_path / RESULTS_JSON)
+        logger.info("%s: done in %.1fs", name, time.perf_counter() - started)
+    if out_path is not None:
+        write_report(result, out_path)
+    return result
+
+
+def _ladder_for(model: MultiVectorEncoder, ladder: str | Sequence[BudgetLike] | None) -> tuple[Budget, ...]:
+    """The budgets to sweep: ``ladder`` checked against the model's Meta Tokens, or by
+    default the paper's ladder cut to what the model has (plus its full budget)."""
+    max_r_q = getattr(model, "num_query_tokens", None)
+    max_r_c = getattr(model, "num_candidate_tokens", None)
+    if ladder is not None:
+        budgets = parse_ladder(ladder)
+        for budget in budgets:
+            budget.check_within(max_r_q, max_r_c, "the model")
+        return budgets
+    fitting = [
+        b for b in DEFAULT_LADDER
+        if (max_r_q is None or b.r_q <= max_r_q) and (max_r_c is None or b.r_c <= max_r_c)
+    ]
+    if max_r_q is not None and max_r_c is not None:
+        fitting.append(Budget(max_r_q, max_r_c))
+    return parse_ladder(fitting)
+
+
+def _task_info(task: Task, seconds: float) -> dict[str, Any]:
+    if isinstance(task, CandidateListTask):
+        return {
+            "meta_task": task.meta_task,
+            "split": task.split,
+            "num_queries": len(task.queries),
+            "num_candidates": len(task.candidates),
+            "seconds": round(seconds, 3),
+        }
+    return {
+        "num_queries": len(task.queries),
+        "num_candidates": len(task.corpus),
+        "num_judged_queries": sum(1 for docs in task.qrels.values() if docs),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _paper_numbers(kind: str) -> dict[str, dict[str, float]]:
+    if kind == "mmeb":
+        return {model: dict(values) for model, values in MMEB_PAPER_OVERALL.items()}
+    if kind == "vidore-v2":
+        return {model: dict(values) for model, values in VIDORE_V2_PAPER_AVERAGE.items()}
+    return {}
+
+
+__all__ = [
+    "MultiVectorEncoder",
+    "SweepResult",
+    "run_sweep",
+    "score_candidate_lists",
+    "score_retrieval",
+    "top_rows",
+    "group_averages",
+]

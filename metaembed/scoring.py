@@ -1,0 +1,260 @@
+"""Budgeted MaxSim scoring and the FLOP / byte accounting of the paper's efficiency table.
+
+MaxSim (late interaction) scores a query of ``r_q`` vectors against a candidate of
+``r_c`` vectors as ``sum_i max_j <q_i, c_j>``. MetaEmbed's Matryoshka training
+makes every *prefix* useful, so a budget ``(r_q, r_c)`` simply keeps the first
+``r_q`` query vectors and the first ``r_c`` candidate vectors.
+
+The kernel is written for a CPU where fp32 GEMM is fast (~150 GFLOP/s on the
+reference machine) and fp16/bf16 GEMM is a very slow fallback:
+
+* Candidates are visited **position by position**: for a chunk of candidates and
+  each position ``j < r_c`` one fp32 GEMM ``(chunk, D) @ (D, Q*r_q)`` is computed
+  and folded into a running maximum. The full ``(Q, C, r_q, r_c)`` similarity
+  tensor that peers materialise is never built; the working set stays in cache.
+* All queries of a batch are one ``(Q*r_q, D)`` matrix, so the GEMM is wide
+  enough to run near peak and every candidate byte is read once per batch.
+* Compact storage (fp16, bf16, int8 with a per-vector scale) is upcast to fp32
+  one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
+  loses nothing beyond its own rounding.
+* torch runs each GEMM and elementwise op on all intra-op threads.
+
+A position-major layout ``(R_c, C, D)`` (what :mod:`metaembed.index` stores)
+makes every position block contiguous and a prefix ``r_c`` touches only the
+first ``r_c`` slabs; a candidate-major ``(C, R_c, D)`` tensor is scored through
+a strided view without a copy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from metaembed.budget import Budget, BudgetLike
+from metaembed.errors import BudgetError, InputError
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+#: dtypes a caller may hand to :func:`maxsim`; anything else is refused.
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+#: bytes per stored element, and the per-vector overhead (int8 keeps a fp32 scale).
+_STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int8": (1, 4)}
+
+# Scratch memory per candidate chunk. Two (chunk, Q*r_q) fp32 buffers plus one
+# (chunk, D) upcast buffer stay around 8-16 MiB: large enough that each GEMM
+# call amortises its overhead, small enough to stay in the last-level cache.
+_SCRATCH_BYTES = 16 << 20
+_MAX_CHUNK = 4096
+_MIN_CHUNK = 64
+# Query rows (Q*r_q) scored per pass; more queries are split into groups so the
+# scratch buffers stay bounded whatever the batch size.
+_MAX_QUERY_ROWS = 1024
+
+
+def as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
+    """Return ``values`` as a CPU torch tensor without copying when possible.
+
+    Accepts torch tensors and numpy arrays of a floating dtype; float64 is
+    accepted and computed in fp32. Raises :class:`InputError` otherwise.
+    """
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind != "f":
+            raise InputError(f"{name} must hold floating-point values, got numpy dtype {values.dtype}")
+        with warnings.catch_warnings():
+            # Read-only arrays (memmaps) are only read here; torch warns that it cannot enforce that.
+            warnings.simplefilter("ignore", UserWarning)
+            values = torch.from_numpy(values)
+    elif not isinstance(values, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(values).__name__}")
+    if values.dtype not in _FLOAT_DTYPES:
+        raise InputError(f"{name} must be float32, float16 or bfloat16, got {values.dtype}")
+    if values.device.type != "cpu":
+        values = values.cpu()
+    return values
+
+
+def _check_3d(values: torch.Tensor, name: str, shape_doc: str) -> None:
+    if values.ndim != 3:
+        raise InputError(f"{name} must have shape {shape_doc}, got shape {tuple(values.shape)}")
+    if values.shape[1] == 0 or values.shape[2] == 0:
+        raise InputError(f"{name} has an empty axis: shape {tuple(values.shape)}")
+
+
+def resolve_budget(budget: BudgetLike | None, max_r_q: int, max_r_c: int, where: str) -> Budget:
+    """Read ``budget`` (``None`` = everything available) and check it fits ``max_r_q`` / ``max_r_c``."""
+    if budget is None:
+        return Budget(max_r_q, max_r_c)
+    return Budget.parse(budget).check_within(max_r_q, max_r_c, where)
+
+
+def query_matrix(queries: torch.Tensor, r_q: int) -> torch.Tensor:
+    """The first ``r_q`` vectors of every query as one contiguous fp32 ``(Q*r_q, D)`` matrix."""
+    return queries[:, :r_q].to(torch.float32).reshape(-1, queries.shape[-1]).contiguous()
+
+
+def chunk_size(dim: int, query_rows: int) -> int:
+    """Candidates per chunk so the fp32 scratch buffers fit :data:`_SCRATCH_BYTES`."""
+    per_candidate = 4 * (2 * query_rows + dim)
+    return int(max(_MIN_CHUNK, min(_MAX_CHUNK, _SCRATCH_BYTES // per_candidate)))
+
+
+def score_positions(
+    query_rows: torch.Tensor,
+    r_q: int,
+    positions: Sequence[torch.Tensor],
+    scales: Sequence[torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MaxSim of a query batch against candidates given position by position.
+
+    Args:
+        query_rows: fp32 ``(Q*r_q, D)``, the prefix ``r_q`` of each query stacked
+            (see :func:`query_matrix`).
+        r_q: query vectors per query in ``query_rows``.
+        positions: ``r_c`` tensors of shape ``(C, D)``; ``positions[j][c]`` is the
+            ``j``-th vector of candidate ``c``. Any float dtype or int8, any row
+            stride (a view into a ``(C, R_c, D)`` or ``(R_c, C, D)`` tensor works).
+        scales: for int8 ``positions``, ``r_c`` fp32 tensors of shape ``(C,)``
+            with the per-vector scale (value = code * scale); ``None`` otherwise.
+        out: optional fp32 ``(Q, C)`` tensor to write into.
+
+    Returns:
+        fp32 ``(Q, C)`` scores ``sum_i max_j <q_i, c_j>``.
+    """
+    total_rows, dim = query_rows.shape
+    num_queries = total_rows // r_q
+    num_candidates = positions[0].shape[0]
+    if out is None:
+        out = torch.empty(num_queries, num_candidates, dtype=torch.float32)
+    for q_start in range(0, num_queries, max(1, _MAX_QUERY_ROWS // r_q)):
+        q_stop = min(num_queries, q_start + max(1, _MAX_QUERY_ROWS // r_q))
+        _score_query_group(query_rows[q_start * r_q : q_stop * r_q], r_q, positions, scales, out[q_start:q_stop])
+    return out
+
+
+def _score_query_group(
+    query_rows: torch.Tensor,
+    r_q: int,
+    positions: Sequence[torch.Tensor],
+    scales: Sequence[torch.Tensor] | None,
+    out: torch.Tensor,
+) -> None:
+    rows, dim = query_rows.shape
+    num_queries = rows // r_q
+    num_candidates = positions[0].shape[0]
+    query_t = query_rows.t()  # (D, Q*r_q): a transposed view; BLAS reads it as transB
+    chunk = chunk_size(dim, rows)
+    running = torch.empty(chunk, rows, dtype=torch.float32)
+    similarity = torch.empty(chunk, rows, dtype=torch.float32)
+    upcast = torch.empty(chunk, dim, dtype=torch.float32)
+    for start in range(0, num_candidates, chunk):
+        stop = min(num_candidates, start + chunk)
+        n = stop - start
+        best, sim, buf = running[:n], similarity[:n], upcast[:n]
+        for j, block in enumerate(positions):
+            block = block[start:stop]
+            if block.dtype != torch.float32:
+                buf.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
+                if scales is not None:
+                    buf.mul_(scales[j][start:stop, None])
+                block = buf
+            if j == 0:
+                torch.mm(block, query_t, out=best)
+            else:
+                torch.mm(block, query_t, out=sim)
+                torch.maximum(best, sim, out=best)
+        # (n, Q*r_q) -> (n, Q): the sum over the r_q query vectors of each query.
+        out[:, start:stop].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
+
+
+def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None = None) -> torch.Tensor:
+    """Budgeted MaxSim scores of every query against every candidate.
+
+    Args:
+        queries: ``(Q, R_q, D)`` torch tensor or numpy array, float32, float16 or
+            bfloat16 (float64 is computed in float32).
+        candidates: ``(C, R_c, D)``, same dtypes; need not match the queries' dtype.
+        budget: ``(r_q, r_c)`` as a :class:`~metaembed.budget.Budget`, ``"4,8"``
+            or a pair: score the first ``r_q`` query vectors against the first
+            ``r_c`` candidate vectors. ``None`` uses all ``R_q`` and ``R_c``.
+
+    Returns:
+        float32 ``(Q, C)`` tensor, ``scores[q, c] = sum_{i<r_q} max_{j<r_c} <queries[q,i], candidates[c,j]>``,
+        computed in fp32 whatever the input dtype. Inputs are not checked for
+        NaN/inf here (that would cost a pass over the data); the index checks on add.
+
+    Raises:
+        InputError: wrong type, dtype, number of axes, or differing ``D``.
+        BudgetError: a budget larger than ``R_q`` or ``R_c``.
+
+    >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])              # 1 query, 2 vectors
+    >>> c = torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.0, 2.0], [0.0, 0.0]]])
+    >>> maxsim(q, c)                                            # max per query vector, summed
+    tensor([[1.5000, 2.0000]])
+    >>> maxsim(q, c, budget="1,1")
+    tensor([[1., 0.]])
+    """
+    queries = as_tensor(queries, "queries")
+    candidates = as_tensor(candidates, "candidates")
+    _check_3d(queries, "queries", "(Q, R_q, D)")
+    _check_3d(candidates, "candidates", "(C, R_c, D)")
+    if queries.shape[2] != candidates.shape[2]:
+        raise InputError(
+            f"queries have dimension D={queries.shape[2]} but candidates have D={candidates.shape[2]}"
+        )
+    chosen = resolve_budget(budget, queries.shape[1], candidates.shape[1], "the inputs")
+    if queries.shape[0] == 0 or candidates.shape[0] == 0:
+        return torch.zeros(queries.shape[0], candidates.shape[0], dtype=torch.float32)
+    if candidates.dtype == torch.float64:
+        candidates = candidates.to(torch.float32)
+    rows = query_matrix(queries, chosen.r_q)
+    positions = [candidates[:, j] for j in range(chosen.r_c)]  # strided (C, D) views, no copy
+    return score_positions(rows, chosen.r_q, positions)
+
+
+def maxsim_flops(budget: BudgetLike, dim: int, num_candidates: int = 1, num_queries: int = 1) -> int:
+    """Multiply-add FLOPs of exact MaxSim: ``2 * r_q * r_c * D`` per (query, candidate) pair.
+
+    The max and sum add ``r_q * r_c`` comparisons per pair, which the paper's
+    efficiency table (and this count) leaves out.
+
+    >>> maxsim_flops("16,64", dim=128)
+    262144
+    """
+    b = Budget.parse(budget)
+    return 2 * b.r_q * b.r_c * int(dim) * int(num_candidates) * int(num_queries)
+
+
+def embedding_bytes(num_vectors: int, dim: int, dtype: str = "float16", num_candidates: int = 1) -> int:
+    """Bytes to store ``num_vectors`` vectors of dimension ``dim`` for each of ``num_candidates``.
+
+    ``dtype`` is a storage precision: ``"float32"``, ``"float16"``, ``"bfloat16"``
+    or ``"int8"`` (one byte per value plus a 4-byte fp32 scale per vector).
+
+    >>> embedding_bytes(64, 128, "float16")
+    16384
+    >>> embedding_bytes(64, 128, "int8")
+    8448
+    """
+    if dtype not in _STORAGE_BYTES:
+        raise InputError(f"unknown storage dtype {dtype!r}; expected one of {sorted(_STORAGE_BYTES)}")
+    per_value, per_vector = _STORAGE_BYTES[dtype]
+    return int(num_candidates) * int(num_vectors) * (int(dim) * per_value + per_vector)
+
+
+STORAGE_DTYPES: tuple[str, ...] = tuple(_STORAGE_BYTES)
+
+__all__ = [
+    "maxsim",
+    "maxsim_flops",
+    "embedding_bytes",
+    "score_positions",
+    "query_matrix",
+    "resolve_budget",
+    "as_tensor",
+    "STORAGE_DTYPES",
+]
