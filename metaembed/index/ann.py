@@ -1,0 +1,103 @@
+"""Approximate first stage for coarse-to-fine search: FAISS HNSW over each candidate's first vector.
+
+At a first-stage budget ``(r_q, 1)`` MaxSim collapses to one inner product:
+``sum_i max_{j<1} <q_i, c_0> = <sum_i q_i, c_0>``. So the cheap stage is exactly a
+single-vector maximum-inner-product search over the candidates' first Meta
+Token vector, which an HNSW graph answers in sub-linear time. The shortlist it
+returns is then re-ranked exactly at the requested budget.
+
+The graph lives in memory, is built lazily on the first approximate search and
+grows incrementally as segments are added. HNSW cannot remove points, so
+deleted rows are filtered out of its answers (it is asked for extra
+neighbours), and the graph is rebuilt when segments are merged away or when too
+many of its points are dead.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from metaembed.index.search import SegmentView, bases
+from metaembed.index.quantize import decode
+
+# HNSW graph degree; 32 is FAISS's common default for d = 128..2048.
+_HNSW_M = 32
+# Rebuild once more than this fraction of the graph's points are deleted rows.
+_MAX_DEAD_FRACTION = 0.25
+_ADD_ROWS = 65536
+
+
+class FirstVectorANN:
+    """An HNSW inner-product graph over the first vector of every candidate row it has seen."""
+
+    def __init__(self, dim: int, ef_search: int = 128) -> None:
+        self.dim = dim
+        self.ef_search = ef_search
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        import faiss
+
+        self._graph = faiss.IndexHNSWFlat(self.dim, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        self._segments: list[str] = []  # segments in the graph, in the order their rows were added
+        self._starts: list[int] = []  # graph ordinal of each segment's row 0
+
+    def _sync(self, views: tuple[SegmentView, ...]) -> None:
+        names = [v.segment.name for v in views]
+        live = sum(int(v.alive.sum()) for v in views)
+        stale = any(name not in names for name in self._segments)
+        if stale or (self._graph.ntotal and 1 - live / self._graph.ntotal > _MAX_DEAD_FRACTION):
+            self._reset()
+        known = set(self._segments)
+        for view in views:
+            if view.segment.name in known:
+                continue
+            self._starts.append(int(self._graph.ntotal))
+            self._segments.append(view.segment.name)
+            segment = view.segment
+            for start in range(0, view.rows, _ADD_ROWS):
+                stop = min(view.rows, start + _ADD_ROWS)
+                scales = None if segment.scales is None else segment.scales[0, start:stop]
+                first = decode(segment.codes[0, start:stop], scales, segment.fmt)
+                self._graph.add(np.ascontiguousarray(first.numpy(), dtype=np.float32))
+
+    def search(self, views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, shortlist: int) -> torch.Tensor:
+        """Approximate top-``shortlist`` refs ``(Q, shortlist)`` of ``queries`` ``(Q, R_q, D)`` at budget ``(r_q, 1)``.
+
+        Refs are in the snapshot ``views``' numbering; ``-1`` pads missing entries.
+        """
+        with self._lock:
+            self._sync(views)
+            graph_size = int(self._graph.ntotal)
+            if graph_size == 0:
+                return torch.full((queries.shape[0], shortlist), -1, dtype=torch.long)
+            dead = graph_size - sum(int(v.alive.sum()) for v in views)
+            fetch = min(graph_size, shortlist + dead)
+            self._graph.hnsw.efSearch = max(self.ef_search, fetch)
+            summed = queries[:, :r_q].to(torch.float32).sum(dim=1).numpy()
+            _, ordinals = self._graph.search(np.ascontiguousarray(summed), fetch)
+            starts = np.asarray(self._starts + [graph_size])
+            offsets = dict(zip((v.segment.name for v in views), bases(views)))
+            alive = {v.segment.name: v.alive.numpy() for v in views}
+            order = list(self._segments)
+        out = np.full((queries.shape[0], shortlist), -1, dtype=np.int64)
+        for q, row in enumerate(ordinals):
+            row = row[row >= 0]
+            owner = np.searchsorted(starts, row, side="right") - 1
+            kept = []
+            for ordinal, index in zip(row, owner):
+                name = order[index]
+                local = ordinal - starts[index]
+                if alive[name][local]:
+                    kept.append(offsets[name] + local)
+                if len(kept) == shortlist:
+                    break
+            out[q, : len(kept)] = kept
+        return torch.from_numpy(out)
+
+
+__all__ = ["FirstVectorANN"]

@@ -1,0 +1,182 @@
+"""Top-k search over a snapshot of segments: exact MaxSim, and the re-ranking step of coarse-to-fine.
+
+A search sees an immutable snapshot (a tuple of :class:`SegmentView`), so a
+writer may add, delete or merge segments meanwhile without disturbing it.
+Candidates in a snapshot are addressed by a *ref*: the row's position in the
+concatenation of the snapshot's segments (``-1`` = no candidate).
+
+Exact search scores blocks of rows with the budgeted kernel and keeps a running
+top-k, so memory stays ``O(Q * block)`` whatever the index size. Coarse-to-fine
+search keeps a shortlist from a cheap first stage (exact at a small budget, or
+an approximate FAISS stage) and re-ranks only the shortlist at the requested
+budget: it gathers the union of a query group's shortlists once and scores the
+whole group against it in one pass of the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaembed.index.quantize import as_torch
+from metaembed.index.segments import Segment
+from metaembed.scoring import query_matrix, score_positions
+
+# Rows scored per step of exact search; with 256 queries the (Q, block) score
+# buffer stays at 64 MiB.
+_BLOCK_ROWS = 65536
+# Queries re-ranked together in coarse-to-fine: their shortlists' union is
+# gathered once and scored as one GEMM batch.
+_RERANK_GROUP = 8
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    """A segment as one search sees it: which of its rows are live, and their ids.
+
+    Attributes:
+        segment: the memory-mapped vectors.
+        ids: object array ``(rows,)`` of id strings, ``None`` for a deleted row.
+        alive: bool tensor ``(rows,)``; ``False`` rows never appear in results.
+    """
+
+    segment: Segment
+    ids: np.ndarray
+    alive: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.segment.rows
+
+    @property
+    def all_alive(self) -> bool:
+        return bool(self.alive.all())
+
+
+def bases(views: tuple[SegmentView, ...]) -> np.ndarray:
+    """The first ref of each view: ``(len(views) + 1,)`` cumulative row offsets."""
+    return np.concatenate([[0], np.cumsum([v.rows for v in views], dtype=np.int64)])
+
+
+def _merge_topk(
+    best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, refs: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    all_scores = torch.cat([best[0], scores], dim=1)
+    all_refs = torch.cat([best[1], refs], dim=1)
+    if all_scores.shape[1] <= k:
+        return all_scores, all_refs
+    top, where = all_scores.topk(k, dim=1)
+    return top, all_refs.gather(1, where)
+
+
+def exact_topk(
+    views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, r_c: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact MaxSim top-``k`` of every query at budget ``(r_q, r_c)``.
+
+    Args:
+        views: the snapshot to search.
+        queries: fp32 ``(Q, R_q, D)`` with ``R_q >= r_q``.
+
+    Returns:
+        ``(scores, refs)``, both ``(Q, k')`` with ``k' = min(k, rows)``, best
+        first; deleted or missing entries have score ``-inf`` and ref ``-1``.
+    """
+    rows = query_matrix(queries, r_q)
+    num_queries = queries.shape[0]
+    best = (torch.empty(num_queries, 0), torch.empty(num_queries, 0, dtype=torch.long))
+    offsets = bases(views)
+    for view, base in zip(views, offsets):
+        segment = view.segment
+        for start in range(0, view.rows, _BLOCK_ROWS):
+            stop = min(view.rows, start + _BLOCK_ROWS)
+            scores = score_positions(
+                rows, r_q, segment.positions(r_c, start, stop), segment.position_scales(r_c, start, stop)
+            )
+            dead = ~view.alive[start:stop]
+            if dead.any():
+                scores[:, dead] = -torch.inf
+            top, where = scores.topk(min(k, stop - start), dim=1)
+            best = _merge_topk(best, top, where + int(base + start), k)
+    scores, refs = best
+    refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)
+    return scores, refs
+
+
+def gather_positions(
+    views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid), position by position.
+
+    Returns ``r_c`` tensors ``(len(refs), D)`` in the storage dtype and, for
+    int8, ``r_c`` scale tensors ``(len(refs),)``. Reads only those rows.
+    """
+    offsets = bases(views)
+    owner = np.searchsorted(offsets, refs, side="right") - 1
+    codes, scales = [], []
+    for index in np.unique(owner):
+        rows = refs[owner == index] - offsets[index]
+        part_codes, part_scales = views[index].segment.gather(rows, r_c)
+        codes.append(part_codes)
+        scales.append(part_scales)
+    stacked = np.concatenate(codes, axis=1)
+    fmt = views[0].segment.fmt
+    positions = [as_torch(np.ascontiguousarray(stacked[j]), fmt) for j in range(r_c)]
+    if scales[0] is None:
+        return positions, None
+    stacked_scales = np.concatenate(scales, axis=1)
+    return positions, [torch.from_numpy(np.ascontiguousarray(stacked_scales[j])) for j in range(r_c)]
+
+
+def rerank(
+    views: tuple[SegmentView, ...], queries: torch.Tensor, shortlist: torch.Tensor, r_q: int, r_c: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact MaxSim at ``(r_q, r_c)`` restricted to each query's ``shortlist`` of refs.
+
+    Args:
+        queries: fp32 ``(Q, R_q, D)``.
+        shortlist: ``(Q, S)`` refs from a first stage, ``-1`` for none.
+
+    Returns:
+        ``(scores, refs)`` of shape ``(Q, min(k, S))``, best first, ``-inf`` / ``-1`` padded.
+    """
+    num_queries, width = shortlist.shape
+    k_out = min(k, width)
+    out_scores = torch.full((num_queries, k_out), -torch.inf)
+    out_refs = torch.full((num_queries, k_out), -1, dtype=torch.long)
+    for start in range(0, num_queries, _RERANK_GROUP):
+        stop = min(num_queries, start + _RERANK_GROUP)
+        group = shortlist[start:stop].numpy()
+        union = np.unique(group[group >= 0])
+        if union.size == 0:
+            continue
+        positions, scales = gather_positions(views, union, r_c)
+        scores = score_positions(query_matrix(queries[start:stop], r_q), r_q, positions, scales)  # (G, |union|)
+        columns = torch.from_numpy(np.searchsorted(union, np.maximum(group, 0)))
+        mine = scores.gather(1, columns)
+        mine[torch.from_numpy(group < 0)] = -torch.inf
+        top, where = mine.topk(k_out, dim=1)
+        out_scores[start:stop] = top
+        picked = torch.from_numpy(group).gather(1, where)
+        out_refs[start:stop] = torch.where(torch.isinf(top), torch.full_like(picked, -1), picked)
+    return out_scores, out_refs
+
+
+def resolve(views: tuple[SegmentView, ...], refs: torch.Tensor) -> list[list[str]]:
+    """The ids of ``refs`` ``(Q, k)``, dropping ``-1`` entries."""
+    offsets = bases(views)
+    out = []
+    for row in refs.tolist():
+        ids = []
+        for ref in row:
+            if ref < 0:
+                continue
+            index = int(np.searchsorted(offsets, ref, side="right") - 1)
+            ids.append(views[index].ids[ref - offsets[index]])
+        out.append(ids)
+    return out
+
+
+__all__ = ["SegmentView", "exact_topk", "rerank", "gather_positions", "resolve", "bases"]
