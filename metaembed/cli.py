@@ -1,0 +1,307 @@
+"""The ``metaembed`` command line: parse arguments, call the library, print.
+
+Every command is a thin wrapper over a library call (:mod:`metaembed.retriever`,
+:mod:`metaembed.serving`, :mod:`metaembed.quickstart`, the training and evaluation packages).
+Errors the user can cause -- a missing file, a malformed budget, a budget larger than the index
+holds -- print one line ``error: ...`` and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+
+from metaembed.errors import MetaEmbedError
+
+app = typer.Typer(
+    name="metaembed",
+    help="MetaEmbed multi-vector retrieval: build an index of images, PDFs and text, search it at "
+    "a budget r_q,r_c of your choice, serve it over HTTP.\n\n"
+    "Start with:  metaembed quickstart",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+index_app = typer.Typer(
+    help="Build and maintain a multi-vector index (build | add | delete | info).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(index_app, name="index")
+
+BUDGET_HELP = (
+    "Budget 'r_q,r_c': use the first r_q query vectors and the first r_c candidate vectors. "
+    "Smaller is faster, larger is more accurate. Default: the largest budget recorded in the index."
+)
+LADDER_HELP = (
+    "Budgets to record in the index as the ladder it is meant to be searched at, "
+    "space- or ';'-separated, e.g. '1,1 2,4 4,8 8,16'. Default: the paper's ladder "
+    "'1,1 2,4 4,8 8,16 16,64' cut to what the model produces."
+)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- encode ----------------------------------------------------------------------------------
+@app.command(no_args_is_help=True)
+def encode(
+    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
+    input: Path = typer.Option(..., "--input", "-i", help="A folder (images, PDFs, text files) or a JSONL of items."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the embeddings (.npz with 'ids' and 'embeddings')."),
+    as_: str = typer.Option("candidate", "--as", help="Encode the items as 'query' or 'candidate'."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
+) -> None:
+    """Embed items into multi-vector embeddings and save them.
+
+    The file holds 'ids' (N,) and 'embeddings' (N, R, D) float32, R being the model's number of
+    query or candidate Meta Tokens; any prefix [:, :r] is a valid lower-budget embedding.
+
+    Example:  metaembed encode -m ./my-model -i ./photos -o photos.npz
+    """
+    import numpy as np
+
+    from metaembed.ingest import iter_records
+    from metaembed.retriever import load_model
+
+    if as_ not in ("query", "candidate"):
+        raise typer.BadParameter(f"--as must be 'query' or 'candidate', got {as_!r}")
+    encoder = load_model(model)
+    records = list(iter_records(input))
+    items = [r.item() for r in records]
+    encode_fn = encoder.encode_queries if as_ == "query" else encoder.encode_candidates
+    embeddings = encode_fn(items, batch_size=batch_size, show_progress=True)
+    np.savez(out, ids=np.array([r.id for r in records]), embeddings=embeddings.float().numpy())
+    typer.echo(f"wrote {len(records)} embeddings of shape {tuple(embeddings.shape[1:])} to {out}")
+
+
+# --- index -----------------------------------------------------------------------------------
+@index_app.command("build", no_args_is_help=True)
+def index_build(
+    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
+    input: Path = typer.Option(
+        ..., "--input", "-i",
+        help="A folder (walked recursively: images, PDFs rendered page by page, .txt/.md files) "
+        "or a JSONL file with one {\"id\", \"text\"?, \"image\"?} object per line.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create, or to resume if it exists."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help=LADDER_HELP),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch; each batch is saved before the next."),
+    dtype: str = typer.Option("float16", "--dtype", help="Storage type of the vectors: float16 (half the memory) or float32."),
+) -> None:
+    """Embed a folder or JSONL into a new index, or resume an interrupted build.
+
+    The index records the model folder and the budget ladder, so 'metaembed search' needs only
+    the index path. Ids already in the index are skipped: rerun the same command to resume.
+
+    Example:  metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
+    """
+    from metaembed.retriever import build_index
+
+    before = _size_if_exists(out)
+    retriever = build_index(model, input, out, budgets=budgets, batch_size=batch_size, dtype=dtype)
+    added = len(retriever) - before
+    typer.echo(f"index {out}: {len(retriever)} items ({added} added, {before} already there)")
+
+
+def _size_if_exists(path: Path) -> int:
+    if not path.exists():
+        return 0
+    from metaembed.retriever import open_index
+
+    return len(open_index(path))
+
+
+@index_app.command("add", no_args_is_help=True)
+def index_add(
+    index: Path = typer.Argument(..., help="Index folder made by 'metaembed index build'."),
+    input: Path = typer.Option(..., "--input", "-i", help="Folder or JSONL of new items (same formats as 'index build')."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch."),
+) -> None:
+    """Add new items to an index with the model it records; ids already there are skipped.
+
+    Example:  metaembed index add ./docs.index -i ./more-docs
+    """
+    from metaembed.retriever import build_index, open_index
+
+    existing = open_index(index)
+    before = len(existing)
+    model = existing.metadata.get("model")
+    if not model:
+        raise MetaEmbedError(f"index {index} does not record its model; rebuild it with 'metaembed index build'")
+    retriever = build_index(model, input, index, batch_size=batch_size)
+    typer.echo(f"index {index}: {len(retriever)} items ({len(retriever) - before} added)")
+
+
+@index_app.command("delete", no_args_is_help=True)
+def index_delete(
+    index: Path = typer.Argument(..., help="Index folder."),
+    ids: list[str] = typer.Argument(..., help="One or more item ids to remove (as shown by 'metaembed search')."),
+) -> None:
+    """Remove items from an index by id.
+
+    Example:  metaembed index delete ./docs.index report.pdf#page=3 notes.txt
+    """
+    from metaembed.retriever import open_index
+
+    opened = open_index(index)
+    opened.delete(list(ids))
+    typer.echo(f"deleted {len(ids)} items; {len(opened)} left")
+
+
+@index_app.command("info", no_args_is_help=True)
+def index_info(
+    index: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Show an index's model, size, budgets and memory / FLOPs per budget.
+
+    Example:  metaembed index info ./docs.index --json
+    """
+    from metaembed.retriever import Retriever
+
+    info = Retriever.open(index).info()
+    if as_json:
+        _echo_json(info)
+        return
+    typer.echo(f"index:       {index}\nmodel:       {info['model']}\nitems:       {info['size']}")
+    typer.echo(f"dimension:   {info['dim']}\nmax budget:  {info['max_budget']}")
+    typer.echo(f"{'budget':>8}  {'memory':>12}  {'FLOPs/query':>14}")
+    for row in info["per_budget"]:
+        typer.echo(f"{row['budget']:>8}  {_human_bytes(row['memory_bytes']):>12}  {row['flops_per_query']:>14,}")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover - unreachable
+
+
+# --- search ----------------------------------------------------------------------------------
+@app.command(no_args_is_help=True)
+def search(
+    index: Path = typer.Argument(..., help="Index folder made by 'metaembed index build'."),
+    query: Optional[str] = typer.Argument(None, help="Query text (optional when --image is given)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Query image file (alone or with the text)."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results to return."),
+    mode: str = typer.Option("exact", "--mode", help="'exact' MaxSim over every item, or 'coarse' (prefilter at a small budget, rerank)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """Search an index with text and/or an image at a budget.
+
+    Examples:
+      metaembed search ./docs.index "quarterly revenue table" --budget 4,8 -k 5
+      metaembed search ./photos.index --image cat.jpg --json
+    """
+    from metaembed.retriever import Retriever
+
+    if query is None and image is None:
+        raise MetaEmbedError("give query text, --image PATH, or both")
+    if image is not None and not image.is_file():
+        raise MetaEmbedError(f"image file not found: {image}")
+    item: dict[str, Any] = {}
+    if query is not None:
+        item["text"] = query
+    if image is not None:
+        item["image"] = image
+    retriever = Retriever.open(index)
+    chosen = retriever.check_budget(budget)
+    hits = retriever.search(item, k=k, budget=chosen, mode=mode)
+    if as_json:
+        _echo_json({"budget": str(chosen), "results": [h.as_dict() for h in hits]})
+        return
+    typer.echo(format_hits(hits, chosen))
+
+
+def format_hits(hits: list, budget: Any) -> str:
+    """A readable table of hits: rank, score, id and the path or a text snippet."""
+    lines = [f"budget {budget}: {len(hits)} results", f"{'rank':>4}  {'score':>8}  {'id':<32}  path / snippet"]
+    for hit in hits:
+        shown = hit.payload.get("text") or hit.payload.get("path") or ""
+        shown = " ".join(str(shown).split())
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        lines.append(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.id:<32}  {shown}")
+    return "\n".join(lines)
+
+
+# --- serve -----------------------------------------------------------------------------------
+@app.command(no_args_is_help=True)
+def serve(
+    index: Path = typer.Argument(..., help="Index folder to serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="METAEMBED_API_KEY",
+        help="If set, every request except GET /health must send this value in the X-API-Key header. "
+        "Also read from $METAEMBED_API_KEY.",
+    ),
+) -> None:
+    """Serve an index over HTTP (OpenAPI docs at /docs).
+
+    Endpoints: POST /search, POST /items, DELETE /items/{id}, GET /health, GET /info.
+
+    Example:  metaembed serve ./docs.index --port 8080 --api-key secret
+    """
+    import uvicorn
+
+    from metaembed.serving import create_app
+
+    uvicorn.run(create_app(index, api_key=api_key), host=host, port=port)
+
+
+# --- quickstart ------------------------------------------------------------------------------
+@app.command()
+def quickstart(
+    cache: Path = typer.Option(
+        Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed")) / "quickstart",
+        "--cache", help="Folder for the trained model, the index, the results table and plot. Reused on the next run.",
+    ),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if a trained model is in the cache."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the full recipe)."),
+) -> None:
+    """Train (or load) a small MetaEmbed model on real offline data, index it, measure every budget.
+
+    The data: every character that matplotlib's DejaVu Sans font draws, rendered as an image and
+    paired with its Unicode name. 10% of the characters are held out; their names are the test
+    queries. Prints Recall@1 / nDCG@5 and query latency per budget and writes a PNG plot.
+
+    Example:  metaembed quickstart --cache ./.metaembed
+    """
+    from metaembed.quickstart import run_quickstart
+
+    run_quickstart(cache, retrain=retrain, steps=steps, echo=typer.echo)
+
+
+# --- entry point -----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print ``error: ...`` and return 2 (no traceback)."""
+    try:
+        app(args=argv, prog_name="metaembed", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code or 0)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except click.ClickException as error:
+        error.show()
+        return 2
+    except (MetaEmbedError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

