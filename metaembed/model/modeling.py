@@ -217,6 +217,14 @@ class MetaEmbedModel(nn.Module):
 
         lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute backbone activations during backward (non-reentrant, as the official training).
+
+        Trades compute for memory in training; the Meta Token table still gets
+        its gradient because its rows enter through the embedding output.
+        """
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ---------------------------------------------------------------- batches
     def prepare(
         self,

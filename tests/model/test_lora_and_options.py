@@ -100,3 +100,21 @@ def test_dtype_on_load(tmp_path):
     out = half.encode_queries(ITEMS)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, model.encode_queries(ITEMS), atol=0.1, rtol=0.1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("qwen2_vl", seed=6)
+        torch.manual_seed(0)  # the same LoRA init in both runs
+        model.add_lora(r=2, alpha=2, dropout=0.0)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        batch = model.prepare(ITEMS, "candidate")
+        model(batch, "candidate")[:, :, 0].sum().backward()
+        lora_grad = next(p.grad for n, p in model.backbone.named_parameters() if "lora_B" in n)
+        grads.append((model.meta_tokens.weight.grad.clone(), lora_grad.clone()))
+    for without, with_checkpointing in zip(*grads):
+        assert without.abs().sum() > 0
+        torch.testing.assert_close(with_checkpointing, without, atol=1e-6, rtol=1e-5)

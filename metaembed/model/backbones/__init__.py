@@ -66,6 +66,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _REGISTRY: dict[str, type["BackboneAdapter"]] = {}
 
+_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+#: LoRA targets of a text LM: its attention and MLP projections
+LM_LORA_TARGETS = r".*\." + _PROJECTIONS
+#: LoRA targets of a vision-language model's LM only (vision MLPs also have gate/up/down_proj)
+VLM_LORA_TARGETS = r".*language_model.*\." + _PROJECTIONS
+
 
 @dataclass
 class EncodedItem:
@@ -91,7 +97,7 @@ class BackboneAdapter:
     image_token: ClassVar[str | None] = None
     default_template: ClassVar[PromptTemplate] = PromptTemplate()
     #: peft ``target_modules`` regex (full match on module names) for :meth:`MetaEmbedModel.add_lora`
-    lora_target_modules: ClassVar[str] = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules: ClassVar[str] = LM_LORA_TARGETS
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, config: "MetaEmbedConfig") -> None:
         self.backbone = backbone
@@ -270,4 +276,6 @@ __all__ = [
     "get_adapter",
     "detect_family",
     "positions_from_mask",
+    "LM_LORA_TARGETS",
+    "VLM_LORA_TARGETS",
 ]
