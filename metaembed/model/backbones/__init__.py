@@ -1,8 +1,9 @@
 """Backbone adapters: what MetaEmbed needs to know about one family of backbones.
 
-Adding a family touches one file: subclass :class:`BackboneAdapter`, set its
-class attributes and override what differs, then decorate it with
-:func:`register`. The adapter interface:
+Adding a family touches one file: a new module in this package (every module
+here is imported when a family is looked up) with a subclass of
+:class:`BackboneAdapter` that sets the class attributes, overrides what
+differs and is decorated with :func:`register`. The adapter interface:
 
 ``family`` / ``model_types``
     the adapter's name and the Hugging Face ``config.model_type`` values it
@@ -42,6 +43,8 @@ The Meta Tokens themselves are handled outside the adapter, at the
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -240,8 +243,10 @@ def register(adapter: type[BackboneAdapter]) -> type[BackboneAdapter]:
 
 
 def _load_families() -> None:
-    # Importing the family modules runs their @register decorators.
-    from metaembed.model.backbones import causal_lm, encoder, mllama, paligemma, qwen_vl  # noqa: F401
+    # Importing every module of this package runs its @register decorators, so a new
+    # family is one new file here and nothing else.
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def families() -> list[str]:
