@@ -9,6 +9,7 @@ are the embedding at budget ``r``, so a budget is a prefix length.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -29,6 +30,8 @@ from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
 
 Side = Literal["query", "candidate"]
+# "name" or "org/name" (what the Hub accepts); anything else that does not exist is a missing folder
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -160,6 +163,7 @@ class MetaEmbedModel(nn.Module):
         * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
         * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
           :mod:`metaembed.model.official`): converted;
+        * a Hugging Face Hub id of a model saved by :meth:`save_pretrained`: downloaded, then as above;
         * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
@@ -167,6 +171,11 @@ class MetaEmbedModel(nn.Module):
         from metaembed.model import official, saving
 
         dtype = _resolve_dtype(dtype)
+        if not Path(path_or_id).exists():
+            if not _HUB_ID.fullmatch(str(path_or_id)):
+                raise InputError(f"no such model folder: {path_or_id}")
+            # a Hub id: a MetaEmbed model there is downloaded as a folder
+            path_or_id = saving.hub_folder(str(path_or_id)) or path_or_id
         if saving.is_saved_model(path_or_id):
             model = saving.load(cls, path_or_id, dtype=dtype)
         elif official.is_official_checkpoint(path_or_id):

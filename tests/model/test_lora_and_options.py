@@ -118,3 +118,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for without, with_checkpointing in zip(*grads):
         assert without.abs().sum() > 0
         torch.testing.assert_close(with_checkpointing, without, atol=1e-6, rtol=1e-5)
+
+
+def test_from_pretrained_takes_a_hub_id(tmp_path, monkeypatch):
+    """A MetaEmbed model on the Hub is fetched by id (the download is faked: no network here)."""
+    import huggingface_hub
+
+    model = tiny_model("qwen2", seed=7)
+    model.save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def fake_download(repo_id, filename):
+        asked.append((repo_id, filename))
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: str(tmp_path / "snapshot"))
+    loaded = MetaEmbedModel.from_pretrained("someone/metaembed-tiny")
+    assert asked == [("someone/metaembed-tiny", "metaembed_config.json")]
+    assert torch.equal(loaded.encode_queries(ITEMS), model.encode_queries(ITEMS))
