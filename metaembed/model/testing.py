@@ -300,10 +300,9 @@ def _use_vocabulary(config: PretrainedConfig, tokenizer: Any) -> None:
     text.vocab_size = len(tokenizer)
     text.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     text.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):  # fmt: skip
+    for name, index in _qwen_ids().items():
         if hasattr(config, name):
-            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+            setattr(config, name, tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS[index]))
 
 
 __all__ = [

@@ -56,7 +56,8 @@ def test_lora_changes_embeddings_and_round_trips(tmp_path, images):
         keys = set(saved.keys())
         assert not any("lora_" in key or "base_layer" in key for key in keys)
         q_proj = "language_model.layers.0.self_attn.q_proj.weight"
-        assert torch.equal(saved.get_tensor(q_proj), model.backbone.get_submodule("language_model.layers.0.self_attn.q_proj").base_layer.weight)
+        base_layer = model.backbone.get_submodule("language_model.layers.0.self_attn.q_proj").base_layer
+        assert torch.equal(saved.get_tensor(q_proj), base_layer.weight)
 
 
 def test_gradient_flows_through_lora_into_meta_tokens():
@@ -75,9 +76,10 @@ def test_gradient_flows_through_lora_into_meta_tokens():
 def test_shared_meta_tokens_use_one_set_for_both_sides():
     model = tiny_model("qwen2", num_query_tokens=4, num_candidate_tokens=4, shared_meta_tokens=True)
     assert model.meta_tokens.num_rows == 4
-    assert model.prepare(["x"], "query")["input_ids"].shape[1] == model.prepare(["x"], "candidate")["input_ids"].shape[1] + len(
-        model.tokenizer("Query: ", add_special_tokens=False)["input_ids"]
-    ) + 11  # query prefix + 10 augmentation tokens + "\n"
+    query_length = model.prepare(["x"], "query")["input_ids"].shape[1]
+    candidate_length = model.prepare(["x"], "candidate")["input_ids"].shape[1]
+    prefix = len(model.tokenizer("Query: ", add_special_tokens=False)["input_ids"])
+    assert query_length == candidate_length + prefix + 11  # both carry the 4 shared rows; + 10 augmentation + "\n"
     assert model.encode_queries(ITEMS).shape == model.encode_candidates(ITEMS).shape == (2, 4, 64)
 
 
