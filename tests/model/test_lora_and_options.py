@@ -83,15 +83,23 @@ def test_shared_meta_tokens_use_one_set_for_both_sides():
     assert model.encode_queries(ITEMS).shape == model.encode_candidates(ITEMS).shape == (2, 4, 64)
 
 
-def test_projection_and_round_trip(tmp_path):
-    model = tiny_model("bert", projection_dim=24, seed=4)
+def test_projection_and_custom_template_round_trip(tmp_path):
+    from metaembed.model.templates import PromptTemplate
+
+    template = PromptTemplate(
+        prompt="[CLS]{images}{prefix}{text}[SEP]", image_placeholder="", query_prefix="search: ", query_suffix=""
+    )
+    model = tiny_model("bert", projection_dim=24, seed=4, template=template)
+    assert model.tokenizer.decode(model.prepare(["a cat"], "query")["input_ids"][0, :-12]) == "[CLS] search : a cat [SEP]"
     assert model.embedding_dim == 24
     embeddings = model.encode_candidates(ITEMS)
     assert embeddings.shape == (2, 8, 24)
     torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2, 8))
     model.save_pretrained(tmp_path / "bert")
     loaded = MetaEmbedModel.from_pretrained(tmp_path / "bert")
+    assert loaded.template == template
     assert torch.equal(loaded.encode_candidates(ITEMS), embeddings)
+    assert torch.equal(loaded.encode_queries(ITEMS), model.encode_queries(ITEMS))
 
 
 def test_dtype_on_load(tmp_path):
