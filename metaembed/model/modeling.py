@@ -9,6 +9,7 @@ are the embedding at budget ``r``, so a budget is a prefix length.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
@@ -30,6 +31,7 @@ from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
 
 Side = Literal["query", "candidate"]
+logger = logging.getLogger(__name__)
 # "name" or "org/name" (what the Hub accepts); anything else that does not exist is a missing folder
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
@@ -188,6 +190,9 @@ class MetaEmbedModel(nn.Module):
             dtype_name = str(dtype).removeprefix("torch.") if dtype else None
             config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=dtype_name)
             model = cls.from_config(config)
+            logger.warning(
+                "%s is a plain backbone: its Meta Tokens are freshly initialised and need training", path_or_id
+            )
         if device is not None:
             model.to(device)
         return model.eval()
@@ -355,7 +360,11 @@ class MetaEmbedModel(nn.Module):
         return output
 
     def resolve_budget(self, budget: int | Budget | str | None, side: Side) -> int:
-        """The prefix length for ``side``: ``budget`` as an int, a Budget's r_q / r_c, or all vectors."""
+        """The prefix length for ``side``: an int, a :class:`Budget` (or ``"r_q,r_c"``) read for the side, or all.
+
+        Raises :class:`~metaembed.errors.BudgetError` when it is below 1 or above
+        the side's number of vectors.
+        """
         self._check_side(side)
         available = self.num_vectors(side)
         if budget is None:

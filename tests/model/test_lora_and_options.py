@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -147,3 +149,21 @@ def test_from_pretrained_takes_a_hub_id(tmp_path, monkeypatch):
     loaded = MetaEmbedModel.from_pretrained("someone/metaembed-tiny")
     assert asked == [("someone/metaembed-tiny", "metaembed_config.json")]
     assert torch.equal(loaded.encode_queries(ITEMS), model.encode_queries(ITEMS))
+
+
+def test_a_plain_backbone_folder_gets_fresh_meta_tokens(tmp_path, caplog, images):
+    """A Hugging Face model folder (weights + tokenizer + image processor) becomes a MetaEmbed model."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from metaembed.model.testing import tiny_backbone_config
+
+    config, processor_dir = tiny_backbone_config("qwen2_vl")
+    Qwen2VLForConditionalGeneration(config).save_pretrained(tmp_path / "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (tmp_path / "hf" / name).write_bytes((Path(processor_dir) / name).read_bytes())
+    with caplog.at_level("WARNING"):
+        model = MetaEmbedModel.from_pretrained(tmp_path / "hf")
+    assert "freshly initialised" in caplog.text
+    assert model.config.family == "qwen2_vl"
+    assert (model.num_query_tokens, model.num_candidate_tokens, model.embedding_dim) == (16, 64, 64)
+    assert model.encode_candidates([images[0], "text"]).shape == (2, 64, 64)
