@@ -29,6 +29,8 @@ differs and is decorated with :func:`register`. The adapter interface:
     the batch's extra tensors: by default the image tensors of the items that
     have images, concatenated, plus ``token_features(input_ids)`` (per-token
     tensors such as Qwen-VL's ``mm_token_type_ids``).
+``max_content_tokens(num_meta_tokens)``
+    a backbone limit on content tokens (e.g. BERT's position table), or ``None``.
 ``lora_target_modules``
     the default peft target regex (the language model's attention and MLP).
 ``run(batch)``
