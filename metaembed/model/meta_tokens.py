@@ -13,11 +13,13 @@ image features, rotary / 3-D positions, attention masks.
 
 The slots are found from the attention mask (the last ``N`` real tokens of each
 row), never from absolute positions, so left and right padding give the same
-result.
+result. The hook only acts in the thread that installed it, so several threads
+may encode with one model at the same time.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -96,7 +98,11 @@ class MetaTokens(nn.Module):
         if not bool((counts == count).all()):
             raise ValueError(f"every row needs {count} Meta Token slots, got {counts.tolist()}")
 
-        def replace_slots(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        owner = threading.get_ident()
+
+        def replace_slots(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass: its own hook handles it
             if output.shape[:2] != slot_mask.shape:
                 raise RuntimeError(
                     f"input embeddings of shape {tuple(output.shape)} do not match the Meta Token "

@@ -9,6 +9,8 @@ are the embedding at budget ``r``, so a budget is a prefix length.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -29,6 +31,9 @@ from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
 
 Side = Literal["query", "candidate"]
+logger = logging.getLogger(__name__)
+# "name" or "org/name" (what the Hub accepts); anything else that does not exist is a missing folder
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -132,9 +137,8 @@ class MetaEmbedModel(nn.Module):
         source = config.backbone
         family = config.family
         if family is None:
-            model_type = (
-                source.model_type if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source).model_type
-            )
+            is_object = isinstance(source, PretrainedConfig)
+            model_type = source.model_type if is_object else AutoConfig.from_pretrained(source).model_type
             family = config.family = detect_family(model_type)
         adapter_class = get_adapter(family)
         processor_source = config.processor or (source if isinstance(source, str) else None)
@@ -160,6 +164,7 @@ class MetaEmbedModel(nn.Module):
         * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
         * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
           :mod:`metaembed.model.official`): converted;
+        * a Hugging Face Hub id of a model saved by :meth:`save_pretrained`: downloaded, then as above;
         * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
@@ -167,6 +172,11 @@ class MetaEmbedModel(nn.Module):
         from metaembed.model import official, saving
 
         dtype = _resolve_dtype(dtype)
+        if not Path(path_or_id).exists():
+            if not _HUB_ID.fullmatch(str(path_or_id)):
+                raise InputError(f"no such model folder: {path_or_id}")
+            # a Hub id: a MetaEmbed model there is downloaded as a folder
+            path_or_id = saving.hub_folder(str(path_or_id)) or path_or_id
         if saving.is_saved_model(path_or_id):
             model = saving.load(cls, path_or_id, dtype=dtype)
         elif official.is_official_checkpoint(path_or_id):
@@ -177,8 +187,12 @@ class MetaEmbedModel(nn.Module):
                 "nor a Hugging Face model folder (no config.json)"
             )
         else:
-            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=str(dtype).removeprefix("torch.") if dtype else None)
+            dtype_name = str(dtype).removeprefix("torch.") if dtype else None
+            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=dtype_name)
             model = cls.from_config(config)
+            logger.warning(
+                "%s is a plain backbone: its Meta Tokens are freshly initialised and need training", path_or_id
+            )
         if device is not None:
             model.to(device)
         return model.eval()
@@ -217,6 +231,14 @@ class MetaEmbedModel(nn.Module):
 
         lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute backbone activations during backward (non-reentrant, as the official training).
+
+        Trades compute for memory in training; the Meta Token table still gets
+        its gradient because its rows enter through the embedding output.
+        """
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ---------------------------------------------------------------- batches
     def prepare(
         self,
@@ -236,7 +258,12 @@ class MetaEmbedModel(nn.Module):
         return self._build(to_items(items, instruction=instruction), side, padding_side=padding_side)
 
     def _build(
-        self, items: Sequence[Item], side: Side, *, padding_side: str = "left", item_numbers: Sequence[int] | None = None
+        self,
+        items: Sequence[Item],
+        side: Side,
+        *,
+        padding_side: str = "left",
+        item_numbers: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         return build_batch(
             self.adapter,
@@ -333,7 +360,11 @@ class MetaEmbedModel(nn.Module):
         return output
 
     def resolve_budget(self, budget: int | Budget | str | None, side: Side) -> int:
-        """The prefix length for ``side``: ``budget`` as an int, a Budget's r_q / r_c, or all vectors."""
+        """The prefix length for ``side``: an int, a :class:`Budget` (or ``"r_q,r_c"``) read for the side, or all.
+
+        Raises :class:`~metaembed.errors.BudgetError` when it is below 1 or above
+        the side's number of vectors.
+        """
         self._check_side(side)
         available = self.num_vectors(side)
         if budget is None:

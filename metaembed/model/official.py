@@ -137,7 +137,8 @@ def load_official(
         ).items()
     }
     # the adapter's trained copies win over what the base folder holds
-    official.update({key.removeprefix(PEFT_PREFIX): t for key, t in adapter_tensors.items() if _is_official_weight(key)})
+    trained = {key.removeprefix(PEFT_PREFIX): t for key, t in adapter_tensors.items() if _is_official_weight(key)}
+    official.update(trained)
     if META_KEY not in official:
         raise InputError(f"no {META_KEY} in {folder} or its base {base}: not an official MetaEmbed checkpoint")
     table = official[META_KEY]

@@ -156,3 +156,15 @@ def test_long_text_is_cut_but_images_never_are(images):
     assert batch["input_ids"].shape[1] == 6 + model.num_appended("candidate")
     with pytest.raises(InputError, match="would cut an image"):
         model.prepare([{"text": "x", "image": images[2]}], "candidate")  # the image tokens start at 4 and run past 6
+
+
+def test_threads_can_encode_with_one_model_at_the_same_time(tiny_qwen2_vl, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_qwen2_vl
+    jobs = [["a cat", "a dog on a long walk"], [images[0], "text"], ["short", {"text": "q", "image": images[1]}]] * 2
+    expected = [model.encode_candidates(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(model.encode_candidates, jobs))
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)

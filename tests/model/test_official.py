@@ -80,7 +80,8 @@ def official_inputs(tokenizer, image_processor, items, is_query):
             prompt += "<|endoftext|>" * 10 + "\n"
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if image is not None:
-            out = image_processor(images=[image], size={"shortest_edge": 56 * 56, "longest_edge": 16 * 28 * 28}, return_tensors="pt")
+            size = {"shortest_edge": 56 * 56, "longest_edge": 16 * 28 * 28}  # at most 16 merged tokens
+            out = image_processor(images=[image], size=size, return_tensors="pt")
             n = int(out["image_grid_thw"].prod()) // 4
             pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
             at = ids.index(pad)
@@ -122,7 +123,12 @@ def official_checkpoint(tmp_path_factory):
     return root, peft_model, base
 
 
-ITEMS = [("a cat on a sofa", None), ("what colour is this?", "image"), ("", "image"), ("a longer text about quarterly revenue growth", None)]
+ITEMS = [
+    ("a cat on a sofa", None),
+    ("what colour is this?", "image"),
+    ("", "image"),
+    ("a longer text about quarterly revenue growth", None),
+]
 
 
 def _items(images):
@@ -130,7 +136,7 @@ def _items(images):
 
 
 def _our_items(items):
-    return [({"text": t, "image": img} if img is not None and t else (img if img is not None else t)) for t, img in items]
+    return [(img if not text else {"text": text, "image": img}) if img is not None else text for text, img in items]
 
 
 def test_adapter_checkpoint_gives_the_official_embeddings(official_checkpoint, images):
@@ -174,10 +180,12 @@ def test_merged_full_checkpoint_and_round_trip(official_checkpoint, images, tmp_
     merged.save_pretrained(str(merged_dir))
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         (merged_dir / name).write_bytes((root / "colqwen2.5-base" / name).read_bytes())
-    ours = MetaEmbedModel.from_official(merged_dir, num_query_tokens=N_QUERY, num_candidate_tokens=N_DOC, max_visual_tokens=16)
-    from_adapter = MetaEmbedModel.from_official(root / "adapter", num_query_tokens=N_QUERY, num_candidate_tokens=N_DOC, max_visual_tokens=16)
+    options = dict(num_query_tokens=N_QUERY, num_candidate_tokens=N_DOC, max_visual_tokens=16)
+    ours = MetaEmbedModel.from_official(merged_dir, **options)
+    from_adapter = MetaEmbedModel.from_official(root / "adapter", **options)
     items = _our_items(_items(images))
-    torch.testing.assert_close(ours.encode_candidates(items), from_adapter.encode_candidates(items), atol=2e-5, rtol=1e-4)
+    expected = from_adapter.encode_candidates(items)
+    torch.testing.assert_close(ours.encode_candidates(items), expected, atol=2e-5, rtol=1e-4)
     # once converted, it saves and loads in MetaEmbed's own format exactly
     from_adapter.save_pretrained(tmp_path / "converted")
     reloaded = MetaEmbedModel.from_pretrained(tmp_path / "converted")

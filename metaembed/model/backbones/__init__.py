@@ -1,8 +1,9 @@
 """Backbone adapters: what MetaEmbed needs to know about one family of backbones.
 
-Adding a family touches one file: subclass :class:`BackboneAdapter`, set its
-class attributes and override what differs, then decorate it with
-:func:`register`. The adapter interface:
+Adding a family touches one file: a new module in this package (every module
+here is imported when a family is looked up) with a subclass of
+:class:`BackboneAdapter` that sets the class attributes, overrides what
+differs and is decorated with :func:`register`. The adapter interface:
 
 ``family`` / ``model_types``
     the adapter's name and the Hugging Face ``config.model_type`` values it
@@ -28,6 +29,8 @@ class attributes and override what differs, then decorate it with
     the batch's extra tensors: by default the image tensors of the items that
     have images, concatenated, plus ``token_features(input_ids)`` (per-token
     tensors such as Qwen-VL's ``mm_token_type_ids``).
+``max_content_tokens(num_meta_tokens)``
+    a backbone limit on content tokens (e.g. BERT's position table), or ``None``.
 ``lora_target_modules``
     the default peft target regex (the language model's attention and MLP).
 ``run(batch)``
@@ -42,6 +45,8 @@ The Meta Tokens themselves are handled outside the adapter, at the
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -65,6 +70,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from metaembed.model.config import MetaEmbedConfig
 
 _REGISTRY: dict[str, type["BackboneAdapter"]] = {}
+
+_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+#: LoRA targets of a text LM: its attention and MLP projections
+LM_LORA_TARGETS = r".*\." + _PROJECTIONS
+#: LoRA targets of a vision-language model's LM only (vision MLPs also have gate/up/down_proj)
+VLM_LORA_TARGETS = r".*language_model.*\." + _PROJECTIONS
 
 
 @dataclass
@@ -91,7 +102,7 @@ class BackboneAdapter:
     image_token: ClassVar[str | None] = None
     default_template: ClassVar[PromptTemplate] = PromptTemplate()
     #: peft ``target_modules`` regex (full match on module names) for :meth:`MetaEmbedModel.add_lora`
-    lora_target_modules: ClassVar[str] = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules: ClassVar[str] = LM_LORA_TARGETS
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, config: "MetaEmbedConfig") -> None:
         self.backbone = backbone
@@ -234,8 +245,10 @@ def register(adapter: type[BackboneAdapter]) -> type[BackboneAdapter]:
 
 
 def _load_families() -> None:
-    # Importing the family modules runs their @register decorators.
-    from metaembed.model.backbones import causal_lm, encoder, mllama, paligemma, qwen_vl  # noqa: F401
+    # Importing every module of this package runs its @register decorators, so a new
+    # family is one new file here and nothing else.
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def families() -> list[str]:
@@ -270,4 +283,6 @@ __all__ = [
     "get_adapter",
     "detect_family",
     "positions_from_mask",
+    "LM_LORA_TARGETS",
+    "VLM_LORA_TARGETS",
 ]

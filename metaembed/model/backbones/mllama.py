@@ -25,7 +25,7 @@ from transformers.models.mllama.processing_mllama import (
     get_cross_attention_token_mask,
 )
 
-from metaembed.model.backbones import BackboneAdapter, EncodedItem, positions_from_mask, register
+from metaembed.model.backbones import VLM_LORA_TARGETS, BackboneAdapter, EncodedItem, positions_from_mask, register
 from metaembed.model.templates import PromptTemplate
 
 _IMAGE_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
@@ -44,7 +44,7 @@ class MllamaAdapter(BackboneAdapter):
         image_placeholder="<|image|>",
         query_suffix="<|end_of_text|>" * 10 + "\n",
     )
-    lora_target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules = VLM_LORA_TARGETS
 
     @classmethod
     def load_image_processor(cls, source: str, config: Any) -> MllamaImageProcessorPil:
