@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -245,12 +245,26 @@ def load_pairs(
     seed: int = 0,
 ) -> TrainingSource:
     """Read a *pairs* file (``.jsonl``/``.parquet``) or folder of them as one training source."""
+    return _file_source(path, image_root, name, example_from_record, weight, max_samples, seed)
+
+
+def _file_source(
+    path: str | Path,
+    image_root: str | Path | None,
+    name: str | None,
+    convert: Callable[[Mapping[str, Any], Path], TrainingExample],
+    weight: float,
+    max_samples: int | None,
+    seed: int,
+    rows: Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]] = lambda records: records,
+) -> TrainingSource:
+    """A source over the records of a file or folder; images relative to ``image_root`` or the data's folder."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
     return TrainingSource(
         name or path.stem,
-        _read_records(path),
-        lambda record: example_from_record(record, root),
+        rows(_read_records(path)),
+        lambda record: convert(record, root),
         weight=weight,
         max_samples=max_samples,
         seed=seed,
@@ -365,17 +379,7 @@ def load_colpali_train(
     seed: int = 0,
 ) -> TrainingSource:
     """Read a ViDoRe/ColPali training set (Parquet file or folder, or JSONL) as one source."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
-    records = _read_records(path)
-    return TrainingSource(
-        name,
-        _QueriedRows(records),
-        lambda record: example_from_colpali(record, root),
-        weight=weight,
-        max_samples=max_samples,
-        seed=seed,
-    )
+    return _file_source(path, image_root, name, example_from_colpali, weight, max_samples, seed, rows=_QueriedRows)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from metaembed.training.losses import InfoNCELoss, MMRLoss
 from metaembed.training.trainer import CHECKPOINT_WEIGHTS
-from tests.training.conftest import write_pairs
+from tests.training.conftest import small_settings, write_pairs
 from tests.training.ddp_worker import gather_loss_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +50,9 @@ def test_gather_with_gradient_equals_the_concatenated_batch(tmp_path):
 
 
 def _settings(output_dir, model, pairs, per_device_batch_size):
-    return dict(
-        model=str(model),
-        output_dir=str(output_dir),
-        data=[{"path": str(pairs)}],
-        groups=[[1, 1, 1.0], [2, 4, 1.0], [4, 8, 1.0]],
-        per_device_batch_size=per_device_batch_size,
-        max_steps=3,
-        warmup_steps=0,
-        learning_rate=2e-3,
-        save_steps=3,
-        lora={"r": 4, "alpha": 8, "dropout": 0.0},  # no dropout: ranks draw different masks
+    # LoRA dropout stays 0 (small_settings): the two ranks draw different masks
+    return small_settings(
+        output_dir, pairs, model=str(model), per_device_batch_size=per_device_batch_size, max_steps=3, save_steps=3,
         trainer_args={"use_cpu": True},  # gloo on CPU even where a GPU exists
     )
 

@@ -18,8 +18,6 @@ def test_resume_continues_from_the_same_step_with_the_same_state(make_config, fr
     common = dict(max_steps=4, save_steps=2, save_total_limit=None, lora={"r": 4, "alpha": 8, "dropout": 0.1})
     full_dir = tmp_path / "full"
     train(make_config(output_dir=str(full_dir), **common), fresh_model())
-
-
     final_full = load_file(full_dir / "checkpoints" / "checkpoint-4" / CHECKPOINT_WEIGHTS)
 
     # an "interrupted" run: the same folder as it was after step 2
