@@ -49,3 +49,13 @@ def test_resume_rejects_a_checkpoint_of_another_setup(make_config, fresh_model, 
     )
     with pytest.raises(InputError, match="do not match"):
         train(other, fresh_model())
+
+
+def test_a_fresh_run_does_not_overwrite_an_earlier_one(make_config, fresh_model, tmp_path):
+    run = tmp_path / "run"
+    # resume: true with nothing to resume starts fresh
+    train(make_config(output_dir=str(run), max_steps=1, save_steps=1, resume_from_checkpoint=True), fresh_model())
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(make_config(output_dir=str(run), max_steps=1), fresh_model())
+    with pytest.raises(InputError, match="not a folder"):
+        train(make_config(output_dir=str(tmp_path / "other"), resume_from_checkpoint=str(tmp_path / "nope")), fresh_model())
