@@ -49,16 +49,21 @@ def test_gather_with_gradient_equals_the_concatenated_batch(tmp_path):
     torch.testing.assert_close(result["grad"], encoder.weight.grad, rtol=1e-4, atol=1e-6)
 
 
-def _settings(output_dir, model, pairs, per_device_batch_size):
+def _settings(output_dir, model, pairs, per_device_batch_size, **overrides):
     # LoRA dropout stays 0 (small_settings): the two ranks draw different masks
     return small_settings(
         output_dir, pairs, model=str(model), per_device_batch_size=per_device_batch_size, max_steps=3, save_steps=3,
         trainer_args={"use_cpu": True},  # gloo on CPU even where a GPU exists
+        **overrides,
     )
 
 
 def test_two_process_training_equals_one_process_with_the_global_batch(tmp_path):
-    """``torchrun -m metaembed.training`` with 2 × 2 examples per step = one process with 4."""
+    """``torchrun -m metaembed.training`` with 2 × 2 examples per step = one process with 4.
+
+    The 2-process run also uses gradient caching (chunks of one example, DDP ``no_sync`` between
+    chunks) while the reference takes the plain step: both must give the same weights.
+    """
     from metaembed.model.testing import tiny_model
     from metaembed.training.config import TrainingConfig
     from metaembed.training.run import train
@@ -66,7 +71,7 @@ def test_two_process_training_equals_one_process_with_the_global_batch(tmp_path)
     base = tmp_path / "base"
     tiny_model("qwen2_vl", num_query_tokens=4, num_candidate_tokens=8, seed=0).save_pretrained(base)
     pairs = write_pairs(tmp_path / "pairs.jsonl", 12)
-    TrainingConfig.from_dict(_settings(tmp_path / "ddp", base, pairs, 2)).to_yaml(tmp_path / "ddp.yaml")
+    TrainingConfig.from_dict(_settings(tmp_path / "ddp", base, pairs, 2, gradient_cache_chunk_size=1)).to_yaml(tmp_path / "ddp.yaml")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
