@@ -129,8 +129,7 @@ def build_trainer(config: TrainingConfig, model: Any = None) -> MetaEmbedTrainer
     groups = groups_for_mode(config.mode, config.groups, model)
     prepare_parameters(model, config.lora)
     if config.gradient_checkpointing:
-        # non-reentrant: works with frozen inputs (LoRA) and with DDP without extra hooks
-        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable()
     model.train()
     loss = MMRLoss(InfoNCELoss(config.temperature, config.learnable_temperature), groups, config.combination)
     mixture = TrainingMixture([source for spec in config.data for source in spec.load(seed=config.seed)])
