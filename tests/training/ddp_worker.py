@@ -30,9 +30,12 @@ def gather_loss_worker(rank: int, world_size: int, init_file: str, result_file: 
         encoder.weight.grad /= world_size
         losses = [torch.zeros(()) for _ in range(world_size)]
         dist.all_gather(losses, output.loss.detach())
+        offsets = [torch.zeros((), dtype=torch.long) for _ in range(world_size)]
+        dist.all_gather(offsets, torch.tensor(offset))
         if rank == 0:
             torch.save(
-                {"offset": offset, "gathered": gathered.shape[0], "losses": losses, "grad": encoder.weight.grad},
+                {"offsets": [int(o) for o in offsets], "gathered": gathered.shape[0], "losses": losses,
+                 "grad": encoder.weight.grad},
                 result_file,
             )
     finally:

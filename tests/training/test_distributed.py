@@ -33,7 +33,7 @@ def test_gather_with_gradient_equals_the_concatenated_batch(tmp_path):
     result_file = tmp_path / "result.pt"
     mp.spawn(gather_loss_worker, args=(2, str(tmp_path / "init"), str(result_file), inputs), nprocs=2, join=True)
     result = torch.load(result_file)
-    assert result["offset"] == 0 and result["gathered"] == 6
+    assert result["offsets"] == [0, 3] and result["gathered"] == 6  # CE target = rank · B + u
 
     # the single-process reference: the whole batch at once
     encoder = torch.nn.Linear(5, 6, bias=False)

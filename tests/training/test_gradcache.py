@@ -56,7 +56,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_config, fresh_mode
     model = fresh_model()
     config = make_config(per_device_batch_size=6, gradient_checkpointing=True, learnable_temperature=True)
     trainer = build_trainer(config, model)
-    assert model.backbone.is_gradient_checkpointing
+    assert model.backbone.is_activation_checkpointing
     trainer.current_gradient_accumulation_steps = 2
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     trainer.training_step(trainer.model, batch)
