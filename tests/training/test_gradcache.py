@@ -71,3 +71,24 @@ def test_precision_reaches_the_trainer(make_config, fresh_model):
     loss = trainer.training_step(trainer.model, batch)  # bf16 autocast forward, fp32 loss
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_gradient_accumulation_keeps_each_micro_batch_a_contrastive_batch(make_config, fresh_model):
+    """Accumulating 2 micro-batches of 2 = the mean of two 2-example contrastive losses (own negatives each)."""
+    trainer = build_trainer(make_config(per_device_batch_size=2, gradient_accumulation_steps=2), fresh_model())
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    trainer.current_gradient_accumulation_steps = 2
+    for part in (examples[:2], examples[2:]):
+        trainer.training_step(trainer.model, trainer.data_collator(part))
+    got = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    reference = build_trainer(make_config(per_device_batch_size=2), fresh_model()).model
+    total = 0.0
+    for part in (examples[:2], examples[2:]):
+        batch = trainer.data_collator(part)
+        query = reference.model(batch["query"][0], "query")
+        positives = reference.model(batch["positive"][0], "candidate")
+        negatives = reference.model(batch["negative"][0], "candidate").unsqueeze(1)
+        total = total + reference.loss(query, positives, negatives).loss / 2
+    total.backward()
+    _assert_same_gradients({n: p.grad for n, p in reference.named_parameters() if p.requires_grad}, got)
