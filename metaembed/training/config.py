@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from metaembed.errors import InputError
-from metaembed.training.data import DataSpec
+from metaembed.training.datasets import DataSpec
 
 Mode = Literal["mmr", "nommr", "single_vector", "naive_multi_vector"]
 MODES = ("mmr", "nommr", "single_vector", "naive_multi_vector")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from metaembed.errors import InputError
 from metaembed.training.collator import ContrastiveCollator
-from metaembed.training.data import DataSpec, MOCA_MIXTURE, load_colpali_train, load_mmeb_train, load_pairs
+from metaembed.training.data import load_pairs
+from metaembed.training.datasets import MOCA_MIXTURE, DataSpec, load_colpali_train, load_mmeb_train
 from metaembed.training.sampling import SourceBatchSampler, TrainingMixture
 
 
