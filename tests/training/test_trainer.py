@@ -153,3 +153,11 @@ def test_config_errors_are_clear(tmp_path):
         TrainingConfig(mode="matryoshka")
     with pytest.raises(InputError, match="no `data`"):
         build_trainer(TrainingConfig(output_dir=str(tmp_path)), model=object())
+
+
+def test_without_lora_only_meta_tokens_train(make_config, fresh_model):
+    trainer = build_trainer(make_config(lora=None), fresh_model())
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable == ["model.meta_tokens.embedding.weight"]
+    with pytest.raises(InputError, match="nothing to train"):
+        build_trainer(make_config(lora=None, mode="single_vector"), fresh_model(pooling="last_token"))
