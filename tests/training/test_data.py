@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +14,8 @@ from PIL import Image
 
 from metaembed.errors import InputError
 from metaembed.training.collator import ContrastiveCollator
-from metaembed.training.data import DataSpec, MOCA_MIXTURE, load_colpali_train, load_mmeb_train, load_pairs
+from metaembed.training.data import load_pairs
+from metaembed.training.datasets import MOCA_MIXTURE, DataSpec, load_colpali_train, load_mmeb_train
 from metaembed.training.sampling import SourceBatchSampler, TrainingMixture
 
 

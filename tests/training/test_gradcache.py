@@ -1,15 +1,11 @@
-"""Gradient caching gives the plain step's gradients; a resumed run continues where it stopped."""
+"""Memory options change memory, not gradients: gradient caching and gradient checkpointing."""
 
 from __future__ import annotations
-
-import json
-import shutil
 
 import pytest
 import torch
 
-from metaembed.training.run import build_trainer, train
-from metaembed.training.trainer import CHECKPOINT_WEIGHTS
+from metaembed.training.run import build_trainer
 
 
 def _step_gradients(make_config, fresh_model, chunk_size, dropout=0.0, seed=7, **overrides):
@@ -55,43 +51,44 @@ def test_gradient_cache_replays_dropout(make_config, fresh_model):
     assert any(not torch.allclose(plain[n], other_seed[n]) for n in plain)  # dropout is really on
 
 
-def test_resume_continues_from_the_same_step_with_the_same_state(make_config, fresh_model, tmp_path):
-    common = dict(max_steps=4, save_steps=2, save_total_limit=None, lora={"r": 4, "alpha": 8, "dropout": 0.1})
-    full_dir = tmp_path / "full"
-    train(make_config(output_dir=str(full_dir), **common), fresh_model())
-
-    from safetensors.torch import load_file
-
-    final_full = load_file(full_dir / "checkpoints" / "checkpoint-4" / CHECKPOINT_WEIGHTS)
-
-    # an "interrupted" run: the same folder as it was after step 2
-    resumed_dir = tmp_path / "resumed"
-    (resumed_dir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full_dir / "checkpoints" / "checkpoint-2", resumed_dir / "checkpoints" / "checkpoint-2")
-    lines = (full_dir / "metrics.jsonl").read_text().splitlines()
-    (resumed_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    path = train(make_config(output_dir=str(resumed_dir), resume_from_checkpoint=True, **common), fresh_model())
-
-    records = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss/1,1" in r] == [1, 2, 3, 4]
-    final_resumed = load_file(resumed_dir / "checkpoints" / "checkpoint-4" / CHECKPOINT_WEIGHTS)
-    assert set(final_resumed) == set(final_full)
-    for name in final_full:
-        torch.testing.assert_close(final_resumed[name], final_full[name], rtol=1e-5, atol=1e-6, msg=name)
-    full_steps = [json.loads(line) for line in lines if "loss/1,1" in line]
-    resumed_steps = [r for r in records if "loss/1,1" in r]
-    assert resumed_steps[3]["loss"] == pytest.approx(full_steps[3]["loss"], rel=1e-5)
-    assert (path / "metaembed_config.json").is_file()
+def test_gradient_checkpointing_gives_the_same_gradients(make_config, fresh_model):
+    _, plain, _ = _step_gradients(make_config, fresh_model, None)
+    model = fresh_model()
+    config = make_config(per_device_batch_size=6, gradient_checkpointing=True, learnable_temperature=True)
+    trainer = build_trainer(config, model)
+    assert model.backbone.is_activation_checkpointing
+    trainer.current_gradient_accumulation_steps = 2
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    trainer.training_step(trainer.model, batch)
+    _assert_same_gradients(plain, {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad})
 
 
-def test_resume_rejects_a_checkpoint_of_another_setup(make_config, fresh_model, tmp_path):
-    run = tmp_path / "run"
-    train(make_config(output_dir=str(run), max_steps=2, save_steps=2), fresh_model())
-    from metaembed.errors import InputError
+def test_precision_reaches_the_trainer(make_config, fresh_model):
+    trainer = build_trainer(make_config(precision="bf16"), fresh_model())
+    assert trainer.args.bf16 and not trainer.args.fp16
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer.training_step(trainer.model, batch)  # bf16 autocast forward, fp32 loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.requires_grad)
 
-    other = make_config(
-        output_dir=str(run), max_steps=4, resume_from_checkpoint=str(run / "checkpoints" / "checkpoint-2"),
-        lora={"r": 2, "alpha": 2, "dropout": 0.0}, learnable_temperature=True,
-    )
-    with pytest.raises(InputError, match="do not match"):
-        train(other, fresh_model())
+
+def test_gradient_accumulation_keeps_each_micro_batch_a_contrastive_batch(make_config, fresh_model):
+    """Accumulating 2 micro-batches of 2 = the mean of two 2-example contrastive losses (own negatives each)."""
+    trainer = build_trainer(make_config(per_device_batch_size=2, gradient_accumulation_steps=2), fresh_model())
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    trainer.current_gradient_accumulation_steps = 2
+    for part in (examples[:2], examples[2:]):
+        trainer.training_step(trainer.model, trainer.data_collator(part))
+    got = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    reference = build_trainer(make_config(per_device_batch_size=2), fresh_model()).model
+    total = 0.0
+    for part in (examples[:2], examples[2:]):
+        batch = trainer.data_collator(part)
+        query = reference.model(batch["query"][0], "query")
+        positives = reference.model(batch["positive"][0], "candidate")
+        negatives = reference.model(batch["negative"][0], "candidate").unsqueeze(1)
+        total = total + reference.loss(query, positives, negatives).loss / 2
+    total.backward()
+    _assert_same_gradients({n: p.grad for n, p in reference.named_parameters() if p.requires_grad}, got)
