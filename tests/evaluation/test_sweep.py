@@ -296,3 +296,23 @@ def test_cache_rejects_a_wrong_encoder_output(tmp_path):
     cache = EmbeddingCache.for_model(tmp_path, {"name": "x"}, "set", "queries")
     with pytest.raises(InputError, match=r"returned \(1, 4\) for 2 items"):
         cache.get_or_encode(to_items(["a", "b"]), lambda batch: torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("pool, list_length", [(3000, 5), (40, 10)])
+def test_candidate_list_scoring_in_blocks_matches_naive(pool, list_length):
+    """Small lists from a big pool (gathered per block) and lists covering the pool (scored in place)."""
+    from metaembed.budget import Budget
+    from metaembed.evaluation.sweep import score_candidate_lists
+    from metaembed.evaluation.tasks import CandidateListTask
+    from metaembed.model.items import Item
+
+    generator = torch.Generator().manual_seed(pool)
+    queries = torch.nn.functional.normalize(torch.randn(300, 4, 8, generator=generator), dim=-1)
+    candidates = torch.nn.functional.normalize(torch.randn(pool, 8, 8, generator=generator), dim=-1)
+    lists = [torch.randperm(pool, generator=generator)[:list_length].tolist() for _ in range(300)]
+    task = CandidateListTask("t", [Item(text="q")] * 300, [Item(text="c")] * pool, lists)
+    for r_q, r_c in [(1, 1), (4, 8)]:  # r_q = 1: 1024 queries a block; r_q = 4: 256, two blocks
+        scores = naive_maxsim(queries, candidates, r_q, r_c)
+        expected = sum(all(scores[i, lst[0]] > scores[i, c] for c in lst[1:]) for i, lst in enumerate(lists)) / 300
+        assert score_candidate_lists(task, queries, candidates, Budget(r_q, r_c)) == pytest.approx(expected)
+        assert 0.05 < expected < 0.95  # neither trivially all hits nor all misses
