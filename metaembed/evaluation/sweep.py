@@ -256,10 +256,10 @@ def run_sweep(
     for name in names:
         started = time.perf_counter()
         task = bench.load(name)
-        options = {"shard_size": shard_size, "dtype": cache_dtype}
-        query_cache = EmbeddingCache.for_model(cache_root, identity, f"{bench.kind}/{name}", "queries", **options)
-        candidate_cache = EmbeddingCache.for_model(cache_root, identity, f"{bench.kind}/{name}", "candidates", **options)
+        options = {"shard_size": shard_size, "dtype": cache_dtype, "dataset": f"{bench.kind}/{name}"}
         candidate_items = task.candidates if isinstance(task, CandidateListTask) else task.corpus
+        query_cache = EmbeddingCache.for_items(cache_root, identity, "queries", task.queries, **options)
+        candidate_cache = EmbeddingCache.for_items(cache_root, identity, "candidates", candidate_items, **options)
         queries = _encode_side(model.encode_queries, task.queries, query_cache, batch_size,
                                query_instruction if isinstance(task, RetrievalTask) else None, show_progress)
         candidates = _encode_side(model.encode_candidates, candidate_items, candidate_cache, batch_size,
