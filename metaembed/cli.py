@@ -376,7 +376,11 @@ def quickstart(
         "--cache", help="Folder for the trained model, the index, the results table and plot. Reused on the next run.",
     ),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a trained model is in the cache."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the full recipe)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Most training steps (default: the recipe's 3000)."),
+    train_minutes: float = typer.Option(
+        8.0, "--train-minutes", min=0.1,
+        help="Training stops after this many minutes even if --steps are not done (the schedule adapts).",
+    ),
 ) -> None:
     """Train (or load) a small MetaEmbed model on real offline data, index it, measure every budget.
 
@@ -390,7 +394,7 @@ def quickstart(
     """
     from metaembed.quickstart import run_quickstart
 
-    run_quickstart(cache, retrain=retrain, steps=steps, echo=typer.echo)
+    run_quickstart(cache, retrain=retrain, steps=steps, time_budget_s=60 * train_minutes, echo=typer.echo)
 
 
 # --- entry point -----------------------------------------------------------------------------

