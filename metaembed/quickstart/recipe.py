@@ -171,5 +171,13 @@ def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConf
 
 
 def default_threads() -> int:
-    """Threads for torch: the machine's cores (the quickstart is meant to have them to itself)."""
+    """Threads for torch: ``$OMP_NUM_THREADS`` if set, else every core this process may use.
+
+    On a machine shared with other busy processes one thread is often faster than two (threads
+    that wait for each other at every matmul lose when the cores are oversubscribed): set
+    ``OMP_NUM_THREADS=1`` there.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
