@@ -240,7 +240,8 @@ def format_hits(hits: list, budget: Any) -> str:
     """A readable table of hits: rank, score, id and the path or a text snippet."""
     lines = [f"budget {budget}: {len(hits)} results", f"{'rank':>4}  {'score':>8}  {'id':<32}  path / snippet"]
     for hit in hits:
-        shown = hit.payload.get("text") or hit.payload.get("path") or ""
+        # the most human field the payload has: a snippet, a title or name, else the file
+        shown = next((hit.payload[key] for key in ("text", "title", "name", "path") if hit.payload.get(key)), "")
         shown = " ".join(str(shown).split())
         if len(shown) > 60:
             shown = shown[:57] + "..."

@@ -167,3 +167,13 @@ def test_concurrent_searches_and_additions(served):
         assert set(baseline) <= set(result)
         assert all(abs(result[i] - s) < 1e-4 for i, s in baseline.items())
         assert all(i in baseline or i.startswith("new-") for i in result)
+
+
+def test_app_from_an_index_path_or_an_open_index(collection):
+    from metaembed.retriever import open_index
+
+    for source in (collection.index, open_index(collection.index)):
+        with _Server(create_app(source)) as url:
+            assert httpx.get(f"{url}/health", timeout=60).json() == {"status": "ok", "size": 7}
+            # no API key configured: everything is open
+            assert httpx.get(f"{url}/info", timeout=60).status_code == 200
