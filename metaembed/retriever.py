@@ -245,6 +245,7 @@ def build_index(
     """
     from metaembed.index import MultiVectorIndex
 
+    records = iter_records(source)  # a missing or unreadable input fails before anything is created
     out = Path(out)
     if isinstance(model, (str, Path)):
         model_path = model
@@ -269,7 +270,7 @@ def build_index(
             out, dim=model.embedding_dim, num_vectors=model.num_candidate_tokens, dtype=dtype, metadata=metadata
         )
     retriever = Retriever(index, model)
-    records = [r for r in iter_records(source) if not retriever.contains(r.id)]
+    records = [r for r in records if not retriever.contains(r.id)]
     for done in _add_in_batches(retriever, records, batch_size, progress):
         if on_batch is not None:
             on_batch(done)

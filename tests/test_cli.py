@@ -95,6 +95,13 @@ def test_missing_index_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no index at" in err
 
 
+def test_missing_input_creates_no_index(tmp_path, collection, capsys):
+    out = tmp_path / "never.index"
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", tmp_path / "nothing", "-o", out)
+    assert code == 2 and "input not found" in err
+    assert not out.exists()
+
+
 def test_index_build_info_add_delete(tmp_path, collection, capsys):
     out_index = tmp_path / "built.index"
     code, out, _ = run(capsys, "index", "build", "-m", collection.model_dir, "-i", collection.docs, "-o", out_index,

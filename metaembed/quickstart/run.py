@@ -179,6 +179,8 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
         trend = (f"no test-time scaling here: nDCG@5 {first['ndcg@5']:.3f} at {first['budget']} vs "
                  f"{last['ndcg@5']:.3f} at {last['budget']}")
     lines += [
+        f"best Recall@1 {best['recall@1']:.3f} is {best['recall@1'] / best['chance_recall@1']:.0f}x chance "
+        f"({best['chance_recall@1']:.5f})",
         trend,
         f"times: training {results['train_seconds'] or 0:.0f}s (0 if reused), indexing {results['index_seconds']:.0f}s, "
         f"total {results['total_seconds']:.0f}s",
