@@ -92,3 +92,19 @@ def test_save_and_load_round_trip(model, tmp_path):
     items = ["query text", _image(6)]
     torch.testing.assert_close(loaded.encode_candidates(items), model.encode_candidates(items))
     torch.testing.assert_close(loaded.encode_queries(items), model.encode_queries(items))
+
+
+def test_frozen_state_cache_gives_the_same_embeddings(model):
+    texts = ["alpha beta", "gamma", "alpha beta", "delta epsilon zeta"]
+    model.backbone.inputs.text_encoder.requires_grad_(False)
+    plain = model.encode_queries(texts)
+    model.backbone.inputs.cache_frozen_states(True)
+    try:
+        first = model.encode_queries(texts)
+        cached = model.encode_queries(texts[::-1])  # every text now comes from the cache
+        assert len(model.backbone.inputs._state_cache) == 3
+    finally:
+        model.backbone.inputs.cache_frozen_states(False)
+        model.backbone.inputs.text_encoder.requires_grad_(True)
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached, plain.flip(0), atol=1e-5, rtol=1e-4)
