@@ -379,7 +379,7 @@ def quickstart(
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a trained model is in the cache."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Most training steps (default: the recipe's 3000)."),
     train_minutes: float = typer.Option(
-        8.0, "--train-minutes", min=0.1,
+        11.0, "--train-minutes", min=0.1,
         help="Training stops after this many minutes even if --steps are not done (the schedule adapts).",
     ),
 ) -> None:

@@ -48,7 +48,7 @@ class RecipeConfig:
     #: Training stops at ``steps`` or after this many seconds, whichever comes first; the
     #: learning-rate schedule follows whichever is further along, so a slow machine trains fewer
     #: steps but still completes its schedule (and the quickstart its 15-minute promise).
-    time_budget_s: float | None = 480.0
+    time_budget_s: float | None = 660.0
     batch_size: int = 96
     text_encoder_lr: float = 5e-5
     learning_rate: float = 1e-3
