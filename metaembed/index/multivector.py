@@ -27,7 +27,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -235,6 +235,25 @@ class MultiVectorIndex:
             codes, scales = segments[name].gather(np.array([row]), self._num_vectors)
             out[position] = decode(codes[:, 0], None if scales is None else scales[:, 0], self._fmt)
         return out
+
+    def export(self, r_c: int | None = None, batch: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """Every live candidate in storage order, in batches: ``(ids, vectors)`` with fp32 ``(n, r_c, D)``.
+
+        ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
+        the memory-mapped segments sequentially, one batch at a time.
+        """
+        r_c = self._budget((1, r_c or self._num_vectors), None).r_c
+        batch = positive_int(batch, "batch")
+        for view in self._views:
+            segment = view.segment
+            for start in range(0, view.rows, batch):
+                stop = min(view.rows, start + batch)
+                alive = view.alive[start:stop].numpy()
+                if not alive.any():
+                    continue
+                scales = None if segment.scales is None else segment.scales[:r_c, start:stop]
+                values = decode(segment.codes[:r_c, start:stop], scales, self._fmt).transpose(0, 1)
+                yield list(view.ids[start:stop][alive]), values[torch.from_numpy(alive)].contiguous()
 
     def memory_bytes(self, budget: BudgetLike | None = None) -> int:
         """Bytes of candidate vectors a search at ``budget`` reads: ``len(self) * r_c`` stored vectors.
