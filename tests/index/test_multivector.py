@@ -185,7 +185,7 @@ def test_many_small_adds_are_merged_into_few_segments(corpus) -> None:
     with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
         for i in range(60):
             index.add([ids[i]], vectors[i : i + 1])
-        assert len(index._views) < 16  # tiered merging keeps the segment count logarithmic
+        assert len(index._store.views) < 16  # tiered merging keeps the segment count logarithmic
         assert index.ids == ids
         assert_same_ranking(index.search(queries, k=6, budget="4,8"), brute_force(queries, vectors, ids, 4, 8, 6))
 
@@ -275,7 +275,7 @@ class TestErrors:
             index.upsert(["p", "q", "r"], bad)
         with pytest.raises(InputError, match="NaN or inf"):
             index.search(torch.full((1, 2, 16), float("nan")))
-        assert len(index) == 10 and not [p for p in index._folder.iterdir() if p.suffix == ".tmp"]
+        assert len(index) == 10 and not [p for p in index._store.folder.iterdir() if p.suffix == ".tmp"]
 
     def test_unknown_ids_on_delete(self, index) -> None:
         with pytest.raises(IndexStateError, match=r"not in the index: \['nope'\]"):
