@@ -13,6 +13,10 @@ def _latency(row: dict) -> float:
     return row.get("latency_s_at_full_n", row["latency_s"])
 
 
+def _min_latency(row: dict) -> float:
+    return row["min_latency_s"] * _latency(row) / row["latency_s"]
+
+
 def _by_cell(results: list[dict]) -> dict[tuple[str, str], dict[str, dict]]:
     cells: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for row in results:
@@ -30,8 +34,11 @@ def check_targets(report: dict) -> dict:
             continue
         fastest = min(peers, key=peers.get)
         ratio = peers[fastest] / methods[OURS]["latency_s"]
+        # Best-case latencies too: on a shared machine the minimum is the least disturbed measurement.
+        best_peer = min(_min_latency(r) for m, r in methods.items() if m in PEERS)
         need = 2.0 if budget in ("4,8", "16,64") else 1.0
         speed.append({"size": size, "budget": budget, "fastest_peer": fastest, "speedup": ratio,
+                      "speedup_of_minima": best_peer / methods[OURS]["min_latency_s"],
                       "required": need, "met": ratio >= need})
     peak = []
     for (size, budget), methods in cells.items():
@@ -75,8 +82,9 @@ def markdown_report(report: dict) -> str:
         "# Budgeted MaxSim search: metaembed vs peers",
         "",
         f"{machine['threads']} threads, torch {machine['torch']}; measured fp32 GEMM peak "
-        f"{machine['gemm_peak_gflops_start']:.0f} GFLOP/s at start, {machine['gemm_peak_gflops_end']:.0f} at end "
-        f"(2048^3 `torch.mm`); peak RSS {machine['peak_rss_gib']:.1f} GiB. "
+        f"{machine['gemm_peak_gflops']:.0f} GFLOP/s (best of "
+        f"{', '.join(f'{p:.0f}' for p in machine['gemm_peak_gflops_measurements'])}; 2048^3 `torch.mm`, "
+        f"measured before each size and at the end); peak RSS {machine['peak_rss_gib']:.1f} GiB. "
         f"{report['setup']['num_queries']} queries x {report['setup']['query_vectors']} vectors per batch, "
         f"candidates store 64 vectors, top-{report['setup']['k']}. Latency = median per batch of queries. "
         "Overlap = top-10 overlap with the fp32 exact reference. Synthetic clustered unit vectors "
@@ -86,14 +94,15 @@ def markdown_report(report: dict) -> str:
     sizes = list(dict.fromkeys(r["size"] for r in report["results"]))
     for size in sizes:
         rows = [r for r in report["results"] if r["size"] == size]
-        lines += [f"## {size}", "", "| budget | method | latency ms | queries/s | GFLOP/s | % peak | "
-                  "bytes read | overlap | reps | note |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"## {size}", "", "| budget | method | latency ms | min ms | queries/s | GFLOP/s | % peak | "
+                  "bytes read | overlap | reps | note |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in rows:
             latency = _fmt_ms(row["latency_s"])
             if "latency_s_at_full_n" in row and row["num_candidates"] != rows[0]["num_candidates"]:
                 latency += f" (x{rows[0]['num_candidates'] // row['num_candidates']}: {_fmt_ms(row['latency_s_at_full_n'])})"
             lines.append(
-                f"| {row['budget']} | {row['method']} | {latency} | {row['queries_per_s']:,.1f} | "
+                f"| {row['budget']} | {row['method']} | {latency} | {_fmt_ms(row['min_latency_s'])} | "
+                f"{row['queries_per_s']:,.1f} | "
                 f"{row['gflops_per_s']:.1f} | {row['pct_of_gemm_peak']:.0f}% | {row['index_bytes'] / 2**20:,.1f} MiB | "
                 f"{row['top10_overlap_vs_fp32_exact']:.3f} | {row['reps']}{'*' if row['reps_capped'] else ''} | "
                 f"{row['note']} |"
@@ -103,7 +112,8 @@ def markdown_report(report: dict) -> str:
     targets = report["targets"]
     for cell in targets["exact_faster_than_every_peer"]["cells"]:
         lines.append(f"- exact vs fastest peer, {cell['size']} ({cell['budget']}): {cell['speedup']:.2f}x faster "
-                     f"than {cell['fastest_peer']} (need {cell['required']:g}x): {'met' if cell['met'] else 'NOT met'}")
+                     f"than {cell['fastest_peer']} (need {cell['required']:g}x): {'met' if cell['met'] else 'NOT met'} "
+                     f"(ratio of best-case latencies {cell['speedup_of_minima']:.2f}x)")
     for cell in targets["pct_of_gemm_peak_at_16_64_d2048"]["cells"]:
         lines.append(f"- (16,64) at {cell['size']}: {cell['pct_of_gemm_peak']:.0f}% of measured fp32 GEMM peak "
                      f"(need 70%): {'met' if cell['met'] else 'NOT met'}")
