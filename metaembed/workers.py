@@ -15,6 +15,7 @@ the process keep theirs.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Callable, Iterable, TypeVar
@@ -30,6 +31,7 @@ _pool: "_Pool | None" = None
 class _Pool:
     def __init__(self, size: int) -> None:
         self.size = size
+        self.pid = os.getpid()  # threads do not survive fork(): a child process builds its own pool
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         ready = threading.Barrier(size + 1)
         caller_threads = torch.get_num_threads()
@@ -53,13 +55,13 @@ class _Pool:
 
 def pool_size() -> int:
     """Number of compute workers: torch's intra-op thread count when the pool is first used."""
-    return _pool.size if _pool is not None else torch.get_num_threads()
+    return _pool.size if _pool is not None and _pool.pid == os.getpid() else torch.get_num_threads()
 
 
 def _get_pool() -> _Pool:
     global _pool
     with _lock:
-        if _pool is None:
+        if _pool is None or _pool.pid != os.getpid():
             _pool = _Pool(max(1, torch.get_num_threads()))
         return _pool
 
