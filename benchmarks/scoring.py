@@ -250,17 +250,22 @@ def main(argv: list[str] | None = None) -> dict:
     # and the best of these is the roofline (a lower one would flatter our % of peak).
     peaks = [measure_gemm_peak()]
     log(f"fp32 GEMM peak (2048^3, {torch.get_num_threads()} threads): {peaks[0]:.1f} GFLOP/s")
-    rows = []
+    rows: list[dict] = []
     try:
-        for number, size in enumerate(sizes):
-            if number:
-                peaks.append(measure_gemm_peak())
+        for size in sizes:
             rows.extend(run_size(size, args, work, max(peaks), log))
+            peaks.append(measure_gemm_peak())
+            report = write_report(rows, peaks, args)  # after every size: a long run keeps what it measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peaks.append(measure_gemm_peak())
+    print(markdown_report(report))
+    return report
+
+
+def write_report(rows: list[dict], peaks: list[float], args: argparse.Namespace) -> dict:
+    """Write scoring.json and scoring.md for ``rows``, every % of peak against the best measured peak."""
     peak = max(peaks)
-    for row in rows:  # every % of peak against the same, best roofline
+    for row in rows:
         row["pct_of_gemm_peak"] = 100 * row["gflops_per_s"] / peak
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -274,9 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["targets"] = check_targets(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scoring.json").write_text(json.dumps(report, indent=1))
-    table = markdown_report(report)
-    (args.out / "scoring.md").write_text(table)
-    print(table)
+    (args.out / "scoring.md").write_text(markdown_report(report))
     return report
 
 
