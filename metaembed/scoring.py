@@ -47,9 +47,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: bytes per stored element, and the per-vector overhead (int8 keeps a fp32 scale).
 _STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int8": (1, 4)}
 
-# Scratch memory per candidate chunk. Two (chunk, Q*r_q) fp32 buffers plus one
-# (chunk, D) upcast buffer stay around 8-16 MiB: large enough that each GEMM
-# call amortises its overhead, small enough to stay in the last-level cache.
+# Scratch memory per worker and chunk: two (chunk, Q*r_q) fp32 buffers plus one
+# (chunk, D) upcast buffer stay under 16 MiB: large enough that each GEMM call
+# amortises its overhead, small enough to stay in the last-level cache.
 _SCRATCH_BYTES = 16 << 20
 _MAX_CHUNK = 4096
 _MIN_CHUNK = 64
