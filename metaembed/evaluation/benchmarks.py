@@ -131,11 +131,11 @@ class Benchmark:
         """Load data set ``name``."""
         if self.kind == "mmeb":
             return mmeb.load_dataset(self.root, name, image_root=self.image_root)
-        image_dir = self.image_dir / name if self.image_dir is not None else None
+        # Extracted pages are named by content hash: one folder serves every data set.
         if self.kind == "vidore-v1":
-            return vidore.load_v1_dataset(self.root, name, image_dir=image_dir)
+            return vidore.load_v1_dataset(self.root, name, image_dir=self.image_dir)
         if self.kind == "vidore-v2":
-            return vidore.load_v2_dataset(self.root, name, image_dir=image_dir)
+            return vidore.load_v2_dataset(self.root, name, image_dir=self.image_dir)
         return beir.load_dataset(self.root, name)
 
 

@@ -2,17 +2,18 @@
 
 Layout::
 
-    <cache_dir>/<model key>/<data set>/<side>/manifest.json
-    <cache_dir>/<model key>/<data set>/<side>/shard-00000.safetensors   (items 0..S-1)
+    <cache_dir>/<model key>/<side>-<items fingerprint>/manifest.json
+    <cache_dir>/<model key>/<side>-<items fingerprint>/shard-00000.safetensors   (items 0..S-1)
     ...
 
-The manifest records the model identity, the data set, the side ("queries" /
-"candidates"), a fingerprint of the items (texts, image paths, instructions)
-and the shards written so far. Each shard is written to a temporary name and
-renamed, and the manifest is rewritten after every shard, so an interrupted run
-leaves only whole shards and resumes after the last one. A manifest whose
-fingerprint or model differs means the cache is stale: it is cleared and the
-side is encoded again. A shard that cannot be read raises
+A folder is named by the model and by a fingerprint of the items (texts, image
+paths, instructions, in order), so a corpus shared by two tasks (ViDoRe v2's
+English and multilingual tasks) is encoded once, and changed data never
+reads stale embeddings. The manifest records the model identity, the side
+("queries" / "candidates"), the data sets that used it, and the shards written
+so far. Each shard is written to a temporary name and renamed, and the manifest
+is rewritten after every shard, so an interrupted run leaves only whole shards
+and resumes after the last one. A shard or manifest that cannot be read raises
 :class:`~metaembed.errors.InputError` naming it (delete it to re-encode).
 """
 
@@ -94,24 +95,21 @@ def model_key(identity: dict[str, Any]) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 @dataclass
 class EmbeddingCache:
-    """The cached embeddings of one side of one data set for one model.
+    """The cached embeddings of one list of items for one model.
 
     ``encode`` takes a list of items and returns ``(n, R, D)`` float; the cache
     calls it once per missing shard of ``shard_size`` items. ``dtype`` is the
     storage type ("float16" halves the disk of float32; scoring converts back
-    to float32).
+    to float32). ``dataset`` is a label for logs and the manifest.
     """
 
     folder: Path
     identity: dict[str, Any]
-    dataset: str
     side: str
+    fingerprint: str
+    dataset: str = ""
     shard_size: int = 256
     dtype: str = "float16"
     encode_calls: int = field(default=0, init=False)
@@ -125,12 +123,19 @@ class EmbeddingCache:
         self.identity = json.loads(json.dumps(self.identity, sort_keys=True, default=str))
 
     @classmethod
-    def for_model(
-        cls, cache_dir: str | Path, identity: dict[str, Any], dataset: str, side: str, **options: Any
+    def for_items(
+        cls,
+        cache_dir: str | Path,
+        identity: dict[str, Any],
+        side: str,
+        items: Sequence[Item],
+        dataset: str = "",
+        **options: Any,
     ) -> "EmbeddingCache":
-        """The cache of ``side`` of ``dataset`` under ``cache_dir`` for the model ``identity``."""
-        folder = Path(cache_dir) / model_key(identity) / _safe_name(dataset) / side
-        return cls(folder=folder, identity=identity, dataset=dataset, side=side, **options)
+        """The cache of ``items`` (one side of a data set) under ``cache_dir`` for the model ``identity``."""
+        fingerprint = fingerprint_items(items)
+        folder = Path(cache_dir) / model_key(identity) / f"{side}-{fingerprint[:24]}"
+        return cls(folder=folder, identity=identity, side=side, fingerprint=fingerprint, dataset=dataset, **options)
 
     @property
     def manifest_path(self) -> Path:
@@ -160,7 +165,7 @@ class EmbeddingCache:
         return {
             "format": _FORMAT,
             "model": self.identity,
-            "dataset": self.dataset,
+            "datasets": [self.dataset],
             "side": self.side,
             "fingerprint": fingerprint,
             "num_items": count,
@@ -186,10 +191,10 @@ class EmbeddingCache:
             )
         return tensor
 
-    def cached_items(self, items: Sequence[Item]) -> int:
-        """How many of ``items`` are already encoded in this cache (0 if stale)."""
+    def cached_items(self) -> int:
+        """How many of the items are already encoded in this cache."""
         manifest = self._read_manifest()
-        if manifest is None or manifest["fingerprint"] != fingerprint_items(items) or manifest["model"] != self.identity:
+        if manifest is None or manifest["fingerprint"] != self.fingerprint or manifest["model"] != self.identity:
             return 0
         return sum(shard["stop"] - shard["start"] for shard in manifest["shards"])
 
@@ -203,6 +208,8 @@ class EmbeddingCache:
         if not items:
             raise InputError(f"nothing to encode for {self.dataset!r} ({self.side})")
         fingerprint = fingerprint_items(items)
+        if fingerprint != self.fingerprint:
+            raise InputError(f"the cache in {self.folder} was opened for other items than these")
         manifest = self._read_manifest()
         if manifest is not None and (
             manifest["fingerprint"] != fingerprint
@@ -210,13 +217,16 @@ class EmbeddingCache:
             or manifest["shard_size"] != self.shard_size
             or manifest["dtype"] != self.dtype
         ):
-            # Stale (the data, model or storage changed): start over.
+            # Another model or storage format under the same name: start over.
             for stale in self.folder.glob("shard-*.safetensors"):
                 stale.unlink()
             manifest = None
         self.folder.mkdir(parents=True, exist_ok=True)
         if manifest is None:
             manifest = self._fresh_manifest(fingerprint, len(items))
+            self._write_manifest(manifest)
+        elif self.dataset not in manifest["datasets"]:
+            manifest["datasets"].append(self.dataset)
             self._write_manifest(manifest)
 
         done = {shard["start"]: shard for shard in manifest["shards"]}

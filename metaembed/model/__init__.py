@@ -1,9 +1,29 @@
 """The MetaEmbed model: Meta Tokens on a Hugging Face backbone, encode API, save/load.
 
->>> from metaembed.model import MetaEmbedConfig, MetaEmbedModel   # doctest: +SKIP
+Build, encode, score at a budget, save::
+
+    from metaembed.model import MetaEmbedModel
+    from metaembed.model.testing import tiny_model       # offline, random weights
+
+    model = tiny_model("qwen2_vl")                        # or MetaEmbedModel.from_pretrained(folder_or_id)
+    queries = model.encode_queries(["a red square"], budget=2)            # (1, 2, D) float32, unit rows
+    pages = model.encode_candidates([Path("page.png"), {"text": "caption", "image": image}])  # (2, R_c, D)
+    model.save_pretrained("my-model")                     # exact round trip, offline
+
+Training uses ``batch = model.prepare(items, "query")`` and
+``model(batch, "query")`` (differentiable, ``(B, R_q, D)``); ``model.add_lora()``
+sets up the paper's LoRA recipe. Checkpoints of the official code load with
+``MetaEmbedModel.from_official(adapter_dir)``.
+
+Modules: ``config`` (MetaEmbedConfig), ``modeling`` (MetaEmbedModel),
+``meta_tokens`` (the table and its injection), ``templates`` (prompts),
+``processing`` (items → batch), ``pooling`` (baseline poolings), ``backbones``
+(one adapter per family), ``lora``, ``saving``, ``official``, ``testing``
+(tiny offline models), ``offline_tokenizers``, ``items``.
 """
 
 from metaembed.model.config import MetaEmbedConfig
 from metaembed.model.modeling import MetaEmbedModel
+from metaembed.model.templates import PromptTemplate
 
-__all__ = ["MetaEmbedConfig", "MetaEmbedModel"]
+__all__ = ["MetaEmbedConfig", "MetaEmbedModel", "PromptTemplate"]

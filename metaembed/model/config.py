@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -54,7 +54,9 @@ class MetaEmbedConfig:
             and ``"mean"`` (one vector), ``"chunks"`` (the content split into
             as many contiguous chunks as the side has tokens, each mean-pooled).
         template: the prompt template; ``None`` uses the family's default.
-        max_visual_tokens: cap on visual tokens per image after merging (official: 1024).
+        max_visual_tokens: cap on visual tokens per image after merging (official: 1024);
+            Qwen-VL resizes images to fit it, fixed-size families (PaliGemma,
+            Mllama) have their own count.
         max_length: cap on content tokens per item before the Meta Tokens
             (official: 16384); longer text is cut on the right.
         initializer_range: std of the normal init of the Meta Token table.
@@ -75,7 +77,6 @@ class MetaEmbedConfig:
     max_length: int = 16384
     initializer_range: float = 0.02
     torch_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, Path):

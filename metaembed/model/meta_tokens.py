@@ -13,11 +13,13 @@ image features, rotary / 3-D positions, attention masks.
 
 The slots are found from the attention mask (the last ``N`` real tokens of each
 row), never from absolute positions, so left and right padding give the same
-result.
+result. The hook only acts in the thread that installed it, so several threads
+may encode with one model at the same time.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -60,10 +62,23 @@ class MetaTokens(nn.Module):
         """The table, ``(num_rows, hidden_size)``."""
         return self.embedding.weight
 
+    def num_appended(self, side: str, causal: bool) -> int:
+        """How many rows follow an input of ``side``.
+
+        The official code appends all rows to both sides. Under causal
+        attention the candidate rows come after the query rows and cannot
+        change them, so a query stops after its own rows: the same query
+        embedding for ``R_c`` fewer tokens per query (64 of 80 at the paper's
+        sizes). Bidirectional encoders always get all rows.
+        """
+        if causal and side == "query" and not self.shared:
+            return self.num_query_tokens
+        return self.num_rows
+
     def read_out(self, meta_states: torch.Tensor, side: str) -> torch.Tensor:
         """Select a side's rows from the hidden states at all Meta Token slots.
 
-        ``meta_states`` is ``(B, num_rows, H)``; returns ``(B, R_side, H)``: the
+        ``meta_states`` is ``(B, n, H)`` for the ``n`` appended rows; returns ``(B, R_side, H)``: the
         official ``[-80:-64]`` for queries and ``[-64:]`` for candidates.
         """
         if self.shared:
@@ -73,24 +88,27 @@ class MetaTokens(nn.Module):
         return meta_states[:, self.num_query_tokens :]
 
     @contextmanager
-    def injected(self, input_embeddings: nn.Module, slot_mask: torch.Tensor) -> Iterator[None]:
-        """While active, ``input_embeddings`` outputs the table's rows at ``slot_mask``.
+    def injected(self, input_embeddings: nn.Module, slot_mask: torch.Tensor, count: int) -> Iterator[None]:
+        """While active, ``input_embeddings`` outputs the table's first ``count`` rows at ``slot_mask``.
 
-        ``slot_mask`` is ``(B, L)`` bool with exactly ``num_rows`` true entries
-        per row (the Meta Token slots, in order). Gradients flow into the table.
+        ``slot_mask`` is ``(B, L)`` bool with exactly ``count`` true entries per
+        row (the Meta Token slots, in order). Gradients flow into the table.
         """
-        if slot_mask.any():
-            counts = slot_mask.sum(dim=1)
-            if not bool((counts == self.num_rows).all()):
-                raise ValueError(f"every row needs {self.num_rows} Meta Token slots, got {counts.tolist()}")
+        counts = slot_mask.sum(dim=1)
+        if not bool((counts == count).all()):
+            raise ValueError(f"every row needs {count} Meta Token slots, got {counts.tolist()}")
 
-        def replace_slots(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        owner = threading.get_ident()
+
+        def replace_slots(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass: its own hook handles it
             if output.shape[:2] != slot_mask.shape:
                 raise RuntimeError(
                     f"input embeddings of shape {tuple(output.shape)} do not match the Meta Token "
                     f"slot mask {tuple(slot_mask.shape)}"
                 )
-            rows = self.weight.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+            rows = self.weight[:count].to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
             return output.masked_scatter(slot_mask.unsqueeze(-1).to(output.device), rows)
 
         handle = input_embeddings.register_forward_hook(replace_slots)

@@ -9,6 +9,8 @@ are the embedding at budget ``r``, so a budget is a prefix length.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -23,12 +25,15 @@ from metaembed.errors import BudgetError, InputError
 from metaembed.model import pooling
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
-from metaembed.model.items import ItemLike, to_items
+from metaembed.model.items import Item, ItemLike, to_items
 from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
 from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
 
 Side = Literal["query", "candidate"]
+logger = logging.getLogger(__name__)
+# "name" or "org/name" (what the Hub accepts); anything else that does not exist is a missing folder
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -38,6 +43,11 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if not isinstance(resolved, torch.dtype):
         raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return resolved
+
+
+def _size_hint(item: Item) -> tuple[int, int]:
+    """Cheap sort key for batching: images first (they dominate length), then text length."""
+    return (len(item.images), len(item.text or ""))
 
 
 class MetaEmbedModel(nn.Module):
@@ -106,6 +116,16 @@ class MetaEmbedModel(nn.Module):
         """The backbone's tokenizer."""
         return self.adapter.tokenizer
 
+    def num_appended(self, side: Side) -> int:
+        """Meta Token slots after an input of ``side`` (0 for the baseline poolings).
+
+        All ``R_q + R_c`` rows, except a query on a causal backbone, which stops
+        after its ``R_q`` rows (the later rows cannot change them).
+        """
+        if self.meta_tokens is None:
+            return 0
+        return self.meta_tokens.num_appended(side, causal=self.adapter.causal)
+
     def num_vectors(self, side: Side) -> int:
         """``R`` for ``side``."""
         return self.num_query_tokens if side == "query" else self.num_candidate_tokens
@@ -117,9 +137,8 @@ class MetaEmbedModel(nn.Module):
         source = config.backbone
         family = config.family
         if family is None:
-            model_type = (
-                source.model_type if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source).model_type
-            )
+            is_object = isinstance(source, PretrainedConfig)
+            model_type = source.model_type if is_object else AutoConfig.from_pretrained(source).model_type
             family = config.family = detect_family(model_type)
         adapter_class = get_adapter(family)
         processor_source = config.processor or (source if isinstance(source, str) else None)
@@ -145,26 +164,50 @@ class MetaEmbedModel(nn.Module):
         * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
         * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
           :mod:`metaembed.model.official`): converted;
+        * a Hugging Face Hub id of a model saved by :meth:`save_pretrained`: downloaded, then as above;
         * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
         """
-        from metaembed.model import saving
+        from metaembed.model import official, saving
 
         dtype = _resolve_dtype(dtype)
+        if not Path(path_or_id).exists():
+            if not _HUB_ID.fullmatch(str(path_or_id)):
+                raise InputError(f"no such model folder: {path_or_id}")
+            # a Hub id: a MetaEmbed model there is downloaded as a folder
+            path_or_id = saving.hub_folder(str(path_or_id)) or path_or_id
         if saving.is_saved_model(path_or_id):
             model = saving.load(cls, path_or_id, dtype=dtype)
+        elif official.is_official_checkpoint(path_or_id):
+            model = official.load_official(cls, path_or_id, dtype=dtype)
         elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
             raise InputError(
                 f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
                 "nor a Hugging Face model folder (no config.json)"
             )
         else:
-            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=str(dtype).removeprefix("torch.") if dtype else None)
+            dtype_name = str(dtype).removeprefix("torch.") if dtype else None
+            config = MetaEmbedConfig(backbone=str(path_or_id), torch_dtype=dtype_name)
             model = cls.from_config(config)
+            logger.warning(
+                "%s is a plain backbone: its Meta Tokens are freshly initialised and need training", path_or_id
+            )
         if device is not None:
             model.to(device)
         return model.eval()
+
+    @classmethod
+    def from_official(cls, path: str | Path, **options: Any) -> "MetaEmbedModel":
+        """Convert a checkpoint of the official MetaEmbed code (PEFT adapter or full folder).
+
+        ``options``: ``base``, ``num_query_tokens`` (16), ``num_candidate_tokens`` (64),
+        ``processor``, ``dtype``, ``max_visual_tokens`` (1024); see
+        :func:`metaembed.model.official.load_official`.
+        """
+        from metaembed.model import official
+
+        return official.load_official(cls, path, **options).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
@@ -188,6 +231,14 @@ class MetaEmbedModel(nn.Module):
 
         lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute backbone activations during backward (non-reentrant, as the official training).
+
+        Trades compute for memory in training; the Meta Token table still gets
+        its gradient because its rows enter through the embedding output.
+        """
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ---------------------------------------------------------------- batches
     def prepare(
         self,
@@ -204,14 +255,25 @@ class MetaEmbedModel(nn.Module):
         images. ``instruction`` applies to items without their own.
         """
         self._check_side(side)
+        return self._build(to_items(items, instruction=instruction), side, padding_side=padding_side)
+
+    def _build(
+        self,
+        items: Sequence[Item],
+        side: Side,
+        *,
+        padding_side: str = "left",
+        item_numbers: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
         return build_batch(
             self.adapter,
             self.template,
-            to_items(items, instruction=instruction),
+            items,
             side,
-            num_meta_tokens=self.meta_tokens.num_rows if self.meta_tokens is not None else 0,
+            num_meta_tokens=self.num_appended(side),
             max_length=self.config.max_length,
             padding_side=padding_side,
+            item_numbers=item_numbers,
         )
 
     def forward(self, batch: Mapping[str, torch.Tensor], side: Side) -> torch.Tensor:
@@ -221,10 +283,11 @@ class MetaEmbedModel(nn.Module):
         batch = {key: value.to(device) for key, value in batch.items()}
         attention_mask = batch["attention_mask"]
         if self.meta_tokens is not None:
-            slots = last_valid_mask(attention_mask, self.meta_tokens.num_rows)
-            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots):
+            count = self.num_appended(side)
+            slots = last_valid_mask(attention_mask, count)
+            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, count):
                 hidden = self.adapter.run(batch)
-            meta_states = hidden[slots].view(hidden.shape[0], self.meta_tokens.num_rows, hidden.shape[-1])
+            meta_states = hidden[slots].view(hidden.shape[0], count, hidden.shape[-1])
             vectors = self.meta_tokens.read_out(meta_states, side)
         else:
             hidden = self.adapter.run(batch)
@@ -282,18 +345,26 @@ class MetaEmbedModel(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         normalised = to_items(items, instruction=instruction)
-        starts = range(0, len(normalised), batch_size)
+        # Encode in order of decreasing size so each batch holds items of similar
+        # length (less padding); results do not depend on the batch (padding-invariant).
+        order = sorted(range(len(normalised)), key=lambda i: _size_hint(normalised[i]), reverse=True)
+        starts = range(0, len(order), batch_size)
         # None lets tqdm show the bar only on a terminal; a single batch never needs one
         disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
-        outputs = []
+        output = torch.empty(len(order), keep, self.embedding_dim)
         with self._evaluating(), torch.inference_mode():
             for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
-                batch = self.prepare(normalised[start : start + batch_size], side)
-                outputs.append(self.forward(batch, side)[:, :keep].float().cpu())
-        return torch.cat(outputs)
+                chosen = order[start : start + batch_size]
+                batch = self._build([normalised[i] for i in chosen], side, item_numbers=chosen)
+                output[chosen] = self.forward(batch, side)[:, :keep].float().cpu()
+        return output
 
     def resolve_budget(self, budget: int | Budget | str | None, side: Side) -> int:
-        """The prefix length for ``side``: ``budget`` as an int, a Budget's r_q / r_c, or all vectors."""
+        """The prefix length for ``side``: an int, a :class:`Budget` (or ``"r_q,r_c"``) read for the side, or all.
+
+        Raises :class:`~metaembed.errors.BudgetError` when it is below 1 or above
+        the side's number of vectors.
+        """
         self._check_side(side)
         available = self.num_vectors(side)
         if budget is None:

@@ -64,10 +64,12 @@ def build_batch(
     num_meta_tokens: int,
     max_length: int,
     padding_side: str = "left",
+    item_numbers: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A padded batch: ``input_ids``/``attention_mask`` ``(B, L)`` long plus the adapter's tensors.
 
-    Raises :class:`~metaembed.errors.InputError` naming the position of a bad item.
+    Raises :class:`~metaembed.errors.InputError` naming the position of a bad
+    item (``item_numbers[i]`` when given: its place in the caller's list).
     """
     if side not in SIDES:
         raise InputError(f"side must be one of {SIDES}, got {side!r}")
@@ -82,7 +84,8 @@ def build_batch(
                 encode_item(adapter, template, item, side, num_meta_tokens=num_meta_tokens, max_length=max_length)
             )
         except InputError as error:
-            raise InputError(f"item {position}: {error}") from None
+            number = item_numbers[position] if item_numbers is not None else position
+            raise InputError(f"item {number}: {error}") from None
     length = max(len(e.input_ids) for e in encoded)
     input_ids = torch.full((len(encoded), length), adapter.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
@@ -92,10 +95,7 @@ def build_batch(
         input_ids[row, span] = torch.tensor(e.input_ids, dtype=torch.long)
         attention_mask[row, span] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    batch.update(adapter.token_features(input_ids))
-    with_images = [e.images for e in encoded if e.images]
-    if with_images:
-        batch.update(adapter.collate_images(with_images))
+    batch.update(adapter.collate(encoded, input_ids, attention_mask))
     return batch
 
 

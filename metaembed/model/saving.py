@@ -38,6 +38,23 @@ def is_saved_model(path: str | Path) -> bool:
     return Path(path, CONFIG_NAME).is_file()
 
 
+def hub_folder(repo_id: str) -> Path | None:
+    """The local snapshot of a Hugging Face Hub repo holding a saved MetaEmbed model, else ``None``.
+
+    Only the small config is fetched to decide; the rest of the snapshot is
+    fetched when it is a MetaEmbed model (the Hub cache and ``HF_HUB_OFFLINE``
+    apply as usual). Any repo without ``metaembed_config.json`` gives ``None``.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, CONFIG_NAME)
+    except (OSError, ValueError, EntryNotFoundError):  # not on the Hub, not reachable, no such file
+        return None
+    return Path(snapshot_download(repo_id))
+
+
 def own_weights(model: "MetaEmbedModel") -> dict[str, torch.Tensor]:
     """The tensors MetaEmbed adds to the backbone: Meta Token table and projection."""
     tensors: dict[str, torch.Tensor] = {}
@@ -104,4 +121,4 @@ def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | 
     return model
 
 
-__all__ = ["save", "load", "is_saved_model", "own_weights", "load_own_weights", "WEIGHTS_NAME"]
+__all__ = ["save", "load", "is_saved_model", "hub_folder", "own_weights", "load_own_weights", "WEIGHTS_NAME"]

@@ -21,30 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PretrainedConfig, PreTrainedTokenizerFast
+from transformers import PretrainedConfig
 
 from metaembed.errors import InputError
 from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.backbones import get_adapter
 from metaembed.model.modeling import MetaEmbedModel
-
-# A little English text to train the tiny tokenizers on: enough merges for
-# ordinary words to become a few tokens each.
-_CORPUS = (
-    "a photo of a cat sitting on a red sofa. a dog runs in the park with a ball. "
-    "the invoice total is 1,234.56 euros. the quarterly report shows revenue growth. "
-    "<|im_start|>user\nQuery: what is shown in the image? describe the image. represent the given image. "
-    "find a document that answers the question. a chart of sales by region and year. "
-    "the quick brown fox jumps over the lazy dog. retrieval with multi-vector embeddings. "
-    "meta tokens, late interaction, maxsim, budget, candidate, page, table, figure, text. "
-    "0 1 2 3 4 5 6 7 8 9 hello world the of and to in is that for it with as was on be at by"
-)
-
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
+from metaembed.model.offline_tokenizers import QWEN_SPECIAL_TOKENS, byte_level_bpe, qwen_tokenizer, wordpiece
 
 _TEMPORARY_ROOT: list[Path] = []
 
@@ -57,43 +40,6 @@ def _scratch_dir(name: str) -> Path:
     path = _TEMPORARY_ROOT[0] / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def byte_level_bpe(special_tokens: list[str], *, vocab_size: int = 512, **named_tokens: str) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE (GPT-2/Qwen style) whose first ids are ``special_tokens``, in order."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([_CORPUS], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **named_tokens)
-
-
-def wordpiece(*, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A small lower-casing BERT WordPiece tokenizer with ``[PAD] [UNK] [CLS] [SEP] [MASK]`` at ids 0..4."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tokenizer.train_from_iterator([_CORPUS], trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
 
 
 # ---------------------------------------------------------------- families
@@ -111,7 +57,7 @@ def _qwen_processor_dir(patch_size: int) -> str:
     return str(path)
 
 
-def _qwen_ids(processor_dir: str) -> dict[str, int]:
+def _qwen_ids() -> dict[str, int]:
     return {name: QWEN_SPECIAL_TOKENS.index(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
@@ -142,7 +88,7 @@ def _qwen2_vl() -> tuple[PretrainedConfig, str]:
     config = Qwen2VLConfig(
         text_config=_qwen_text(rope_theta=1e6),
         vision_config=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, hidden_size=64),
-        **_qwen_ids(processor),
+        **_qwen_ids(),
     )
     return config, processor
 
@@ -157,7 +103,7 @@ def _qwen2_5_vl() -> tuple[PretrainedConfig, str]:
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
             patch_size=14, window_size=56, fullatt_block_indexes=[1],
         ),  # fmt: skip
-        **_qwen_ids(processor),
+        **_qwen_ids(),
     )
     return config, processor
 
@@ -172,7 +118,7 @@ def _qwen3_vl() -> tuple[PretrainedConfig, str]:
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
             patch_size=16, num_position_embeddings=144, deepstack_visual_indexes=[0, 1],
         ),  # fmt: skip
-        **_qwen_ids(processor),
+        **_qwen_ids(),
     )
     return config, processor
 
@@ -182,6 +128,14 @@ def _text_processor_dir(kind: str) -> str:
     path = _scratch_dir(kind)
     if kind == "bert":
         tokenizer = wordpiece()
+    elif kind == "llama":
+        tokenizer = byte_level_bpe(
+            ["<|begin_of_text|>", "<|end_of_text|>", "<|image|>", "<|finetune_right_pad_id|>"],
+            bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
+        )  # fmt: skip
+        from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+        MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2).save_pretrained(str(path))
     elif kind == "gemma":
         tokenizer = byte_level_bpe(
             ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
@@ -237,7 +191,38 @@ def _paligemma() -> tuple[PretrainedConfig, str]:
     return config, _text_processor_dir("gemma")
 
 
+def _mllama() -> tuple[PretrainedConfig, str]:
+    from transformers import MllamaConfig
+
+    config = MllamaConfig(
+        text_config=dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, cross_attention_layers=[1],
+            num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2, intermediate_size=64,
+            image_size=28, patch_size=14, max_num_tiles=2, intermediate_layers_indices=[0], vision_output_dim=64,
+            supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+        ),
+        image_token_index=2,
+    )  # fmt: skip
+    return config, _text_processor_dir("llama")
+
+
+def _open_cross_attention_gates(model: MetaEmbedModel) -> None:
+    # Mllama initialises its cross-attention gates at 0 (tanh(0) = 0: images invisible
+    # until trained); a random test model should see its images.
+    with torch.no_grad():
+        for name, parameter in model.backbone.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(0.5)
+
+
+_AFTER_INIT: dict[str, Callable[[MetaEmbedModel], None]] = {"mllama": _open_cross_attention_gates}
+
 _FAMILIES: dict[str, Callable[[], tuple[PretrainedConfig, str]]] = {
+    "mllama": _mllama,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
@@ -267,6 +252,7 @@ def tiny_model(
     num_candidate_tokens: int = 8,
     pooling: str = "meta_tokens",
     seed: int = 0,
+    real_tokenizer: bool = False,
     **overrides: Any,
 ) -> MetaEmbedModel:
     """A tiny random MetaEmbed model of ``family`` (hidden 64, 2 layers), built offline.
@@ -275,9 +261,17 @@ def tiny_model(
     ``shared_meta_tokens``, ``max_visual_tokens``, ``template``, ...). The same
     ``seed`` gives the same weights; the caller's global RNG state is untouched.
     Images are capped at 16 visual tokens unless ``max_visual_tokens`` is given.
+    ``real_tokenizer=True`` (Qwen families) uses the real Qwen vocabulary
+    (:func:`qwen_tokenizer`, 151,657 tokens) instead of the tiny BPE.
     """
     backbone, processor = tiny_backbone_config(family)
     overrides.setdefault("max_visual_tokens", 16)
+    tokenizer = None
+    if real_tokenizer:
+        if not family.startswith("qwen"):
+            raise InputError(f"real_tokenizer is available for the Qwen families, not {family!r}")
+        tokenizer = qwen_tokenizer()
+        _use_vocabulary(backbone, tokenizer)
     config = MetaEmbedConfig(
         backbone=backbone,
         processor=processor,
@@ -289,8 +283,34 @@ def tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MetaEmbedModel.from_config(config)
+        if tokenizer is None:
+            model = MetaEmbedModel.from_config(config)
+        else:
+            adapter = get_adapter(family)
+            image_processor = adapter.load_image_processor(processor, config) if adapter.supports_images else None
+            model = MetaEmbedModel(config, adapter.load_backbone(backbone), tokenizer, image_processor)
+    if family in _AFTER_INIT:
+        _AFTER_INIT[family](model)
     return model.eval()
 
 
-__all__ = ["tiny_model", "tiny_families", "tiny_backbone_config", "byte_level_bpe", "wordpiece", "QWEN_SPECIAL_TOKENS"]
+def _use_vocabulary(config: PretrainedConfig, tokenizer: Any) -> None:
+    """Point a tiny Qwen config at a real tokenizer's vocabulary and special-token ids."""
+    text = getattr(config, "text_config", None) or config
+    text.vocab_size = len(tokenizer)
+    text.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for name, index in _qwen_ids().items():
+        if hasattr(config, name):
+            setattr(config, name, tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS[index]))
+
+
+__all__ = [
+    "tiny_model",
+    "tiny_families",
+    "tiny_backbone_config",
+    "qwen_tokenizer",
+    "byte_level_bpe",
+    "wordpiece",
+    "QWEN_SPECIAL_TOKENS",
+]

@@ -1,1 +1,56 @@
-"""Training: MMR losses, data loading, and the trainer that fits Meta Tokens + LoRA."""
+"""Training: MMR losses, data loading, and the trainer that fits Meta Tokens + LoRA.
+
+>>> from metaembed.training import TrainingConfig, train          # doctest: +SKIP
+>>> train(TrainingConfig.from_yaml("mmr.yaml"))                   # doctest: +SKIP
+PosixPath('runs/mmr/model')
+
+Multi-process: ``torchrun --nproc_per_node 8 -m metaembed.training mmr.yaml``.
+
+Names are imported lazily so that ``metaembed.training.losses`` (pure tensors) does not pull in
+``transformers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "InfoNCELoss": "metaembed.training.losses",
+    "MMRLoss": "metaembed.training.losses",
+    "MMRGroup": "metaembed.training.losses",
+    "DEFAULT_GROUPS": "metaembed.training.losses",
+    "ContrastiveOutput": "metaembed.training.losses",
+    "TrainingExample": "metaembed.training.data",
+    "TrainingSource": "metaembed.training.data",
+    "DataSpec": "metaembed.training.datasets",
+    "SubsetSpec": "metaembed.training.datasets",
+    "MOCA_MIXTURE": "metaembed.training.datasets",
+    "load_pairs": "metaembed.training.data",
+    "load_mmeb_train": "metaembed.training.datasets",
+    "load_colpali_train": "metaembed.training.datasets",
+    "TrainingMixture": "metaembed.training.sampling",
+    "SourceBatchSampler": "metaembed.training.sampling",
+    "ContrastiveCollator": "metaembed.training.collator",
+    "TrainingConfig": "metaembed.training.config",
+    "LoraSpec": "metaembed.training.config",
+    "gather_positives": "metaembed.training.distributed",
+    "MetaEmbedTrainer": "metaembed.training.trainer",
+    "ContrastiveModule": "metaembed.training.trainer",
+    "train": "metaembed.training.run",
+    "build_trainer": "metaembed.training.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metaembed.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -12,7 +12,9 @@ A minimal file::
 
 Defaults follow the paper's official settings (``7b_mrl.yaml``): MMR over (1,1) (2,4) (4,8) (8,16)
 (16,64) averaged, τ = 0.03, one hard negative, LoRA r = α = 32 with dropout 0.1 on the language
-model's q/k/v/o/gate/up/down projections, lr 1e-4 with 500 warm-up steps, 4000 steps.
+model's q/k/v/o/gate/up/down projections, lr 1e-4 with 500 warm-up steps, 4000 steps. The paper's
+scale settings are left to the file, since they depend on the hardware: ``per_device_batch_size: 48``
+on 8 GPUs, ``precision: bf16``, ``gradient_checkpointing: true`` (FSDP through ``trainer_args``).
 
 ``mode`` selects the objective:
 
@@ -34,7 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from metaembed.errors import InputError
-from metaembed.training.data import DataSpec
+from metaembed.training.datasets import DataSpec
 
 Mode = Literal["mmr", "nommr", "single_vector", "naive_multi_vector"]
 MODES = ("mmr", "nommr", "single_vector", "naive_multi_vector")

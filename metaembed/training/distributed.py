@@ -2,9 +2,14 @@
 
 Under data-parallel training (torchrun / accelerate, DDP or FSDP) every process encodes its own
 ``B`` queries, positives and hard negatives. As in the official code, only the *positives* are
-all-gathered, with :func:`torch.distributed.nn.functional.all_gather` so that the gradient of every
-process's loss flows back into the process that encoded each positive; queries stay local and hard
-negatives are never shared. Query ``u`` of rank ``r`` then finds its positive at row ``r·B + u``.
+all-gathered, with gradient, so that every process's loss reaches the process that encoded each
+positive; queries stay local and hard negatives are never shared. Query ``u`` of rank ``r`` then
+finds its positive at row ``r·B + u``.
+
+The gather is our own small autograd function rather than
+``torch.distributed.nn.functional.all_gather`` (the official code's choice): that one is deprecated,
+and on non-NCCL backends (gloo, i.e. CPU) its backward returns wrong gradients when the incoming
+gradient is not contiguous — which is what an ``einsum``-based loss produces (torch 2.13).
 
 Why the gradient is right: rank ``r`` minimises the mean over its queries, ``L_r``. The gather's
 backward sums, into each positive, the gradients of every rank's ``L_r``; DDP then averages the
@@ -45,9 +50,26 @@ def gather_positives(positives: Tensor) -> tuple[Tensor, int]:
             f"every process needs the same number of positives to gather, got {[int(s) for s in sizes]}; "
             "use equal per-device batches (the source batch sampler drops short batches)"
         )
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGradient.apply(positives.contiguous()), rank * positives.shape[0]
 
-    return torch.cat(all_gather(positives.contiguous()), dim=0), rank * positives.shape[0]
+
+class _GatherWithGradient(torch.autograd.Function):
+    """``all_gather`` along dim 0; backward sums every process's gradient and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        rank, world_size = world()
+        ctx.rows = slice(rank * tensor.shape[0], (rank + 1) * tensor.shape[0])
+        pieces = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(pieces, tensor)
+        return torch.cat(pieces, dim=0)
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tensor:  # type: ignore[override]
+        # all_reduce then slice = reduce-scatter, on every backend; the tensor is small (W·B × R × D)
+        gradient = gradient.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
+        dist.all_reduce(gradient, op=dist.ReduceOp.SUM)
+        return gradient[ctx.rows]
 
 
 __all__ = ["world", "gather_positives"]

@@ -18,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from metaembed.budget import Budget
 from metaembed.errors import InputError
@@ -102,6 +104,8 @@ def training_arguments(config: TrainingConfig) -> TrainingArguments:
         # Meta Tokens of both sides and every LoRA layer are used at every step
         ddp_find_unused_parameters=False,
         report_to="none",
+        # without a GPU, accelerate only sets up multi-process (gloo) training when told to use the CPU
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
     values.update(config.trainer_args)
@@ -125,8 +129,7 @@ def build_trainer(config: TrainingConfig, model: Any = None) -> MetaEmbedTrainer
     groups = groups_for_mode(config.mode, config.groups, model)
     prepare_parameters(model, config.lora)
     if config.gradient_checkpointing:
-        # non-reentrant: works with frozen inputs (LoRA) and with DDP without extra hooks
-        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable()
     model.train()
     loss = MMRLoss(InfoNCELoss(config.temperature, config.learnable_temperature), groups, config.combination)
     mixture = TrainingMixture([source for spec in config.data for source in spec.load(seed=config.seed)])
@@ -151,16 +154,40 @@ def train(config: TrainingConfig | str | Path | dict, model: Any = None) -> Path
     elif isinstance(config, dict):
         config = TrainingConfig.from_dict(config)
     output = Path(config.output_dir)
+    resume = _resume_point(config)
     trainer = build_trainer(config, model)
     if trainer.is_world_process_zero():
         output.mkdir(parents=True, exist_ok=True)
         config.to_yaml(output / "config.yaml")
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     final = output / "model"
     if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).model.save_pretrained(final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _resume_point(config: TrainingConfig) -> str | None:
+    """The checkpoint to resume from; refuses to start a fresh run over an earlier one.
+
+    ``resume_from_checkpoint: true`` takes the latest checkpoint of ``output_dir`` and starts fresh
+    when there is none yet (so a pre-emptible job can always be relaunched with the same config).
+    """
+    output = Path(config.output_dir)
+    checkpoints = output / "checkpoints"
+    if config.resume_from_checkpoint is True:
+        return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if config.resume_from_checkpoint:
+        if not Path(config.resume_from_checkpoint).is_dir():
+            raise InputError(f"resume_from_checkpoint: {config.resume_from_checkpoint} is not a folder")
+        return str(config.resume_from_checkpoint)
+    earlier = [p for p in (output / "metrics.jsonl", checkpoints) if p.exists()]
+    if earlier:
+        raise InputError(
+            f"{output} already holds a training run ({', '.join(p.name for p in earlier)}); "
+            "set resume_from_checkpoint: true to continue it, or choose another output_dir"
+        )
+    return None
 
 
 __all__ = ["train", "build_trainer", "training_arguments", "groups_for_mode", "prepare_parameters"]

@@ -184,9 +184,9 @@ def test_cache_is_keyed_by_model_and_data(mmeb_root, tmp_path, encoder_class):
 def test_corrupt_or_missing_cache_shard_is_named(mmeb_root, tmp_path, encoder_class):
     options = dict(ladder="1,1", out_dir=tmp_path / "out", datasets=["VisDial"], model_name="fake")
     run_sweep(encoder_class(), mmeb_root, **options)
-    shard = next((tmp_path / "out" / "cache").rglob("candidates/shard-00000.safetensors"))
+    shard = next((tmp_path / "out" / "cache").glob("*/candidates-*/shard-00000.safetensors"))
     shard.write_bytes(b"not a safetensors file")
-    with pytest.raises(InputError, match=r"cached shard .*candidates/shard-00000\.safetensors is corrupt"):
+    with pytest.raises(InputError, match=r"cached shard .*candidates-\w+/shard-00000\.safetensors is corrupt"):
         run_sweep(encoder_class(), mmeb_root, **options)
     shard.unlink()
     with pytest.raises(InputError, match=r"shard-00000\.safetensors .* is missing"):
@@ -277,22 +277,55 @@ def test_cache_reports_what_it_holds(tmp_path, encoder_class):
     items = to_items(["red", "green", "blue"])
     encoder = encoder_class()
     identity = {"name": "fake", "shape": (4, 8)}  # a tuple: must still match its JSON form
-    cache = EmbeddingCache.for_model(tmp_path, identity, "set", "queries", shard_size=2, dtype="float32")
-    assert cache.cached_items(items) == 0
+    cache = EmbeddingCache.for_items(tmp_path, identity, "queries", items, shard_size=2, dtype="float32")
+    assert cache.cached_items() == 0
     first = cache.get_or_encode(items, lambda batch: encoder.encode_queries(batch, batch_size=2))
     assert first.shape == (3, 4, 128) and cache.encode_calls == 2
-    again = EmbeddingCache.for_model(tmp_path, identity, "set", "queries", shard_size=2, dtype="float32")
-    assert again.cached_items(items) == 3
+    again = EmbeddingCache.for_items(tmp_path, identity, "queries", items, shard_size=2, dtype="float32")
+    assert again.cached_items() == 3
     assert torch.equal(again.get_or_encode(items, lambda batch: 1 / 0), first)
-    assert again.cached_items(to_items(["red", "green", "yellow"])) == 0
+    other = to_items(["red", "green", "yellow"])
+    assert EmbeddingCache.for_items(tmp_path, identity, "queries", other, shard_size=2).cached_items() == 0
+    with pytest.raises(InputError, match="opened for other items"):
+        again.get_or_encode(other, lambda batch: 1 / 0)
     with pytest.raises(InputError, match="cache dtype must be one of"):
-        EmbeddingCache.for_model(tmp_path, identity, "set", "queries", dtype="int4")
+        EmbeddingCache.for_items(tmp_path, identity, "queries", items, dtype="int4")
 
 
 def test_cache_rejects_a_wrong_encoder_output(tmp_path):
     from metaembed.evaluation.cache import EmbeddingCache
     from metaembed.model.items import to_items
 
-    cache = EmbeddingCache.for_model(tmp_path, {"name": "x"}, "set", "queries")
+    items = to_items(["a", "b"])
+    cache = EmbeddingCache.for_items(tmp_path, {"name": "x"}, "queries", items)
     with pytest.raises(InputError, match=r"returned \(1, 4\) for 2 items"):
-        cache.get_or_encode(to_items(["a", "b"]), lambda batch: torch.zeros(1, 4))
+        cache.get_or_encode(items, lambda batch: torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("pool, list_length", [(3000, 5), (40, 10)])
+def test_candidate_list_scoring_in_blocks_matches_naive(pool, list_length):
+    """Small lists from a big pool (gathered per block) and lists covering the pool (scored in place)."""
+    from metaembed.budget import Budget
+    from metaembed.evaluation.sweep import score_candidate_lists
+    from metaembed.evaluation.tasks import CandidateListTask
+    from metaembed.model.items import Item
+
+    generator = torch.Generator().manual_seed(pool)
+    queries = torch.nn.functional.normalize(torch.randn(300, 4, 8, generator=generator), dim=-1)
+    candidates = torch.nn.functional.normalize(torch.randn(pool, 8, 8, generator=generator), dim=-1)
+    lists = [torch.randperm(pool, generator=generator)[:list_length].tolist() for _ in range(300)]
+    task = CandidateListTask("t", [Item(text="q")] * 300, [Item(text="c")] * pool, lists)
+    for r_q, r_c in [(1, 1), (4, 8)]:  # r_q = 1: 1024 queries a block; r_q = 4: 256, two blocks
+        scores = naive_maxsim(queries, candidates, r_q, r_c)
+        expected = sum(all(scores[i, lst[0]] > scores[i, c] for c in lst[1:]) for i, lst in enumerate(lists)) / 300
+        assert score_candidate_lists(task, queries, candidates, Budget(r_q, r_c)) == pytest.approx(expected)
+        assert 0.05 < expected < 0.95  # neither trivially all hits nor all misses
+
+
+def test_a_corpus_shared_by_two_tasks_is_encoded_once(vidore_v2_root, tmp_path, encoder_class):
+    encoder = encoder_class()
+    result = run_sweep(encoder, vidore_v2_root, out_dir=tmp_path, ladder="1,1")
+    assert list(result.datasets) == ["esg_reports_v2", "esg_reports_v2_multilingual"]
+    # English queries (2), all queries (3), and the 4-page corpus once.
+    assert encoder.encoded == {"queries": 5, "candidates": 4}
+    assert len(list((tmp_path / "cache" / "images").iterdir())) == 4

@@ -81,3 +81,8 @@ def test_unknown_family_and_missing_processor(tiny_qwen2_vl):
 def test_loading_a_folder_that_is_not_a_model(tmp_path: Path):
     with pytest.raises(InputError, match="neither a saved MetaEmbed model"):
         MetaEmbedModel.from_pretrained(tmp_path)
+
+
+def test_a_missing_local_folder_fails_fast_without_the_network(tmp_path: Path):
+    with pytest.raises(InputError, match="no such model folder"):
+        MetaEmbedModel.from_pretrained(tmp_path / "typo" / "model")

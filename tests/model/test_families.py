@@ -8,7 +8,7 @@ import torch
 from metaembed.errors import InputError
 from metaembed.model.testing import tiny_families, tiny_model
 
-VISION_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma"}
+VISION_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "mllama"}
 
 
 @pytest.fixture(scope="module", params=tiny_families())
@@ -24,7 +24,8 @@ def _items(model, images):
 
 
 def test_every_family_is_covered():
-    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "qwen2", "qwen3", "bert"} <= set(tiny_families())
+    expected = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "mllama", "qwen2", "qwen3", "bert"}
+    assert expected <= set(tiny_families())
 
 
 def test_family_shapes_padding_and_sensitivity(family_model, images):
@@ -45,9 +46,8 @@ def test_family_shapes_padding_and_sensitivity(family_model, images):
         assert distances[~torch.eye(len(items), dtype=torch.bool)].min() > 1e-5
 
 
-def test_text_only_families_refuse_images(family_model, images):
-    family, model = family_model
-    if model.supports_images:
-        pytest.skip("vision family")
-    with pytest.raises(InputError, match="text-only"):
+@pytest.mark.parametrize("family", sorted(set(tiny_families()) - VISION_FAMILIES))
+def test_text_only_families_refuse_images(family, images):
+    model = tiny_model(family)
+    with pytest.raises(InputError, match=r"item 1: the '\w+' backbone is text-only"):
         model.encode_queries(["fine", images[0]])

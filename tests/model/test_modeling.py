@@ -54,14 +54,16 @@ def test_batch_equals_single_and_padding_side_does_not_matter(tiny_qwen2_vl, ima
 
 
 def test_matches_a_hand_written_official_forward(tiny_qwen2_vl):
-    """The official code: embed ids, overwrite the last R_q+R_c rows with the table, read [-80:-64] / [-64:]."""
+    """The official code: append all R_q+R_c rows to every input, read [-80:-64] / [-64:]."""
     model = tiny_qwen2_vl
     backbone = model.backbone
     n_q, n_c = model.config.num_query_tokens, model.config.num_candidate_tokens
+    # under causal attention a query carries only its own rows; a candidate all of them
+    assert (model.num_appended("query"), model.num_appended("candidate")) == (n_q, n_q + n_c)
     for side in ("query", "candidate"):
         batch = model.prepare(["meta tokens after the text"], side)
-        ids = batch["input_ids"]
-        assert int(batch["attention_mask"].sum()) == ids.shape[1]  # one item: no padding
+        content = batch["input_ids"][:, : -model.num_appended(side)]
+        ids = torch.cat([content, torch.ones(1, n_q + n_c, dtype=torch.long)], dim=1)
         with torch.no_grad():
             embeds = backbone.get_input_embeddings()(ids).clone()
             embeds[:, -(n_q + n_c) :] = model.meta_tokens.weight
@@ -76,7 +78,7 @@ def test_prompt_follows_the_official_template(tiny_qwen2_vl, images):
     model = tiny_qwen2_vl
     tokens = model.tokenizer.convert_ids_to_tokens
     query = model.prepare(["hello"], "query")["input_ids"][0].tolist()
-    text = model.tokenizer.decode(query[: -(4 + 8)])
+    text = model.tokenizer.decode(query[:-4])  # a query carries its 4 Meta Token slots
     assert text == "<|im_start|>user\nQuery: hello<|im_end|><|endoftext|>" + "<|endoftext|>" * 10 + "\n"
     candidate = model.prepare([images[0]], "candidate")["input_ids"][0].tolist()
     decoded = model.tokenizer.decode(candidate[: -(4 + 8)])
@@ -132,3 +134,37 @@ def test_save_and_load_round_trip(tiny_qwen2_vl, images, tmp_path):
     assert torch.equal(loaded.encode_queries(items), model.encode_queries(items))
     assert torch.equal(loaded.encode_candidates(items), model.encode_candidates(items))
     assert loaded.config.num_query_tokens == 4 and loaded.config.family == "qwen2_vl"
+
+
+def test_encode_keeps_the_input_order_across_batches(tiny_qwen2_vl, images, capsys):
+    model = tiny_qwen2_vl
+    items = _mixed_items(images)
+    batched = model.encode_candidates(items, batch_size=2, show_progress=True)
+    assert "encoding candidates" in capsys.readouterr().err
+    singles = torch.cat([model.encode_candidates([item]) for item in items])
+    torch.testing.assert_close(batched, singles, atol=2e-5, rtol=1e-4)
+    assert model.encode_queries("one string is one item").shape == (1, 4, 64)
+
+
+def test_long_text_is_cut_but_images_never_are(images):
+    from metaembed.errors import InputError
+    from metaembed.model.testing import tiny_model
+
+    model = tiny_model("qwen2_vl", max_length=6)
+    long_text = "word " * 200
+    batch = model.prepare([long_text], "candidate")
+    assert batch["input_ids"].shape[1] == 6 + model.num_appended("candidate")
+    with pytest.raises(InputError, match="would cut an image"):
+        model.prepare([{"text": "x", "image": images[2]}], "candidate")  # the image tokens start at 4 and run past 6
+
+
+def test_threads_can_encode_with_one_model_at_the_same_time(tiny_qwen2_vl, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_qwen2_vl
+    jobs = [["a cat", "a dog on a long walk"], [images[0], "text"], ["short", {"text": "q", "image": images[1]}]] * 2
+    expected = [model.encode_candidates(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(model.encode_candidates, jobs))
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)

@@ -14,7 +14,8 @@ ITEMS = ["a red square", "a much longer description of a green rectangle on a da
 
 @pytest.fixture(scope="module")
 def pooled_models():
-    return {mode: tiny_model("qwen2", pooling=mode, num_query_tokens=3, num_candidate_tokens=5) for mode in ("last_token", "mean", "chunks")}
+    modes = ("last_token", "mean", "chunks")
+    return {mode: tiny_model("qwen2", pooling=mode, num_query_tokens=3, num_candidate_tokens=5) for mode in modes}
 
 
 def _hidden(model, item, side):
@@ -48,7 +49,8 @@ def test_single_vector_modes_have_one_vector_and_no_meta_tokens(pooled_models):
     chunks = pooled_models["chunks"]
     assert chunks.encode_candidates(ITEMS).shape == (2, 5, 64)
     # no Meta Token slots: the prepared ids end with the prompt itself
-    assert chunks.prepare(["x"], "candidate")["input_ids"].shape[1] == pooled_models["mean"].prepare(["x"], "candidate")["input_ids"].shape[1]
+    mean = pooled_models["mean"]
+    assert chunks.prepare(["x"], "candidate")["input_ids"].shape == mean.prepare(["x"], "candidate")["input_ids"].shape
 
 
 def test_chunks_with_padding_and_fewer_tokens_than_chunks():

@@ -38,25 +38,31 @@ def pairs_file(tmp_path: Path, images) -> Path:
     return write_pairs(tmp_path / "pairs.jsonl", 12, with_images=True, image_names=names)
 
 
+def small_settings(output_dir: Path, pairs: Path, **overrides) -> dict:
+    """Settings of a small, fast run of the tiny model (4 query / 8 candidate vectors)."""
+    values = dict(
+        output_dir=str(output_dir),
+        data=[{"path": str(pairs)}],
+        groups=[[1, 1, 1.0], [2, 4, 1.0], [4, 8, 1.0]],
+        per_device_batch_size=4,
+        max_steps=4,
+        warmup_steps=0,
+        learning_rate=2e-3,
+        save_steps=1000,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
+    values.update(overrides)
+    return values
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, pairs_file: Path):
-    """A small, fast TrainingConfig for the tiny model (4 query / 8 candidate vectors)."""
+    """Builds a :class:`TrainingConfig` from :func:`small_settings` plus overrides."""
     from metaembed.training.config import TrainingConfig
 
     def build(**overrides) -> TrainingConfig:
-        values = dict(
-            output_dir=str(tmp_path / "run"),
-            data=[{"path": str(pairs_file)}],
-            groups=[[1, 1, 1.0], [2, 4, 1.0], [4, 8, 1.0]],
-            per_device_batch_size=4,
-            max_steps=4,
-            warmup_steps=0,
-            learning_rate=2e-3,
-            save_steps=1000,
-            lora={"r": 4, "alpha": 8, "dropout": 0.0},
-        )
-        values.update(overrides)
-        return TrainingConfig.from_dict(values)
+        output_dir = overrides.pop("output_dir", tmp_path / "run")
+        return TrainingConfig.from_dict(small_settings(output_dir, pairs_file, **overrides))
 
     return build
 

@@ -36,7 +36,7 @@ def _mmr_loss_on_all(model, pairs_file) -> float:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, images):
     """One 6-step MMR run shared by the tests below (training is the slow part)."""
-    from tests.training.conftest import write_pairs
+    from tests.training.conftest import small_settings, write_pairs
     from metaembed.model.testing import tiny_model
 
     folder = tmp_path_factory.mktemp("trained")
@@ -49,16 +49,7 @@ def trained_run(tmp_path_factory, images):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     loss_before = _mmr_loss_on_all(model, pairs)
     config = TrainingConfig.from_dict(
-        dict(
-            output_dir=str(folder / "run"),
-            data=[{"path": str(pairs)}],
-            groups=[[1, 1, 1.0], [2, 4, 1.0], [4, 8, 1.0]],
-            per_device_batch_size=4,
-            max_steps=6,
-            warmup_steps=0,
-            learning_rate=2e-3,
-            lora={"r": 4, "alpha": 8, "dropout": 0.1},
-        )
+        small_settings(folder / "run", pairs, max_steps=6, lora={"r": 4, "alpha": 8, "dropout": 0.1})
     )
     path = train(config, model=model)
     return dict(model=model, before=before, loss_before=loss_before, pairs=pairs, path=path, config=config)
@@ -162,3 +153,11 @@ def test_config_errors_are_clear(tmp_path):
         TrainingConfig(mode="matryoshka")
     with pytest.raises(InputError, match="no `data`"):
         build_trainer(TrainingConfig(output_dir=str(tmp_path)), model=object())
+
+
+def test_without_lora_only_meta_tokens_train(make_config, fresh_model):
+    trainer = build_trainer(make_config(lora=None), fresh_model())
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable == ["model.meta_tokens.embedding.weight"]
+    with pytest.raises(InputError, match="nothing to train"):
+        build_trainer(make_config(lora=None, mode="single_vector"), fresh_model(pooling="last_token"))

@@ -1,12 +1,16 @@
 """Backbone adapters: what MetaEmbed needs to know about one family of backbones.
 
-Adding a family touches one file: subclass :class:`BackboneAdapter`, set its
-class attributes and override what differs, then decorate it with
-:func:`register`. The adapter interface:
+Adding a family touches one file: a new module in this package (every module
+here is imported when a family is looked up) with a subclass of
+:class:`BackboneAdapter` that sets the class attributes, overrides what
+differs and is decorated with :func:`register`. The adapter interface:
 
 ``family`` / ``model_types``
     the adapter's name and the Hugging Face ``config.model_type`` values it
     serves (used to detect the family of a checkpoint).
+``causal``
+    whether the backbone attends causally (then a query need not carry the
+    candidate Meta Tokens, which cannot influence its own).
 ``supports_images`` / ``image_token``
     whether items may carry images, and the placeholder token that image
     features replace (the template's ``image_placeholder`` contains it).
@@ -21,9 +25,12 @@ class attributes and override what differs, then decorate it with
 ``process_images(images)``
     PIL images → ``(tensors, tokens_per_image)``; the image placeholder of the
     i-th image is expanded to ``tokens_per_image[i]`` tokens.
-``collate_images(per_item)`` / ``token_features(input_ids)``
-    batch the per-item image tensors; derive per-token tensors
-    (``mm_token_type_ids`` for Qwen-VL) from the padded ids.
+``collate(encoded, input_ids, attention_mask)``
+    the batch's extra tensors: by default the image tensors of the items that
+    have images, concatenated, plus ``token_features(input_ids)`` (per-token
+    tensors such as Qwen-VL's ``mm_token_type_ids``).
+``max_content_tokens(num_meta_tokens)``
+    a backbone limit on content tokens (e.g. BERT's position table), or ``None``.
 ``lora_target_modules``
     the default peft target regex (the language model's attention and MLP).
 ``run(batch)``
@@ -38,6 +45,8 @@ The Meta Tokens themselves are handled outside the adapter, at the
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -45,7 +54,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from metaembed.errors import InputError
 from metaembed.model.templates import PromptTemplate
@@ -54,6 +70,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from metaembed.model.config import MetaEmbedConfig
 
 _REGISTRY: dict[str, type["BackboneAdapter"]] = {}
+
+_PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+#: LoRA targets of a text LM: its attention and MLP projections
+LM_LORA_TARGETS = r".*\." + _PROJECTIONS
+#: LoRA targets of a vision-language model's LM only (vision MLPs also have gate/up/down_proj)
+VLM_LORA_TARGETS = r".*language_model.*\." + _PROJECTIONS
 
 
 @dataclass
@@ -75,10 +97,12 @@ class BackboneAdapter:
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     supports_images: ClassVar[bool] = False
+    #: causal attention: queries may skip the candidate Meta Tokens (see MetaTokens.num_appended)
+    causal: ClassVar[bool] = True
     image_token: ClassVar[str | None] = None
     default_template: ClassVar[PromptTemplate] = PromptTemplate()
     #: peft ``target_modules`` regex (full match on module names) for :meth:`MetaEmbedModel.add_lora`
-    lora_target_modules: ClassVar[str] = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules: ClassVar[str] = LM_LORA_TARGETS
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, config: "MetaEmbedConfig") -> None:
         self.backbone = backbone
@@ -89,9 +113,22 @@ class BackboneAdapter:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load_backbone(cls, source: str | PretrainedConfig, dtype: torch.dtype | None = None) -> PreTrainedModel:
-        """The base model (no LM head) from a config object (random init) or a folder / id."""
+        """The base model (no LM head) from a config object (random init) or a folder / id.
+
+        A vision-language checkpoint saved as ``...ForConditionalGeneration`` (or a
+        subclass, as the official ``LastQwen2_5``) is loaded with its own class and
+        its base model taken out: loading it straight into the base class mis-maps
+        the vision-tower keys in transformers 5.
+        """
         if isinstance(source, PretrainedConfig):
             return AutoModel.from_config(source, dtype=dtype)
+        if cls.supports_images:
+            architectures = AutoConfig.from_pretrained(source).architectures or []
+            if architectures and not architectures[0].endswith("Model"):
+                full = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+                backbone = full.model
+                del full  # drop the LM head
+                return backbone
         return AutoModel.from_pretrained(source, dtype=dtype)
 
     @classmethod
@@ -178,10 +215,19 @@ class BackboneAdapter:
         return EncodedItem(expanded, tensors)
 
     # ------------------------------------------------------------------ batch
-    def collate_images(self, per_item: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Batch the image tensors of the items that have images (default: concatenate on dim 0)."""
-        keys = {key for tensors in per_item for key in tensors}
-        return {key: torch.cat([tensors[key] for tensors in per_item if key in tensors]) for key in sorted(keys)}
+    def collate(
+        self, encoded: Sequence[EncodedItem], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Extra batch tensors for the padded ``input_ids`` / ``attention_mask`` ``(B, L)``.
+
+        Default: :meth:`token_features` plus the image tensors of the items that
+        have images, concatenated on dim 0 (in item order).
+        """
+        batch = self.token_features(input_ids)
+        per_item = [item.images for item in encoded if item.images]
+        keys = sorted({key for tensors in per_item for key in tensors})
+        batch.update({key: torch.cat([tensors[key] for tensors in per_item if key in tensors]) for key in keys})
+        return batch
 
     def token_features(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra per-token tensors the backbone needs, derived from padded ids."""
@@ -199,8 +245,10 @@ def register(adapter: type[BackboneAdapter]) -> type[BackboneAdapter]:
 
 
 def _load_families() -> None:
-    # Importing the family modules runs their @register decorators.
-    from metaembed.model.backbones import causal_lm, encoder, paligemma, qwen_vl  # noqa: F401
+    # Importing every module of this package runs its @register decorators, so a new
+    # family is one new file here and nothing else.
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def families() -> list[str]:
@@ -235,4 +283,6 @@ __all__ = [
     "get_adapter",
     "detect_family",
     "positions_from_mask",
+    "LM_LORA_TARGETS",
+    "VLM_LORA_TARGETS",
 ]

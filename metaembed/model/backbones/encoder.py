@@ -32,6 +32,7 @@ class BertAdapter(BackboneAdapter):
 
     family = "bert"
     model_types = ("bert",)
+    causal = False
     default_template = PromptTemplate(
         prompt="[CLS]{images}{prefix}{text}[SEP]",
         image_placeholder="",

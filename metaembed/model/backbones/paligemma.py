@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from metaembed.model.backbones import BackboneAdapter, positions_from_mask, register
+from metaembed.model.backbones import VLM_LORA_TARGETS, BackboneAdapter, positions_from_mask, register
 from metaembed.model.templates import PromptTemplate
 
 
@@ -33,7 +33,7 @@ class PaliGemmaAdapter(BackboneAdapter):
         image_placeholder="<image>",
         query_suffix="<pad>" * 10 + "\n",
     )
-    lora_target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules = VLM_LORA_TARGETS
 
     @classmethod
     def load_image_processor(cls, source: str, config: Any) -> SiglipImageProcessorPil:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from metaembed.model.backbones import BackboneAdapter, register
+from metaembed.model.backbones import VLM_LORA_TARGETS, BackboneAdapter, register
 from metaembed.model.templates import PromptTemplate
 
 _QWEN_TEMPLATE = PromptTemplate()  # the official simple prompt (see metaembed.model.templates)
@@ -31,8 +31,7 @@ class _QwenVLAdapter(BackboneAdapter):
     supports_images = True
     image_token = "<|image_pad|>"
     default_template = _QWEN_TEMPLATE
-    # the language model only: the vision tower's MLP also has gate/up/down_proj
-    lora_target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lora_target_modules = VLM_LORA_TARGETS
 
     @classmethod
     def load_image_processor(cls, source: str, config: Any) -> Qwen2VLImageProcessorPil:
