@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from metaembed.budget import Budget, BudgetLike, parse_ladder
-from metaembed.errors import IndexStateError, InputError
+from metaembed.errors import BudgetError, IndexStateError, InputError
 from metaembed.ingest import Record, iter_records
 from metaembed.model.items import ItemLike
 
@@ -135,7 +135,11 @@ class Retriever:
         if budget is None:
             ladder = self.ladder
             return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
-        return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
+        try:
+            return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
+        except BudgetError as error:
+            ladder = " ".join(str(b) for b in self.ladder)
+            raise BudgetError(f"{error} (the index's ladder: {ladder})") from None
 
     def __len__(self) -> int:
         return len(self.index)

@@ -77,7 +77,7 @@ def test_search_with_image_only(collection, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--budget", "9,9"], "r_q can be 1..4"),
+        (["--budget", "9,9"], "r_q can be 1..4 (the index's ladder: 1,1 2,4 4,8)"),
         (["--budget", "4,80"], "r_c can be 1..8"),
         (["--budget", "four"], "cannot read budget 'four'"),
         (["--image", "missing.png"], "image file not found"),
