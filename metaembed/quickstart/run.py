@@ -174,7 +174,7 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
     recalls = [r["recall@1"] for r in rows]
     path = " -> ".join(f"{r['recall@1']:.3f}" for r in rows)
     if all(b >= a for a, b in zip(recalls, recalls[1:])) and recalls[-1] > recalls[0]:
-        trend = f"test-time scaling: Recall@1 grows with every budget ({path})"
+        trend = f"test-time scaling: Recall@1 never falls as the budget grows ({path})"
     elif best is rows[0]:
         trend = f"no test-time scaling here: the smallest budget is best ({path})"
     else:
