@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +61,6 @@ class RecipeConfig:
     latency_queries: int = 50
     #: Use only this many characters (evenly spread over the code points); ``None`` = all.
     collection_size: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
