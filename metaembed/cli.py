@@ -240,7 +240,8 @@ def format_hits(hits: list, budget: Any) -> str:
     """A readable table of hits: rank, score, id and the path or a text snippet."""
     lines = [f"budget {budget}: {len(hits)} results", f"{'rank':>4}  {'score':>8}  {'id':<32}  path / snippet"]
     for hit in hits:
-        shown = hit.payload.get("text") or hit.payload.get("path") or ""
+        # the most human field the payload has: a snippet, a title or name, else the file
+        shown = next((hit.payload[key] for key in ("text", "title", "name", "path") if hit.payload.get(key)), "")
         shown = " ".join(str(shown).split())
         if len(shown) > 60:
             shown = shown[:57] + "..."
@@ -376,7 +377,11 @@ def quickstart(
         "--cache", help="Folder for the trained model, the index, the results table and plot. Reused on the next run.",
     ),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a trained model is in the cache."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the full recipe)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Most training steps (default: the recipe's 3000)."),
+    train_minutes: float = typer.Option(
+        11.0, "--train-minutes", min=0.1,
+        help="Training stops after this many minutes even if --steps are not done (the schedule adapts).",
+    ),
 ) -> None:
     """Train (or load) a small MetaEmbed model on real offline data, index it, measure every budget.
 
@@ -390,7 +395,7 @@ def quickstart(
     """
     from metaembed.quickstart import run_quickstart
 
-    run_quickstart(cache, retrain=retrain, steps=steps, echo=typer.echo)
+    run_quickstart(cache, retrain=retrain, steps=steps, time_budget_s=60 * train_minutes, echo=typer.echo)
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from metaembed.budget import Budget, BudgetLike, parse_ladder
-from metaembed.errors import IndexStateError, InputError
+from metaembed.errors import BudgetError, IndexStateError, InputError
 from metaembed.ingest import Record, iter_records
 from metaembed.model.items import ItemLike
 
@@ -135,7 +135,11 @@ class Retriever:
         if budget is None:
             ladder = self.ladder
             return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
-        return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
+        try:
+            return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
+        except BudgetError as error:
+            ladder = " ".join(str(b) for b in self.ladder)
+            raise BudgetError(f"{error} (the index's ladder: {ladder})") from None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -245,6 +249,7 @@ def build_index(
     """
     from metaembed.index import MultiVectorIndex
 
+    records = iter_records(source)  # a missing or unreadable input fails before anything is created
     out = Path(out)
     if isinstance(model, (str, Path)):
         model_path = model
@@ -269,7 +274,7 @@ def build_index(
             out, dim=model.embedding_dim, num_vectors=model.num_candidate_tokens, dtype=dtype, metadata=metadata
         )
     retriever = Retriever(index, model)
-    records = [r for r in iter_records(source) if not retriever.contains(r.id)]
+    records = [r for r in records if not retriever.contains(r.id)]
     for done in _add_in_batches(retriever, records, batch_size, progress):
         if on_batch is not None:
             on_batch(done)

@@ -17,7 +17,9 @@ reference machine) and fp16/bf16 GEMM is a very slow fallback:
 * Compact storage (fp16, bf16, int8 with a per-vector scale) is upcast to fp32
   one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
   loses nothing beyond its own rounding.
-* torch runs each GEMM and elementwise op on all intra-op threads.
+* Chunks are spread over dedicated worker threads (:mod:`metaembed.workers`),
+  one per torch intra-op thread, each running torch single-threaded: no
+  OpenMP barrier per op, so the kernel stays fast on a loaded machine.
 
 A position-major layout ``(R_c, C, D)`` (what :mod:`metaembed.index` stores)
 makes every position block contiguous and a prefix ``r_c`` touches only the
@@ -34,7 +36,8 @@ import numpy as np
 import torch
 
 from metaembed.budget import Budget, BudgetLike
-from metaembed.errors import BudgetError, InputError
+from metaembed.errors import InputError
+from metaembed.workers import pool_size, run_parallel
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -44,9 +47,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: bytes per stored element, and the per-vector overhead (int8 keeps a fp32 scale).
 _STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int8": (1, 4)}
 
-# Scratch memory per candidate chunk. Two (chunk, Q*r_q) fp32 buffers plus one
-# (chunk, D) upcast buffer stay around 8-16 MiB: large enough that each GEMM
-# call amortises its overhead, small enough to stay in the last-level cache.
+# Scratch memory per worker and chunk: two (chunk, Q*r_q) fp32 buffers plus one
+# (chunk, D) upcast buffer stay under 16 MiB: large enough that each GEMM call
+# amortises its overhead, small enough to stay in the last-level cache.
 _SCRATCH_BYTES = 16 << 20
 _MAX_CHUNK = 4096
 _MIN_CHUNK = 64
@@ -147,28 +150,37 @@ def _score_query_group(
     num_queries = rows // r_q
     num_candidates = positions[0].shape[0]
     query_t = query_rows.t()  # (D, Q*r_q): a transposed view; BLAS reads it as transB
-    chunk = chunk_size(dim, rows)
-    running = torch.empty(chunk, rows, dtype=torch.float32)
-    similarity = torch.empty(chunk, rows, dtype=torch.float32)
-    upcast = torch.empty(chunk, dim, dtype=torch.float32)
-    for start in range(0, num_candidates, chunk):
+    workers = pool_size()
+    # Several chunks per worker so a worker slowed by other load gets fewer of them.
+    chunk = min(chunk_size(dim, rows), max(_MIN_CHUNK, -(-num_candidates // (4 * workers))))
+    starts = range(0, num_candidates, chunk)
+
+    def score_chunk(start: int) -> None:
         stop = min(num_candidates, start + chunk)
         n = stop - start
-        best, sim, buf = running[:n], similarity[:n], upcast[:n]
+        best = torch.empty(n, rows, dtype=torch.float32)
+        similarity = torch.empty(n, rows, dtype=torch.float32)
+        upcast = torch.empty(n, dim, dtype=torch.float32)
         for j, block in enumerate(positions):
             block = block[start:stop]
             if block.dtype != torch.float32:
-                buf.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
+                upcast.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
                 if scales is not None:
-                    buf.mul_(scales[j][start:stop, None])
-                block = buf
+                    upcast.mul_(scales[j][start:stop, None])
+                block = upcast
             if j == 0:
                 torch.mm(block, query_t, out=best)
             else:
-                torch.mm(block, query_t, out=sim)
-                torch.maximum(best, sim, out=best)
+                torch.mm(block, query_t, out=similarity)
+                torch.maximum(best, similarity, out=best)
         # (n, Q*r_q) -> (n, Q): the sum over the r_q query vectors of each query.
         out[:, start:stop].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
+
+    if len(starts) > 1 and workers > 1:
+        run_parallel(score_chunk, starts, workers)
+    else:
+        for start in starts:
+            score_chunk(start)
 
 
 def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None = None) -> torch.Tensor:

@@ -77,7 +77,7 @@ def test_search_with_image_only(collection, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--budget", "9,9"], "r_q can be 1..4"),
+        (["--budget", "9,9"], "r_q can be 1..4 (the index's ladder: 1,1 2,4 4,8)"),
         (["--budget", "4,80"], "r_c can be 1..8"),
         (["--budget", "four"], "cannot read budget 'four'"),
         (["--image", "missing.png"], "image file not found"),
@@ -93,6 +93,13 @@ def test_bad_search_input_exits_2_with_one_line(collection, capsys, argv, messag
 def test_missing_index_is_a_clear_error(tmp_path, capsys):
     code, _, err = run(capsys, "search", tmp_path / "none.index", "q")
     assert code == 2 and "no index at" in err
+
+
+def test_missing_input_creates_no_index(tmp_path, collection, capsys):
+    out = tmp_path / "never.index"
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", tmp_path / "nothing", "-o", out)
+    assert code == 2 and "input not found" in err
+    assert not out.exists()
 
 
 def test_index_build_info_add_delete(tmp_path, collection, capsys):
@@ -135,3 +142,46 @@ def test_console_script_entry_point_runs(collection):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: budget 99,1") and "Traceback" not in result.stderr
+
+
+def test_train_from_yaml_saves_a_loadable_trained_model(tmp_path, collection, capsys):
+    import torch
+    import yaml
+
+    from metaembed.model import MetaEmbedModel
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"query": f"what is item {i}", "positive": f"item {i} is a thing", "negative": f"unrelated {i}"} for i in range(8)
+    ])
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(collection.model_dir), "output_dir": str(tmp_path / "ignored"), "data": [{"path": str(pairs)}],
+        "groups": [[1, 1, 1.0], [4, 8, 1.0]], "per_device_batch_size": 4, "max_steps": 50, "warmup_steps": 0,
+        "learning_rate": 1e-2, "save_steps": 1000, "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+    }))
+    code, out, _ = run(capsys, "train", config, "--output-dir", tmp_path / "run", "--max-steps", "2")
+    assert code == 0, out
+    final = tmp_path / "run" / "model"
+    assert out.strip().endswith(f"trained model saved to {final}")
+    before = MetaEmbedModel.from_pretrained(collection.model_dir).meta_tokens.weight
+    after = MetaEmbedModel.from_pretrained(final).meta_tokens.weight
+    assert not torch.equal(before, after)  # the overrides ran a real (2-step) training
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_eval_writes_a_report_for_a_beir_folder(tmp_path, collection, capsys):
+    bench = tmp_path / "beir"
+    (bench / "qrels").mkdir(parents=True)
+    write_jsonl(bench / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document number {i}"} for i in range(5)])
+    write_jsonl(bench / "queries.jsonl", [{"_id": f"q{i}", "text": f"number {i}"} for i in range(3)])
+    (bench / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3)))
+    code, out, err = run(capsys, "eval", "-m", collection.model_dir, "-b", bench, "-o", tmp_path / "report",
+                         "--ladder", "1,1 4,8")
+    assert code == 0, err
+    assert (tmp_path / "report" / "results.json").is_file()
+    assert "1,1" in out and "4,8" in out
+
+
+def test_bench_needs_an_existing_script(capsys):
+    code, _, err = run(capsys, "bench", "--script", "no_such_benchmark")
+    assert code == 2 and "benchmark script" in err and "not found" in err

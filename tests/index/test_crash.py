@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     import contextlib, sys, time, zlib
     import torch
     from metaembed.index import MultiVectorIndex
-    import metaembed.index.multivector as mv
+    import metaembed.index.store as mv
     import metaembed.index.segments as segments
     from metaembed.index.catalog import Catalog
 
@@ -156,7 +156,7 @@ def check_index(path: Path, expected_ids: list[str]) -> None:
         fresh = ["after-crash"]
         index.add(fresh, expected_vectors(fresh), payloads=[{"id": "after-crash"}])
         index.save()  # removes files a killed writer left behind
-        referenced = {view.segment.name for view in index._views}
+        referenced = {view.segment.name for view in index._store.views}
     leftovers = [p.name for p in path.iterdir() if p.name.startswith("seg-") and p.name.split(".")[0] not in referenced]
     assert leftovers == [] and not list(path.glob("*.tmp"))
     with MultiVectorIndex.open(path) as index:

@@ -14,7 +14,7 @@ from metaembed.errors import BudgetError, IndexStateError, InputError
 from metaembed.index import MultiVectorIndex, SearchResult
 from metaembed.scoring import embedding_bytes, maxsim_flops
 
-from .conftest import brute_force, stored_values, unit_vectors
+from .conftest import brute_force, stored_values
 
 
 def hits(results: list[SearchResult]) -> list[tuple[str, float]]:
@@ -185,7 +185,7 @@ def test_many_small_adds_are_merged_into_few_segments(corpus) -> None:
     with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
         for i in range(60):
             index.add([ids[i]], vectors[i : i + 1])
-        assert len(index._views) < 16  # tiered merging keeps the segment count logarithmic
+        assert len(index._store.views) < 16  # tiered merging keeps the segment count logarithmic
         assert index.ids == ids
         assert_same_ranking(index.search(queries, k=6, budget="4,8"), brute_force(queries, vectors, ids, 4, 8, 6))
 
@@ -275,7 +275,7 @@ class TestErrors:
             index.upsert(["p", "q", "r"], bad)
         with pytest.raises(InputError, match="NaN or inf"):
             index.search(torch.full((1, 2, 16), float("nan")))
-        assert len(index) == 10 and not [p for p in index._folder.iterdir() if p.suffix == ".tmp"]
+        assert len(index) == 10 and not [p for p in index._store.folder.iterdir() if p.suffix == ".tmp"]
 
     def test_unknown_ids_on_delete(self, index) -> None:
         with pytest.raises(IndexStateError, match=r"not in the index: \['nope'\]"):
@@ -318,3 +318,17 @@ def test_opening_a_path_that_is_not_an_index(tmp_path) -> None:
         MultiVectorIndex.open(other)
     with pytest.raises(IndexStateError, match="exists and is not empty"):
         MultiVectorIndex.create(tmp_path, dim=4, num_vectors=2)
+
+
+def test_export_streams_live_vectors_in_storage_order(corpus) -> None:
+    ids, vectors, _ = corpus
+    with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="bfloat16") as index:
+        index.add(ids[:25], vectors[:25])
+        index.add(ids[25:], vectors[25:])
+        index.delete(ids[20:30])
+        batches = list(index.export(r_c=3, batch=7))
+    got_ids = [i for batch_ids, _ in batches for i in batch_ids]
+    assert got_ids == ids[:20] + ids[30:]
+    assert all(values.shape[1:] == (3, 16) and len(batch_ids) == len(values) for batch_ids, values in batches)
+    keep = list(range(20)) + list(range(30, 60))
+    torch.testing.assert_close(torch.cat([v for _, v in batches]), stored_values(vectors[keep, :3], "bfloat16"))

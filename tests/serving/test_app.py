@@ -167,3 +167,41 @@ def test_concurrent_searches_and_additions(served):
         assert set(baseline) <= set(result)
         assert all(abs(result[i] - s) < 1e-4 for i, s in baseline.items())
         assert all(i in baseline or i.startswith("new-") for i in result)
+
+
+def test_app_from_an_index_path_or_an_open_index(collection):
+    from metaembed.retriever import open_index
+
+    for source in (collection.index, open_index(collection.index)):
+        with _Server(create_app(source)) as url:
+            assert httpx.get(f"{url}/health", timeout=60).json() == {"status": "ok", "size": 7}
+            # no API key configured: everything is open
+            assert httpx.get(f"{url}/info", timeout=60).status_code == 200
+
+
+def test_metaembed_serve_command_serves_the_index(collection):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metaembed.serving", str(collection.index), "--port", str(port), "--api-key", API_KEY],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError(process.stdout.read().decode() if process.poll() is not None else "no server")
+                time.sleep(0.2)
+        assert health.json() == {"status": "ok", "size": 7}
+        found = httpx.post(f"http://127.0.0.1:{port}/search", json={"text": "cats", "k": 2},
+                           headers={"X-API-Key": API_KEY}, timeout=60)
+        assert found.status_code == 200 and len(found.json()["results"]) == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

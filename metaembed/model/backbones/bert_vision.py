@@ -88,6 +88,38 @@ class FusionInputs(nn.Module):
         super().__init__()
         self.text_encoder = BertModel(text_config, add_pooling_layer=False)
         self.projection = nn.Linear(text_config.hidden_size, width)
+        self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = None
+
+    def cache_frozen_states(self, enabled: bool = True) -> None:
+        """Remember the text encoder's states per distinct text (only while it is frozen).
+
+        A training loop that keeps the text encoder frozen sees the same texts again and again;
+        with the cache each is encoded once. Turning it off drops the cache.
+        """
+        self._state_cache = {} if enabled else None
+
+    def _encode(self, packed_ids: torch.Tensor, packed_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(
+            input_ids=packed_ids,
+            attention_mask=packed_mask.long(),
+            position_ids=positions_from_mask(packed_mask),
+            token_type_ids=torch.zeros_like(packed_ids),
+        ).last_hidden_state
+
+    def _cached_encode(self, packed_ids: torch.Tensor, packed_mask: torch.Tensor) -> torch.Tensor:
+        cache = self._state_cache
+        assert cache is not None
+        keys = [tuple(row[mask].tolist()) for row, mask in zip(packed_ids, packed_mask)]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        if missing:
+            with torch.no_grad():
+                fresh = self._encode(packed_ids[missing], packed_mask[missing])
+            for row, i in enumerate(missing):
+                cache[keys[i]] = fresh[row, : len(keys[i])].clone()
+        states = packed_ids.new_zeros(*packed_ids.shape, self.text_encoder.config.hidden_size, dtype=torch.float32)
+        for i, key in enumerate(keys):
+            states[i, : len(key)] = cache[key]
+        return states
 
     def forward(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         lengths = text_mask.sum(dim=1)
@@ -97,13 +129,11 @@ class FusionInputs(nn.Module):
         packed_ids = input_ids.gather(1, order)
         packed_mask = torch.arange(width, device=input_ids.device)[None, :] < lengths[:, None]
         trainable = any(p.requires_grad for p in self.text_encoder.parameters())
-        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            states = self.text_encoder(
-                input_ids=packed_ids,
-                attention_mask=packed_mask.long(),
-                position_ids=positions_from_mask(packed_mask),
-                token_type_ids=torch.zeros_like(packed_ids),
-            ).last_hidden_state
+        if self._state_cache is not None and not trainable:
+            states = self._cached_encode(packed_ids, packed_mask)
+        else:
+            with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+                states = self._encode(packed_ids, packed_mask)
         projected = self.projection(states) * packed_mask.unsqueeze(-1)
         out = projected.new_zeros(input_ids.shape[0], input_ids.shape[1], projected.shape[-1])
         return out.scatter(1, order.unsqueeze(-1).expand(-1, -1, projected.shape[-1]), projected)

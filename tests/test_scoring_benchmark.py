@@ -1,0 +1,34 @@
+"""The scoring benchmark's --quick smoke run: every scorer runs, agrees with the fp32 reference, reports targets."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import peers
+from benchmarks.scoring import main
+
+
+def test_quick_benchmark_runs_every_scorer_and_they_agree(tmp_path) -> None:
+    report = main(["--quick", "--out", str(tmp_path), "--work-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "scoring.json").read_text())
+    assert saved["targets"] == json.loads(json.dumps(report["targets"]))
+    assert "| 16,64 | ours exact |" in (tmp_path / "scoring.md").read_text()
+
+    found = peers.available()
+    expected = {"ours exact", "ours int8", "ours maxsim", "einsum"}
+    expected |= {name for name, key in (("colpali", "colpali"), ("pylate", "pylate"), ("qdrant-edge", "qdrant_edge"))
+                 if found[key]}
+    rows = report["results"]
+    for size in {r["size"] for r in rows}:
+        for budget in ("1,1", "2,4", "4,8", "8,16", "16,64"):
+            methods = {r["method"]: r for r in rows if r["size"] == size and r["budget"] == budget}
+            assert expected <= set(methods), (size, budget, set(methods))
+            # Same stored values in, same top-10 out: any disagreement is a scoring bug.
+            for name in expected - {"ours int8"}:
+                assert methods[name]["top10_overlap_vs_fp32_exact"] >= 0.99, (size, budget, name)
+            assert methods["ours int8"]["top10_overlap_vs_fp32_exact"] >= 0.9
+            assert methods["ours exact"]["flops"] == 2 * int(budget.split(",")[0]) * int(budget.split(",")[1]) * (
+                methods["ours exact"]["dim"] * methods["ours exact"]["num_candidates"] * 16)
+            assert all(r["latency_s"] > 0 and r["reps"] >= 1 for r in methods.values())
+    assert report["targets"]["int8_storage"]["int8_bytes_over_fp16"] <= 0.55
+    assert report["machine"]["gemm_peak_gflops"] == max(report["machine"]["gemm_peak_gflops_measurements"]) > 0
