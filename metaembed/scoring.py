@@ -52,7 +52,7 @@ _STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int
 # amortises its overhead, small enough to stay in the last-level cache.
 _SCRATCH_BYTES = 16 << 20
 _MAX_CHUNK = 4096
-_MIN_CHUNK = 64
+_MIN_CHUNK = 256  # fewer, larger ops for small candidate sets: per-op overhead is ~10 us
 # Query rows (Q*r_q) scored per pass; more queries are split into groups so the
 # scratch buffers stay bounded whatever the batch size.
 _MAX_QUERY_ROWS = 1024
@@ -183,6 +183,19 @@ def _score_query_group(
             score_chunk(start)
 
 
+def score_dense(query_rows: torch.Tensor, r_q: int, candidates: torch.Tensor) -> torch.Tensor:
+    """MaxSim of a query batch against a small fp32 candidate block in one GEMM.
+
+    ``query_rows`` is fp32 ``(Q*r_q, D)``; ``candidates`` fp32 position-major
+    ``(r_c, P, D)``, contiguous. Materialises the ``(r_c*P, Q*r_q)``
+    similarities, so keep ``P`` small (re-ranking a shortlist);
+    :func:`score_positions` is the kernel for large candidate sets. Returns fp32 ``(Q, P)``.
+    """
+    r_c, count, dim = candidates.shape
+    similarity = candidates.reshape(r_c * count, dim) @ query_rows.t()
+    return similarity.view(r_c, count, -1, r_q).amax(dim=0).sum(dim=2).t()
+
+
 def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None = None) -> torch.Tensor:
     """Budgeted MaxSim scores of every query against every candidate.
 
@@ -265,6 +278,7 @@ __all__ = [
     "maxsim_flops",
     "embedding_bytes",
     "score_positions",
+    "score_dense",
     "query_matrix",
     "resolve_budget",
     "as_tensor",

@@ -8,7 +8,7 @@ import torch
 
 from metaembed.budget import DEFAULT_LADDER, Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops, score_positions, query_matrix
+from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops, query_matrix, score_dense, score_positions
 
 
 def naive_maxsim(queries: np.ndarray, candidates: np.ndarray, r_q: int, r_c: int) -> np.ndarray:
@@ -176,3 +176,10 @@ class TestAgainstPeers:
         # And in their own dtype they agree with us to that dtype's precision.
         theirs = self.peers.colpali_score_multi_vector(queries, candidates)
         torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=5e-2)
+
+
+def test_score_dense_equals_the_naive_reference() -> None:
+    generator = torch.Generator().manual_seed(3)
+    queries, candidates = unit_vectors(generator, 3, 5, 8), unit_vectors(generator, 13, 6, 8)
+    got = score_dense(query_matrix(queries, 4), 4, candidates[:, :5].transpose(0, 1).contiguous())
+    np.testing.assert_allclose(got.numpy(), naive_maxsim(queries.numpy(), candidates.numpy(), 4, 5), rtol=1e-5, atol=1e-6)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metaembed.index.quantize import as_torch
+from metaembed.index.quantize import decode
 from metaembed.index.segments import Segment
-from metaembed.scoring import query_matrix, score_positions
+from metaembed.scoring import query_matrix, score_dense, score_positions
 
 # Rows scored per step of exact search; with 256 queries the (Q, block) score
 # buffer stays at 64 MiB.
@@ -30,6 +30,8 @@ _BLOCK_ROWS = 65536
 # Queries re-ranked together in coarse-to-fine: their shortlists' union is
 # gathered once and scored as one GEMM batch.
 _RERANK_GROUP = 8
+# fp32 bytes of candidates decoded at once while re-ranking (bounds memory at large D).
+_RERANK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -105,29 +107,21 @@ def exact_topk(
     return scores, refs
 
 
-def gather_positions(
-    views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid), position by position.
+def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> torch.Tensor:
+    """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid) as fp32 ``(r_c, n, D)``.
 
-    Returns ``r_c`` tensors ``(len(refs), D)`` in the storage dtype and, for
-    int8, ``r_c`` scale tensors ``(len(refs),)``. Reads only those rows.
+    Position-major like the segments; reads only those rows from the memory maps
+    and decodes the storage precision in one pass.
     """
     offsets = bases(views)
     owner = np.searchsorted(offsets, refs, side="right") - 1
     codes, scales = [], []
     for index in np.unique(owner):
-        rows = refs[owner == index] - offsets[index]
-        part_codes, part_scales = views[index].segment.gather(rows, r_c)
+        part_codes, part_scales = views[index].segment.gather(refs[owner == index] - offsets[index], r_c)
         codes.append(part_codes)
         scales.append(part_scales)
-    stacked = np.concatenate(codes, axis=1)
-    fmt = views[0].segment.fmt
-    positions = [as_torch(np.ascontiguousarray(stacked[j]), fmt) for j in range(r_c)]
-    if scales[0] is None:
-        return positions, None
-    stacked_scales = np.concatenate(scales, axis=1)
-    return positions, [torch.from_numpy(np.ascontiguousarray(stacked_scales[j])) for j in range(r_c)]
+    stacked_scales = None if scales[0] is None else np.concatenate(scales, axis=1)
+    return decode(np.concatenate(codes, axis=1), stacked_scales, views[0].segment.fmt)
 
 
 def rerank(
@@ -143,15 +137,17 @@ def rerank(
         ``(scores, refs)`` of shape ``(Q, min(k, S))``, best first, ``-inf`` / ``-1`` padded.
     """
     num_queries, width = shortlist.shape
+    dim = queries.shape[-1]
     k_out = min(k, width)
     out_scores = torch.full((num_queries, k_out), -torch.inf)
     out_refs = torch.full((num_queries, k_out), -1, dtype=torch.long)
+    piece = max(1, _RERANK_BYTES // (4 * r_c * dim))  # candidates decoded to fp32 at a time
     for start in range(0, num_queries, _RERANK_GROUP):
         stop = min(num_queries, start + _RERANK_GROUP)
         union = np.unique(shortlist[start:stop][shortlist[start:stop] >= 0].numpy())
         # Scoring the group against the union of its shortlists costs G * |union|
-        # pairs in one wide GEMM; query by query costs sum |shortlist| pairs in
-        # narrower ones (about half as efficient). Group only when the shortlists overlap.
+        # pairs in wide GEMMs; query by query costs sum |shortlist| pairs in
+        # narrower ones. Group only when the shortlists overlap.
         if union.size <= 2 * width:
             parts = [(start, stop, union)]
         else:
@@ -159,9 +155,12 @@ def rerank(
         for first, last, candidates in parts:
             if candidates.size == 0:
                 continue
+            rows = query_matrix(queries[first:last], r_q)
+            scores = torch.cat([
+                score_dense(rows, r_q, gather(views, candidates[i : i + piece], r_c))
+                for i in range(0, candidates.size, piece)
+            ], dim=1)  # (G, |candidates|)
             group = shortlist[first:last].numpy()
-            positions, scales = gather_positions(views, candidates, r_c)
-            scores = score_positions(query_matrix(queries[first:last], r_q), r_q, positions, scales)
             columns = torch.from_numpy(np.searchsorted(candidates, np.maximum(group, 0)).clip(0, candidates.size - 1))
             mine = scores.gather(1, columns)
             mine[torch.from_numpy(group < 0)] = -torch.inf
@@ -187,4 +186,4 @@ def resolve(views: tuple[SegmentView, ...], refs: torch.Tensor) -> list[list[str
     return out
 
 
-__all__ = ["SegmentView", "exact_topk", "rerank", "gather_positions", "resolve", "bases"]
+__all__ = ["SegmentView", "exact_topk", "rerank", "gather", "resolve", "bases"]

@@ -62,14 +62,16 @@ class Segment:
         return [torch.from_numpy(np.ascontiguousarray(self.scales[j, start:stop])) for j in range(r_c)]
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Copy the first ``r_c`` vectors of the given rows: codes ``(r_c, n, D)`` and scales ``(r_c, n)``."""
+        """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n)``."""
         order = np.sort(rows)  # sorted reads are sequential on a memmap
-        codes = self.codes[:r_c, order]
-        scales = None if self.scales is None else self.scales[:r_c, order]
+        # np.take keeps the position-major order; fancy indexing codes[:r_c, order] would
+        # return a (n, r_c, D)-ordered array and cost a transposing copy downstream.
+        codes = np.take(self.codes[:r_c], order, axis=1)
+        scales = None if self.scales is None else np.take(self.scales[:r_c], order, axis=1)
         if not np.array_equal(order, rows):
             back = np.argsort(np.argsort(rows))
-            codes = codes[:, back]
-            scales = None if scales is None else scales[:, back]
+            codes = np.take(codes, back, axis=1)
+            scales = None if scales is None else np.take(scales, back, axis=1)
         return codes, scales
 
 
