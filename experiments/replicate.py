@@ -62,9 +62,9 @@ class Settings:
     num_candidate_tokens: int = 8
     ladder: str = "1,1 2,4 4,8"
     projection_dim: int = 128
-    steps: int = 120
+    steps: int = 150
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     warmup_steps: int = 10
     temperature: float = 0.05
     lora_rank: int = 16
@@ -177,7 +177,15 @@ def run(settings: Settings, out: Path, results_path: Path) -> dict:
     """Run every (task, seed, variant) not yet in ``results_path``; return all results.
 
     ``out`` holds the built data sets and each run's training log."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, out, results_path)
+    finally:
+        torch.set_num_threads(threads)  # a caller (a test session) keeps its own setting
+
+
+def _run(settings: Settings, out: Path, results_path: Path) -> dict:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
     # seeds, tasks and variants may grow between invocations; everything that shapes a run may not
