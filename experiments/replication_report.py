@@ -11,6 +11,7 @@ runs are paired: a seed fixes the data order and initialisation of every variant
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ LABELS = {
     "single_vector": "single-vector (1 Meta Token)",
     "naive_multi_vector": "naive multi-vector (chunks)",
 }
+COLORS = {"mmr": "tab:blue", "nommr": "tab:orange", "naive_multi_vector": "tab:green"}
 TASK_TITLES = {"glyphs": "glyphs: Unicode name → glyph image", "stdlib": "stdlib: docstring → qualified name + signature"}
 
 #: The paper's numbers for the same comparisons (research notes §4), for shape, not level.
@@ -94,12 +96,35 @@ def _diff_text(diffs: list[float]) -> str:
     return f"{mean:+.1f} ± {std:.1f}" + (f" (per seed {', '.join(f'{d:+.1f}' for d in diffs)})" if len(diffs) > 1 else "")
 
 
+def chance_ndcg_at_5(corpus_size: int) -> float:
+    """Expected nDCG@5 of a random ranking with one relevant document among ``corpus_size``."""
+    return sum(1.0 / math.log2(rank + 1) for rank in range(1, min(5, corpus_size) + 1)) / corpus_size
+
+
+#: A model whose mean is below this multiple of chance has learnt too little for its
+#: differences to say anything about the paper's claims.
+CHANCE_MULTIPLE = 5.0
+
+
 def claims(results: dict, task: str, metric: str = PRIMARY) -> list[tuple[str, str, str, str]]:
-    """``(claim, paper, ours, verdict)`` rows for one task, every number from ``results``."""
+    """``(claim, paper, ours, verdict)`` rows for one task, every number from ``results``.
+
+    With ``metric`` nDCG@5, a claim whose MetaEmbed (MMR) numbers stay below
+    :data:`CHANCE_MULTIPLE` × chance is marked inconclusive whatever its sign.
+    """
     runs = [r for r in results["runs"] if r["task"] == task]
     budgets = _budgets(runs)
     low, top = budgets[0], budgets[-1]
     cell = lambda variant, budget: per_seed(results, task, variant, budget, metric)  # noqa: E731
+    floor = CHANCE_MULTIPLE * chance_ndcg_at_5(results["tasks"][task]["num_test"]) if metric == PRIMARY else 0.0
+    mmr_best = max((statistics.fmean(cell("mmr", b).values()) for b in budgets if cell("mmr", b)), default=0.0)
+    if mmr_best < floor:
+        note = (f"**inconclusive**: MetaEmbed + MMR never reaches {CHANCE_MULTIPLE:.0f}× chance "
+                f"({100 * mmr_best:.1f} vs chance {100 * floor / CHANCE_MULTIPLE:.1f})")
+        return [(name, PAPER[key], "—", note) for name, key in (
+            ("1. quality grows with the budget", "scaling"), ("2a. NoMMR collapses at the smallest budget", "nommr_low"),
+            ("2b. MMR keeps the full budget", "nommr_top"), ("3. MetaEmbed beats a single-vector model", "single"),
+            ("4. MetaEmbed beats the naive fixed-length multi-vector model", "naive"))]
     rows = []
     mmr_means = [statistics.fmean(cell("mmr", b).values()) for b in budgets if cell("mmr", b)]
     monotone = all(later >= earlier for earlier, later in zip(mmr_means, mmr_means[1:]))
@@ -162,13 +187,13 @@ def plot(results: dict, path: Path, metric: str = PRIMARY) -> Path:
             points = [(i, *_mean_std(list(c.values()))) for i, c in zip(x, cells) if c]
             if points:
                 axis.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
-                              marker="o", capsize=3, label=LABELS.get(variant, variant))
+                              marker="o", capsize=3, label=LABELS.get(variant, variant), color=COLORS.get(variant))
         axis.set_xticks(x, [f"({b})" for b in budgets])
         axis.set_xlabel("budget (r_q, r_c)")
         axis.set_ylabel(f"{metric} (%)")
         axis.set_title(TASK_TITLES.get(task, task), fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -235,7 +260,15 @@ def render_markdown(results: dict, png_name: str) -> str:
         lines += ["", f"{SECONDARY} (%):", ""]
         lines += _table(results, task, SECONDARY, budgets, variants)
         lines += ["", "The single-vector model has one vector per side, so it has only the (1,1) column; "
-                  "the plot draws it as a dashed line across all budgets, as the paper's Fig. 3.", ""]
+                  "the plot draws it as a dashed line across all budgets, as the paper's Fig. 3. "
+                  f"Chance {PRIMARY} (random ranking of {results['tasks'][task]['num_test']} candidates): "
+                  f"{100 * chance_ndcg_at_5(results['tasks'][task]['num_test']):.2f}.", ""]
+        lines += ["Training loss (InfoNCE, mean over seeds; uniform scores give ln(batch) = "
+                  f"{math.log(settings['batch_size']):.2f}): "
+                  + "; ".join(
+                      f"{LABELS.get(v, v)} {statistics.fmean(r['first_loss'] for r in task_runs if r['variant'] == v):.2f}"
+                      f" → {statistics.fmean(r['last_loss'] for r in task_runs if r['variant'] == v):.2f}"
+                      for v in variants), ""]
         lines += ["Claims (differences in points of " + PRIMARY + ", per-seed paired):", "",
                   "| claim | paper | here | verdict |", "|---|---|---|---|"]
         lines += [f"| {c} | {p} | {o} | {v} |" for c, p, o, v in claims(results, task)]
@@ -245,12 +278,12 @@ def render_markdown(results: dict, png_name: str) -> str:
         "## Cost",
         "",
         f"{len(runs)} trainings + sweeps took {seconds / 60:.1f} minutes of wall time in total on "
-        f"{results['environment']['cpu_threads']} CPU threads (Python {results['environment']['python']}, "
+        f"{results['environment']['cpu_threads']} CPU thread(s) per process, one process per task (Python {results['environment']['python']}, "
         f"torch {results['environment']['torch']}), on a machine shared with other jobs.",
         "",
         "## What this does and does not show",
         "",
-        f"The scale is tiny next to the paper's (the first {settings['num_layers']} layers of a 6-layer, 22M-parameter "
+        f"The scale is tiny next to the paper's (the first {settings['num_layers']} layer(s) of a 6-layer, 22M-parameter "
         "encoder trained for minutes on a CPU instead of "
         "3B–32B VLMs for 4,000 steps on 8 GPUs; "
         f"{settings['num_query_tokens']}/{settings['num_candidate_tokens']} Meta Tokens instead of 16/64; two small held-out tasks "
@@ -271,4 +304,4 @@ def write_report(results: dict[str, Any], markdown_path: str | Path) -> list[Pat
     return [markdown_path, png]
 
 
-__all__ = ["PRIMARY", "SECONDARY", "claims", "per_seed", "plot", "render_markdown", "write_report"]
+__all__ = ["PRIMARY", "SECONDARY", "chance_ndcg_at_5", "claims", "per_seed", "plot", "render_markdown", "write_report"]

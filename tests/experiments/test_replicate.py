@@ -10,7 +10,7 @@ import pytest
 
 from experiments import replicate
 from experiments.replication_data import Pair, split_by_group, stdlib_pairs, write_task
-from experiments.replication_report import claims, render_markdown
+from experiments.replication_report import chance_ndcg_at_5, claims, render_markdown
 
 
 def _pairs(groups: dict[str, int]) -> list[Pair]:
@@ -51,14 +51,15 @@ def test_written_task_has_no_item_in_both_train_and_test(tmp_path):
     assert all((task.test_folder / c["image"]).is_file() for c in corpus)
 
 
-def _results(values: dict[tuple[str, str, int], float]) -> dict:
+def _results(values: dict[tuple[str, str, int], float], corpus_size: int = 1000) -> dict:
     """A results dict with ndcg@5 = recall@1 = the given value per (variant, budget, seed)."""
     runs: dict[tuple[str, int], dict] = {}
     for (variant, budget, seed), value in values.items():
-        run = runs.setdefault((variant, seed), {"task": "t", "variant": variant, "seed": seed, "metrics": {}})
+        run = runs.setdefault((variant, seed), {"task": "t", "variant": variant, "seed": seed, "metrics": {},
+                                                  "first_loss": 4.0, "last_loss": 3.0})
         run["metrics"][budget] = {"ndcg@5": value, "recall@1": value}
     settings = json.loads(json.dumps(dataclasses.asdict(replicate.Settings(seeds=(0, 1), tasks=("t",)))))
-    return {"settings": settings, "tasks": {"t": {"source": "s", "num_train": 1, "num_test": 1}},
+    return {"settings": settings, "tasks": {"t": {"source": "s", "num_train": 1, "num_test": corpus_size}},
             "environment": {"cpu_threads": 1, "python": "3", "torch": "2"}, "runs": list(runs.values())}
 
 
@@ -83,6 +84,21 @@ def test_claims_are_computed_from_the_numbers_per_seed():
     assert rows["3b"][3] == "**does not hold** at (1,1), (2,4)"
     # naive 70 / 66 vs MMR 60 / 62: -10 / -4
     assert rows["4"][2] == "-7.0 ± 4.2 (per seed -10.0, -4.0)" and rows["4"][3] == "**does not hold** (0/2 seeds)"
+
+
+def test_chance_level_is_the_expected_ndcg_of_a_random_ranking():
+    assert chance_ndcg_at_5(1) == 1.0
+    # ranks 1..5 equally likely (1/5 each), gains 1/log2(rank + 1)
+    assert chance_ndcg_at_5(5) == pytest.approx((1 + 0.63093 + 0.5 + 0.43068 + 0.38685) / 5, abs=1e-5)
+
+
+def test_claims_near_chance_are_inconclusive_whatever_their_sign():
+    values = {("mmr", "1,1", 0): 0.010, ("mmr", "4,8", 0): 0.012, ("nommr", "1,1", 0): 0.001,
+              ("nommr", "4,8", 0): 0.011, ("single_vector", "1,1", 0): 0.002}
+    # chance with 1000 candidates is 0.29%; 5x that is 1.5%, above MMR's best 1.2%
+    rows = claims(_results(values), "t")
+    assert all(row[3].startswith("**inconclusive**") for row in rows)
+    assert all(row[3].startswith("**holds**") for row in claims(_results(values, corpus_size=100_000), "t")[:2])
 
 
 def test_report_marks_a_partial_run_and_shows_mean_and_std():
