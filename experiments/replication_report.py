@@ -248,6 +248,12 @@ def render_markdown(results: dict, png_name: str) -> str:
     }
     for task, info in results["tasks"].items():
         lines.append(f"| {task} | {info['source']}; {licences.get(task, '')} | {info['num_train']} | {info['num_test']} |")
+    lines += ["", "## Summary of the verdicts", ""]
+    for task in results["tasks"]:
+        if any(r["task"] == task for r in runs):
+            verdicts = [(c.split(" ")[0].rstrip("."), v.split("**")[1] if "**" in v else v)
+                        for c, _, _, v in claims(results, task)]
+            lines.append(f"- **{task}**: " + "; ".join(f"claim {n} {v}" for n, v in verdicts) + ".")
     lines += ["", f"![{PRIMARY} against budget]({png_name})", ""]
     for task in results["tasks"]:
         task_runs = [r for r in runs if r["task"] == task]
