@@ -283,8 +283,9 @@ def render_markdown(results: dict, png_name: str) -> str:
     lines += [
         "## Cost",
         "",
-        f"{len(runs)} trainings + sweeps took {seconds / 60:.1f} minutes of wall time in total on "
-        f"{results['environment']['cpu_threads']} CPU thread(s) per process, one process per task (Python {results['environment']['python']}, "
+        f"{len(runs)} trainings + sweeps took {seconds / 60:.1f} minutes summed over runs; with one process per "
+        f"task side by side the whole run took {results.get('wall_seconds_last_invocation', 0) / 60:.1f} minutes "
+        f"of wall clock, {results['environment']['cpu_threads']} CPU thread(s) per process (Python {results['environment']['python']}, "
         f"torch {results['environment']['torch']}), on a machine shared with other jobs.",
         "",
         "## What this does and does not show",
@@ -296,6 +297,14 @@ def render_markdown(results: dict, png_name: str) -> str:
         "instead of MMEB and ViDoRe), so only the *shape* of each claim can be compared, not the level. "
         "The verdicts above are computed from the numbers by the rule stated in each row; they say nothing "
         "about larger models.",
+        "",
+        "Two properties of this setup bear on the comparisons. The naive multi-vector model mean-pools the "
+        "pretrained encoder's token states, which is how `all-MiniLM-L6-v2` was trained (mean pooling), so it "
+        "starts from useful vectors; the Meta Tokens start random and, at this size, need tens of steps before "
+        "their scores leave the uniform level ln(batch) (see the training losses). And the glyph task must also "
+        "learn its image patch embedding (through LoRA) from scratch, which this budget does not allow: "
+        "there every Meta Token model stays within a few times chance, so that task tests the pipeline, not "
+        "the claims.",
         "",
     ]
     return "\n".join(lines)
