@@ -18,9 +18,11 @@ run resumes where it stopped and a partial run can still be reported), and the r
 
 Usage::
 
-    python experiments/replicate.py                 # the full run (3 seeds, 2 tasks, 4 variants)
+    make replication                                # the full run, one process per task, then the report
+    python experiments/replicate.py                 # the full run in one process (3 seeds, 2 tasks, 4 variants)
     python experiments/replicate.py --quick         # tiny sizes, seconds: checks the pipeline
-    python experiments/replicate.py --report-only   # rewrite the report from saved results.json
+    python experiments/replicate.py --report-only --results docs/results/replication-stdlib.json,docs/results/replication-glyphs.json
+                                                    # rewrite the report from the saved numbers
 """
 
 from __future__ import annotations
@@ -239,6 +241,9 @@ def merge_results(parts: list[dict]) -> dict:
         merged["runs"].extend(part["runs"])
         merged["settings"]["tasks"] = list(dict.fromkeys(merged["settings"]["tasks"] + part["settings"]["tasks"]))
         merged["settings"]["seeds"] = sorted(set(merged["settings"]["seeds"]) | set(part["settings"]["seeds"]))
+        # the parts ran side by side: the run's wall clock is the slowest part's
+        merged["wall_seconds_last_invocation"] = max(merged.get("wall_seconds_last_invocation", 0),
+                                                     part.get("wall_seconds_last_invocation", 0))
     return merged
 
 
