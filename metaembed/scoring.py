@@ -58,11 +58,12 @@ _MIN_CHUNK = 256  # fewer, larger ops for small candidate sets: per-op overhead 
 _MAX_QUERY_ROWS = 1024
 
 
-def as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
-    """Return ``values`` as a CPU torch tensor without copying when possible.
+def as_tensor(values: ArrayLike, name: str, keep_device: bool = False) -> torch.Tensor:
+    """Return ``values`` as a torch tensor without copying when possible.
 
     Accepts torch tensors and numpy arrays of a floating dtype; float64 is
-    accepted and computed in fp32. Raises :class:`InputError` otherwise.
+    accepted and computed in fp32. Raises :class:`InputError` otherwise. The
+    result is on the CPU unless ``keep_device`` is set.
     """
     if isinstance(values, np.ndarray):
         if values.dtype.kind != "f":
@@ -75,7 +76,7 @@ def as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
         raise InputError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(values).__name__}")
     if values.dtype not in _FLOAT_DTYPES:
         raise InputError(f"{name} must be float32, float16 or bfloat16, got {values.dtype}")
-    if values.device.type != "cpu":
+    if values.device.type != "cpu" and not keep_device:
         values = values.cpu()
     return values
 
@@ -209,7 +210,9 @@ def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None 
 
     Returns:
         float32 ``(Q, C)`` tensor, ``scores[q, c] = sum_{i<r_q} max_{j<r_c} <queries[q,i], candidates[c,j]>``,
-        computed in fp32 whatever the input dtype. Inputs are not checked for
+        computed in fp32 whatever the input dtype, on the CPU; inputs on an
+        accelerator are scored there by :func:`maxsim_blocked` and the scores
+        stay on that device. Inputs are not checked for
         NaN/inf here (that would cost a pass over the data); the index checks on add.
 
     Raises:
@@ -223,8 +226,8 @@ def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None 
     >>> maxsim(q, c, budget="1,1")
     tensor([[1., 0.]])
     """
-    queries = as_tensor(queries, "queries")
-    candidates = as_tensor(candidates, "candidates")
+    queries = as_tensor(queries, "queries", keep_device=True)
+    candidates = as_tensor(candidates, "candidates", keep_device=True)
     _check_3d(queries, "queries", "(Q, R_q, D)")
     _check_3d(candidates, "candidates", "(C, R_c, D)")
     if queries.shape[2] != candidates.shape[2]:
@@ -234,11 +237,42 @@ def maxsim(queries: ArrayLike, candidates: ArrayLike, budget: BudgetLike | None 
     chosen = resolve_budget(budget, queries.shape[1], candidates.shape[1], "the inputs")
     if queries.shape[0] == 0 or candidates.shape[0] == 0:
         return torch.zeros(queries.shape[0], candidates.shape[0], dtype=torch.float32)
+    if queries.device.type != "cpu" or candidates.device.type != "cpu":
+        # Accelerator inputs are scored where they live: copying them to the CPU
+        # would cost more than the scoring itself.
+        device = queries.device if queries.device.type != "cpu" else candidates.device
+        return maxsim_blocked(queries.to(device), candidates.to(device), chosen)
     if candidates.dtype == torch.float64:
         candidates = candidates.to(torch.float32)
     rows = query_matrix(queries, chosen.r_q)
     positions = [candidates[:, j] for j in range(chosen.r_c)]  # strided (C, D) views, no copy
     return score_positions(rows, chosen.r_q, positions)
+
+
+def maxsim_blocked(
+    queries: torch.Tensor, candidates: torch.Tensor, budget: Budget, block_bytes: int = 256 << 20
+) -> torch.Tensor:
+    """Device-agnostic MaxSim for inputs on an accelerator; the result stays on that device.
+
+    ``queries`` ``(Q, R_q, D)`` and ``candidates`` ``(C, R_c, D)`` on one device,
+    any float dtype. Candidates are taken in blocks so that one block's
+    ``(n * r_c, Q * r_q)`` fp32 similarity matrix stays under ``block_bytes``:
+    each block is one GEMM (the shape accelerators run best), then a max over
+    the block's ``r_c`` vectors and a sum over the ``r_q`` query vectors.
+    Accumulation is fp32 whatever the storage dtype. Returns fp32 ``(Q, C)``.
+    """
+    num_queries, num_candidates, dim = queries.shape[0], candidates.shape[0], queries.shape[2]
+    r_q, r_c = budget.r_q, budget.r_c
+    rows = queries[:, :r_q].to(torch.float32).reshape(-1, dim)  # (Q*r_q, D)
+    out = torch.empty(num_queries, num_candidates, dtype=torch.float32, device=queries.device)
+    block = max(1, block_bytes // (4 * r_c * rows.shape[0]))
+    for start in range(0, num_candidates, block):
+        chunk = candidates[start : start + block, :r_c].to(torch.float32)  # (n, r_c, D)
+        n = chunk.shape[0]
+        similarity = chunk.reshape(n * r_c, dim) @ rows.t()  # (n*r_c, Q*r_q)
+        best = similarity.view(n, r_c, num_queries, r_q).amax(dim=1)  # (n, Q, r_q)
+        out[:, start : start + n] = best.sum(dim=2).t()
+    return out
 
 
 def maxsim_flops(budget: BudgetLike, dim: int, num_candidates: int = 1, num_queries: int = 1) -> int:

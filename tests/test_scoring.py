@@ -8,7 +8,15 @@ import torch
 
 from metaembed.budget import DEFAULT_LADDER, Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops, query_matrix, score_dense, score_positions
+from metaembed.scoring import (
+    embedding_bytes,
+    maxsim,
+    maxsim_blocked,
+    maxsim_flops,
+    query_matrix,
+    score_dense,
+    score_positions,
+)
 
 
 def naive_maxsim(queries: np.ndarray, candidates: np.ndarray, r_q: int, r_c: int) -> np.ndarray:
@@ -183,3 +191,15 @@ def test_score_dense_equals_the_naive_reference() -> None:
     queries, candidates = unit_vectors(generator, 3, 5, 8), unit_vectors(generator, 13, 6, 8)
     got = score_dense(query_matrix(queries, 4), 4, candidates[:, :5].transpose(0, 1).contiguous())
     np.testing.assert_allclose(got.numpy(), naive_maxsim(queries.numpy(), candidates.numpy(), 4, 5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", DEFAULT_LADDER, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accelerator_path_matches_the_naive_reference(pair, budget: Budget, dtype: torch.dtype) -> None:
+    # The path GPU inputs take is device-agnostic; run it on the CPU with blocks
+    # small enough that the candidates span several of them.
+    queries, candidates = (values.to(dtype) for values in pair)
+    scores = maxsim_blocked(queries, candidates, budget, block_bytes=4 * budget.r_c * 5 * budget.r_q * 7)
+    expected = naive_maxsim(queries.float().numpy(), candidates.float().numpy(), budget.r_q, budget.r_c)
+    assert scores.dtype == torch.float32
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-5)
