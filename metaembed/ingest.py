@@ -19,7 +19,6 @@ collection costs no memory up front.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 
 from metaembed.errors import InputError
+from metaembed.jsonl import iter_jsonl
 from metaembed.model.items import Item, to_item
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -117,27 +117,20 @@ def render_pdf_page(path: str | Path, page: int, dpi: int = PDF_DPI) -> Image.Im
 
 def _iter_jsonl(path: Path) -> Iterator[Record]:
     base = path.parent
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path} line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or "id" not in row:
-                raise InputError(f"{path} line {number}: expected an object with an 'id' key")
-            item_fields = {k: row[k] for k in ("text", "image", "instruction") if row.get(k) is not None}
-            if "image" in item_fields:
-                image = Path(item_fields["image"])
-                item_fields["image"] = image if image.is_absolute() else base / image
-            try:
-                item = to_item(item_fields)
-            except (TypeError, ValueError) as error:
-                raise InputError(f"{path} line {number}: {error}") from None
-            payload = {k: v for k, v in row.items() if k not in ("id", "image", "text")}
-            if "image" in item_fields:
-                payload["path"] = str(item_fields["image"])
-            if item.text:
-                payload["text"] = item.text[:SNIPPET_CHARS]
-            yield Record(str(row["id"]), (lambda it=item: it), payload)
+    for number, row in iter_jsonl(path):
+        if "id" not in row:
+            raise InputError(f"{path}, line {number}: expected an object with an 'id' key")
+        item_fields = {k: row[k] for k in ("text", "image", "instruction") if row.get(k) is not None}
+        if "image" in item_fields:
+            image = Path(item_fields["image"])
+            item_fields["image"] = image if image.is_absolute() else base / image
+        try:
+            item = to_item(item_fields)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{path}, line {number}: {error}") from None
+        payload = {k: v for k, v in row.items() if k not in ("id", "image", "text")}
+        if "image" in item_fields:
+            payload["path"] = str(item_fields["image"])
+        if item.text:
+            payload["text"] = item.text[:SNIPPET_CHARS]
+        yield Record(str(row["id"]), (lambda it=item: it), payload)

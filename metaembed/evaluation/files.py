@@ -9,7 +9,6 @@ hash so that items can refer to them by path (lazily opened at encode time).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metaembed.errors import InputError
+from metaembed.jsonl import iter_jsonl
 
 
 #: Published layouts put Parquet files at most this deep below a data set folder
@@ -169,21 +169,7 @@ def extract_image(value: Any, image_dir: Path, base_dir: Path, where: str) -> Pa
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file; :class:`InputError` naming the file and line on bad JSON."""
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}, line {number}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path)]
 
 
 __all__ = [
