@@ -3,7 +3,7 @@
 For each corpus size and each budget of the ladder this measures
 
 * ``ours exact``: ``MultiVectorIndex.search`` on float16 storage (the default), top-10;
-* ``ours int8``: the same on int8 storage (per-vector scale);
+* ``ours int8``: the same on int8 storage (a fp32 scale per 64 values);
 * ``ours coarse``: coarse-to-fine, (1,1) over everything, 1,000 shortlist re-ranked;
 * ``ours ann``: coarse-to-fine with a FAISS HNSW first stage (D = 128 only);
 * ``ours maxsim``: :func:`metaembed.scoring.maxsim` on the fp32 blocks the peers get;
@@ -147,7 +147,7 @@ def budget_methods(size, corpus, budget, fp16, int8, qdrant, queries, reference,
         Method("ours exact", index_runner(fp16, queries, budget=budget), exact_flops, fp16.memory_bytes(budget),
                "float16 storage, fp32 compute, top-10 included", cap, n, ref),
         Method("ours int8", index_runner(int8, queries, budget=budget), exact_flops, int8.memory_bytes(budget),
-               "int8 storage + fp32 scale per vector", cap, n, ref),
+               "int8 storage + fp32 scale per 64 values", cap, n, ref),
     ]
     if budget != Budget(1, 1):
         coarse_flops = maxsim_flops((1, 1), dim, n, NUM_QUERIES) + maxsim_flops(budget, dim, min(SHORTLIST, n), NUM_QUERIES)

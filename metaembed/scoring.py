@@ -14,8 +14,8 @@ reference machine) and fp16/bf16 GEMM is a very slow fallback:
   tensor that peers materialise is never built; the working set stays in cache.
 * All queries of a batch are one ``(Q*r_q, D)`` matrix, so the GEMM is wide
   enough to run near peak and every candidate byte is read once per batch.
-* Compact storage (fp16, bf16, int8 with a per-vector scale) is upcast to fp32
-  one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
+* Compact storage (fp16, bf16, int8 with a scale per group of
+  :data:`INT8_GROUP` values) is upcast to fp32 one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
   loses nothing beyond its own rounding.
 * Chunks are spread over dedicated worker threads (:mod:`metaembed.workers`),
   one per torch intra-op thread, each running torch single-threaded: no
@@ -44,8 +44,24 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 #: dtypes a caller may hand to :func:`maxsim`; anything else is refused.
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-#: bytes per stored element, and the per-vector overhead (int8 keeps a fp32 scale).
+#: bytes per stored element, and the overhead per scale group (int8 keeps a fp32 scale per group).
 _STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int8": (1, 4)}
+
+#: int8 storage quantises each vector in groups of this many consecutive values, each group
+#: with its own fp32 scale (``value ~= code * scale``). A scale per 64 values costs 1/16 byte
+#: per value (int8 = 53.1% of float16) and, against one scale per vector, shrinks the rounding
+#: step about 1.4x at D = 2048: the largest of 64 values sits nearer the typical value than
+#: the largest of 2048. A dimension that 64 does not divide keeps one scale per vector.
+INT8_GROUP = 64
+
+
+def int8_groups(dim: int) -> int:
+    """Scale groups per vector of dimension ``dim`` in int8 storage (see :data:`INT8_GROUP`).
+
+    >>> int8_groups(2048), int8_groups(128), int8_groups(96)
+    (32, 2, 1)
+    """
+    return dim // INT8_GROUP if dim % INT8_GROUP == 0 else 1
 
 # Scratch memory per worker and chunk: two (chunk, Q*r_q) fp32 buffers plus one
 # (chunk, D) upcast buffer stay under 16 MiB: large enough that each GEMM call
@@ -122,8 +138,9 @@ def score_positions(
         positions: ``r_c`` tensors of shape ``(C, D)``; ``positions[j][c]`` is the
             ``j``-th vector of candidate ``c``. Any float dtype or int8, any row
             stride (a view into a ``(C, R_c, D)`` or ``(R_c, C, D)`` tensor works).
-        scales: for int8 ``positions``, ``r_c`` fp32 tensors of shape ``(C,)``
-            with the per-vector scale (value = code * scale); ``None`` otherwise.
+        scales: for int8 ``positions``, ``r_c`` fp32 tensors of shape ``(C, G)``
+            with one scale per group of ``D / G`` consecutive values
+            (value = code * scale; ``G = 1`` is a scale per vector); ``None`` otherwise.
         out: optional fp32 ``(Q, C)`` tensor to write into.
 
     Returns:
@@ -167,7 +184,8 @@ def _score_query_group(
             if block.dtype != torch.float32:
                 upcast.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
                 if scales is not None:
-                    upcast.mul_(scales[j][start:stop, None])
+                    group_scales = scales[j][start:stop]
+                    upcast.view(n, group_scales.shape[1], -1).mul_(group_scales[:, :, None])
                 block = upcast
             if j == 0:
                 torch.mm(block, query_t, out=best)
@@ -292,17 +310,19 @@ def embedding_bytes(num_vectors: int, dim: int, dtype: str = "float16", num_cand
     """Bytes to store ``num_vectors`` vectors of dimension ``dim`` for each of ``num_candidates``.
 
     ``dtype`` is a storage precision: ``"float32"``, ``"float16"``, ``"bfloat16"``
-    or ``"int8"`` (one byte per value plus a 4-byte fp32 scale per vector).
+    or ``"int8"`` (one byte per value plus a 4-byte fp32 scale per group of
+    :data:`INT8_GROUP` values, see :func:`int8_groups`).
 
     >>> embedding_bytes(64, 128, "float16")
     16384
     >>> embedding_bytes(64, 128, "int8")
-    8448
+    8704
     """
     if dtype not in _STORAGE_BYTES:
         raise InputError(f"unknown storage dtype {dtype!r}; expected one of {sorted(_STORAGE_BYTES)}")
-    per_value, per_vector = _STORAGE_BYTES[dtype]
-    return int(num_candidates) * int(num_vectors) * (int(dim) * per_value + per_vector)
+    per_value, per_group = _STORAGE_BYTES[dtype]
+    dim = int(dim)
+    return int(num_candidates) * int(num_vectors) * (dim * per_value + per_group * int8_groups(dim))
 
 
 STORAGE_DTYPES: tuple[str, ...] = tuple(_STORAGE_BYTES)
@@ -311,6 +331,8 @@ __all__ = [
     "maxsim",
     "maxsim_flops",
     "embedding_bytes",
+    "int8_groups",
+    "INT8_GROUP",
     "score_positions",
     "score_dense",
     "query_matrix",

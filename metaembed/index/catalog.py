@@ -25,7 +25,8 @@ from metaembed.errors import IndexStateError
 
 CATALOG_NAME = "catalog.sqlite"
 FORMAT_NAME = "metaembed-multivector-index"
-FORMAT_VERSION = 1
+# 2: int8 scales per group of values (config key scale_groups); 1: one scale per vector.
+FORMAT_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL);

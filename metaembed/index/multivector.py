@@ -5,7 +5,7 @@ search picks its budget ``(r_q, r_c)``. On disk an index is a folder::
 
     catalog.sqlite        ids, payloads, configuration, committed segments (the commit point)
     seg-<uuid>.vec        (num_vectors, rows, dim) vectors, position-major, storage dtype
-    seg-<uuid>.scale      (num_vectors, rows) fp32 per-vector scales (int8 only)
+    seg-<uuid>.scale      (num_vectors, rows, G) fp32 scales, one per group of dim/G values (int8 only)
 
 Every ``add`` / ``upsert`` writes one new segment file and commits it with its
 ids in one SQLite transaction; ``delete`` commits tombstones; ``save`` merges
@@ -35,7 +35,7 @@ from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_i
 from metaembed.index.quantize import storage_format
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
 from metaembed.index.store import SegmentStore
-from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, maxsim_flops
+from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, int8_groups, maxsim_flops
 
 _QUERY_BATCH = 256
 SEARCH_MODES = ("exact", "coarse", "ann")
@@ -82,7 +82,7 @@ class MultiVectorIndex:
             dim: vector dimension ``D``.
             num_vectors: vectors stored per candidate (the largest ``r_c``).
             dtype: storage precision, ``"float16"`` (default), ``"bfloat16"``,
-                ``"int8"`` (per-vector scale) or ``"float32"``.
+                ``"int8"`` (a scale per 64 values) or ``"float32"``.
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
@@ -97,6 +97,8 @@ class MultiVectorIndex:
             _check_empty(folder, "create an index")
             folder.mkdir(parents=True, exist_ok=True)
         config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
+        if dtype == "int8":
+            config["scale_groups"] = int8_groups(dim)
         return cls(SegmentStore(folder, Catalog.create(folder, config)), scratch)
 
     @classmethod

@@ -6,9 +6,11 @@ and the scorer upcasts it to fp32 chunk by chunk (see :mod:`metaembed.scoring`).
 * ``float16`` (default) and ``bfloat16``: 2 bytes per value. numpy has no
   bfloat16, so bfloat16 files hold the raw 16-bit patterns as ``uint16`` and are
   viewed as ``torch.bfloat16``.
-* ``int8``: symmetric per-vector quantisation, ``value ~= code * scale`` with
-  ``scale = max|v| / 127`` kept as fp32 beside the codes (1 byte per value plus
-  4 bytes per vector: 51.6% of float16 at D = 128).
+* ``int8``: symmetric quantisation in groups of
+  :data:`~metaembed.scoring.INT8_GROUP` consecutive values,
+  ``value ~= code * scale`` with ``scale = max|group| / 127`` kept as fp32 beside
+  the codes (1 byte per value plus 4 bytes per group: 53.1% of float16 when 64
+  divides D; one scale per vector otherwise, see :func:`~metaembed.scoring.int8_groups`).
 * ``float32``: exact, 4 bytes per value.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from metaembed.errors import InputError
-from metaembed.scoring import STORAGE_DTYPES
+from metaembed.scoring import STORAGE_DTYPES, int8_groups
 
 _INT8_LEVELS = 127.0
 
@@ -35,7 +37,7 @@ class StorageFormat:
 
     @property
     def has_scale(self) -> bool:
-        """Whether vectors carry a per-vector fp32 scale (int8)."""
+        """Whether vectors carry fp32 scales, one per group of values (int8)."""
         return self.name == "int8"
 
 
@@ -59,15 +61,17 @@ def encode(vectors: torch.Tensor, fmt: StorageFormat) -> tuple[np.ndarray, np.nd
     """Convert fp32 ``vectors`` of shape ``(..., D)`` to the file dtype of ``fmt``.
 
     Returns ``(codes, scales)``: ``codes`` has the shape of ``vectors`` in
-    ``fmt.file_dtype``; ``scales`` is fp32 ``vectors.shape[:-1]`` for int8, else ``None``.
+    ``fmt.file_dtype``; for int8 ``scales`` is fp32 ``vectors.shape[:-1] + (G,)``
+    with ``G = int8_groups(D)`` (one scale per group of consecutive values), else ``None``.
     """
     vectors = vectors.to(torch.float32)
     if fmt.name == "int8":
-        scales = vectors.abs().amax(dim=-1) / _INT8_LEVELS
-        # A zero vector has scale 0; divide by 1 instead so its codes are 0, not NaN.
+        grouped = vectors.unflatten(-1, (int8_groups(vectors.shape[-1]), -1))
+        scales = grouped.abs().amax(dim=-1) / _INT8_LEVELS
+        # An all-zero group has scale 0; divide by 1 instead so its codes are 0, not NaN.
         safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-        codes = torch.round(vectors / safe[..., None]).clamp_(-_INT8_LEVELS, _INT8_LEVELS).to(torch.int8)
-        return codes.numpy(), scales.numpy()
+        codes = torch.round(grouped / safe[..., None]).clamp_(-_INT8_LEVELS, _INT8_LEVELS).to(torch.int8)
+        return codes.flatten(-2).numpy(), scales.numpy()
     converted = vectors.to(fmt.torch_dtype)
     if fmt.name == "bfloat16":
         return converted.view(torch.int16).numpy().view(np.uint16), None
@@ -91,7 +95,8 @@ def decode(codes: np.ndarray, scales: np.ndarray | None, fmt: StorageFormat) -> 
     """The fp32 values that ``codes`` (and ``scales`` for int8) stand for: the inverse of :func:`encode`."""
     values = as_torch(codes, fmt).to(torch.float32)
     if scales is not None:
-        values = values * as_torch(scales, _FORMATS["float32"])[..., None]
+        group_scales = as_torch(scales, _FORMATS["float32"])
+        values = (values.unflatten(-1, (group_scales.shape[-1], -1)) * group_scales[..., None]).flatten(-2)
     return values
 
 

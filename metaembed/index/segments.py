@@ -4,7 +4,8 @@ A segment holds ``rows`` candidates of ``R`` vectors of dimension ``D`` as one
 array of shape ``(R, rows, D)``: position-major, so a budget prefix ``r_c``
 reads exactly the first ``r_c`` contiguous slabs and the cheap first stage of
 coarse-to-fine search (``r_c = 1``) reads one ``rows * D`` slab. int8 segments
-keep a second file of fp32 scales ``(R, rows)``.
+keep a second file of fp32 scales ``(R, rows, G)``, one per group of ``D / G``
+values (:func:`metaembed.scoring.int8_groups`).
 
 Segments are written once to a temporary name, flushed and fsynced, then
 renamed; they are never modified afterwards. A segment only becomes part of an
@@ -39,7 +40,8 @@ class Segment:
     Attributes:
         name: file stem, unique in the index.
         codes: ``(R, rows, D)`` array (memmap) in the storage's file dtype.
-        scales: ``(R, rows)`` fp32 array for int8 storage, else ``None``.
+        scales: ``(R, rows, G)`` fp32 array for int8 storage (a scale per group of
+            ``D / G`` values), else ``None``.
     """
 
     name: str
@@ -56,13 +58,13 @@ class Segment:
         return [as_torch(self.codes[j, start:stop], self.fmt) for j in range(r_c)]
 
     def position_scales(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor] | None:
-        """Per-vector scales matching :meth:`positions` (int8), else ``None``."""
+        """Scales ``(n, G)`` matching :meth:`positions` (int8), else ``None``."""
         if self.scales is None:
             return None
         return [torch.from_numpy(np.ascontiguousarray(self.scales[j, start:stop])) for j in range(r_c)]
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n)``."""
+        """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
         order = np.sort(rows)  # sorted reads are sequential on a memmap
         # np.take keeps the position-major order; fancy indexing codes[:r_c, order] would
         # return a (n, r_c, D)-ordered array and cost a transposing copy downstream.
@@ -105,12 +107,13 @@ def write_segment(
     dim: int,
     fmt: StorageFormat,
     blocks: Iterable[tuple[int, np.ndarray, np.ndarray | None]],
+    groups: int = 1,
 ) -> str:
     """Write a new segment file from ``blocks`` and return its name.
 
     ``blocks`` yields ``(start, codes, scales)`` with ``codes`` of shape
-    ``(R, n, D)`` already in the storage dtype, covering rows ``0..rows``. If
-    the iterator raises, the partial files are removed and the error propagates.
+    ``(R, n, D)`` already in the storage dtype and, for int8, ``scales`` of shape
+    ``(R, n, groups)``, covering rows ``0..rows``. If the iterator raises, the partial files are removed and the error propagates.
     """
     name = new_segment_name()
     vec_path, scale_path = segment_files(folder, name)
@@ -118,7 +121,9 @@ def write_segment(
     try:
         out = np.memmap(tmp_vec, dtype=fmt.file_dtype, mode="w+", shape=(num_vectors, rows, dim))
         out_scale = (
-            np.memmap(tmp_scale, dtype=np.float32, mode="w+", shape=(num_vectors, rows)) if fmt.has_scale else None
+            np.memmap(tmp_scale, dtype=np.float32, mode="w+", shape=(num_vectors, rows, groups))
+            if fmt.has_scale
+            else None
         )
         for start, block, block_scale in blocks:
             stop = start + block.shape[1]
@@ -165,11 +170,14 @@ def merged_blocks(parts: list[tuple[Segment, np.ndarray]]) -> Iterable[tuple[int
             start += len(chosen)
 
 
-def open_segment(folder: Path, name: str, rows: int, num_vectors: int, dim: int, fmt: StorageFormat) -> Segment:
-    """Memory-map a committed segment read-only."""
+def open_segment(
+    folder: Path, name: str, rows: int, num_vectors: int, dim: int, fmt: StorageFormat, groups: int = 1
+) -> Segment:
+    """Memory-map a committed segment read-only (``groups`` int8 scales per vector)."""
     vec_path, scale_path = segment_files(folder, name)
     codes = np.memmap(vec_path, dtype=fmt.file_dtype, mode="r", shape=(num_vectors, rows, dim))
-    scales = np.memmap(scale_path, dtype=np.float32, mode="r", shape=(num_vectors, rows)) if fmt.has_scale else None
+    scale_shape = (num_vectors, rows, groups)
+    scales = np.memmap(scale_path, dtype=np.float32, mode="r", shape=scale_shape) if fmt.has_scale else None
     return Segment(name, codes, scales, fmt)
 
 

@@ -53,6 +53,8 @@ class SegmentStore:
         self.dim = int(config["dim"])
         self.num_vectors = int(config["num_vectors"])
         self.fmt = storage_format(config["dtype"])
+        # int8 scales per vector; indexes written before grouped scales (format 1) have one.
+        self.scale_groups = int(config.get("scale_groups", 1))
         self.metadata: dict[str, Any] = dict(config.get("metadata") or {})
         self.write_lock = threading.RLock()  # one writer at a time
         self.state_lock = threading.RLock()  # the catalog connection and snapshot swaps
@@ -61,7 +63,7 @@ class SegmentStore:
         self._load()
 
     def _open(self, name: str, rows: int):
-        return open_segment(self.folder, name, rows, self.num_vectors, self.dim, self.fmt)
+        return open_segment(self.folder, name, rows, self.num_vectors, self.dim, self.fmt, self.scale_groups)
 
     def _load(self) -> None:
         with self.state_lock:
@@ -91,7 +93,7 @@ class SegmentStore:
             if existing and not replace:
                 raise IndexStateError(f"ids already in the index: {existing[:5]} (use upsert to replace them)")
             blocks = encoded_blocks(values, self.num_vectors, self.fmt, check_finite)
-            name = write_segment(self.folder, len(ids), self.num_vectors, self.dim, self.fmt, blocks)
+            name = write_segment(self.folder, len(ids), self.num_vectors, self.dim, self.fmt, blocks, self.scale_groups)
             try:
                 with self.state_lock:
                     self.catalog.commit_add(name, len(ids), ids, payloads, existing)
@@ -157,7 +159,9 @@ class SegmentStore:
         moved = [item_id for view, (_, rows) in zip(chosen, parts) for item_id in view.ids[rows]]
         name = None
         if moved:
-            name = write_segment(self.folder, len(moved), self.num_vectors, self.dim, self.fmt, merged_blocks(parts))
+            name = write_segment(
+                self.folder, len(moved), self.num_vectors, self.dim, self.fmt, merged_blocks(parts), self.scale_groups
+            )
         dropped = {view.segment.name for view in chosen}
         with self.state_lock:
             self.catalog.commit_merge(name or "", len(moved), moved, sorted(dropped))

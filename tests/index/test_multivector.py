@@ -41,6 +41,28 @@ def test_exact_search_equals_brute_force_on_stored_values(corpus, dtype: str, bu
     assert_same_ranking(got, expected)
 
 
+def test_int8_group_scales_survive_search_merge_and_reopen(tmp_path) -> None:
+    # D = 128: two scale groups per vector, through add, a merging save and a reopen.
+    vectors = torch.randn(40, 4, 128, generator=torch.Generator().manual_seed(3))
+    vectors[:, :, 64:] *= 0.01  # a quiet second half that one scale per vector would mostly round to 0
+    queries = torch.randn(3, 2, 128, generator=torch.Generator().manual_seed(4))
+    ids = [f"g{i}" for i in range(40)]
+    stored = stored_values(vectors, "int8")
+    assert (stored - vectors)[:, :, 64:].abs().max() <= vectors[:, :, 64:].abs().max() / 254 + 1e-7
+    path = tmp_path / "grouped"
+    index = MultiVectorIndex.create(path, dim=128, num_vectors=4, dtype="int8")
+    for start in range(0, 40, 10):
+        index.add(ids[start : start + 10], vectors[start : start + 10])
+    expected = brute_force(queries, stored, ids, 2, 4, 6)
+    assert_same_ranking(index.search(queries, k=6, budget="2,4"), expected, atol=1e-4)
+    index.save()
+    index.close()
+    with MultiVectorIndex.open(path) as reopened:
+        assert_same_ranking(reopened.search(queries, k=6, budget="2,4"), expected, atol=1e-4)
+        torch.testing.assert_close(reopened.vectors(ids[:2]), stored[:2])
+        assert reopened.memory_bytes() == 40 * 4 * (128 + 2 * 4)
+
+
 def test_single_query_budget_strings_and_default_budget(corpus) -> None:
     ids, vectors, queries = corpus
     with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
