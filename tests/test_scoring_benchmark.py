@@ -32,3 +32,10 @@ def test_quick_benchmark_runs_every_scorer_and_they_agree(tmp_path) -> None:
             assert all(r["latency_s"] > 0 and r["reps"] >= 1 for r in methods.values())
     assert report["targets"]["int8_storage"]["int8_bytes_over_fp16"] <= 0.55
     assert report["machine"]["gemm_peak_gflops"] == max(report["machine"]["gemm_peak_gflops_measurements"]) > 0
+    # The ceiling: the fastest peer's latency over the time all FLOPs would take at the measured peak.
+    peak = report["machine"]["gemm_peak_gflops"] * 1e9
+    for cell in report["targets"]["exact_faster_than_every_peer"]["cells"]:
+        ours = next(r for r in rows if (r["size"], r["budget"], r["method"]) == (cell["size"], cell["budget"], "ours exact"))
+        peer = next(r for r in rows if (r["size"], r["budget"], r["method"]) == (cell["size"], cell["budget"], cell["fastest_peer"]))
+        peer_latency = peer.get("latency_s_at_full_n", peer["latency_s"])
+        assert abs(cell["speedup_at_100pct_of_peak"] - peer_latency * peak / ours["flops"]) < 1e-9 * peak
