@@ -84,6 +84,9 @@ class MetaEmbedModel(nn.Module):
         )
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
         self.peft_model: Any = None  # set by add_lora / loading; not a submodule (it wraps self.backbone)
+        #: Where :meth:`from_pretrained` loaded the model from (folder or Hub id); ``None`` for a
+        #: model built in memory. Evaluation reports and caches name the model by it.
+        self.name_or_path: str | None = None
 
     # ------------------------------------------------------------- properties
     @property
@@ -172,6 +175,7 @@ class MetaEmbedModel(nn.Module):
         from metaembed.model import official, saving
 
         dtype = _resolve_dtype(dtype)
+        name_or_path = str(path_or_id)
         if not Path(path_or_id).exists():
             if not _HUB_ID.fullmatch(str(path_or_id)):
                 raise InputError(f"no such model folder: {path_or_id}")
@@ -193,6 +197,7 @@ class MetaEmbedModel(nn.Module):
             logger.warning(
                 "%s is a plain backbone: its Meta Tokens are freshly initialised and need training", path_or_id
             )
+        model.name_or_path = name_or_path
         if device is not None:
             model.to(device)
         return model.eval()

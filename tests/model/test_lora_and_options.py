@@ -99,6 +99,8 @@ def test_projection_and_custom_template_round_trip(tmp_path):
     torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2, 8))
     model.save_pretrained(tmp_path / "bert")
     loaded = MetaEmbedModel.from_pretrained(tmp_path / "bert")
+    # evaluation reports and caches name a loaded model by where it came from
+    assert (model.name_or_path, loaded.name_or_path) == (None, str(tmp_path / "bert"))
     assert loaded.template == template
     assert torch.equal(loaded.encode_candidates(ITEMS), embeddings)
     assert torch.equal(loaded.encode_queries(ITEMS), model.encode_queries(ITEMS))
