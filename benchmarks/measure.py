@@ -65,8 +65,8 @@ def round_robin(methods: list[Method], max_reps: int) -> None:
 
 
 def overlap(found: list[list[str]], reference: list[list[str]]) -> float:
-    """Mean fraction of the reference top-10 present in ``found``'s top-10."""
-    return statistics.mean(len(set(f[:K]) & set(r[:K])) / K for f, r in zip(found, reference))
+    """Mean fraction of the reference top-10 present in ``found``'s top-10 (of all of it, when shorter)."""
+    return statistics.mean(len(set(f[:K]) & set(r[:K])) / max(1, len(r[:K])) for f, r in zip(found, reference))
 
 
 class Blocks:

@@ -325,8 +325,9 @@ def bench(
     scripts print a table and write JSON, with peer implementations measured in the same run.
 
     \b
-    Example:
+    Examples:
       metaembed bench -- --quick --out runs/bench
+      metaembed bench --script coarse_to_fine      # on the quickstart's trained model
     """
     import subprocess
 
