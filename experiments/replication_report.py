@@ -225,7 +225,9 @@ def render_markdown(results: dict, png_name: str) -> str:
         f"states, patches and Meta Tokens (`bert_vision` family; positions initialised N(0, {settings['position_init_std']})), "
         f"projection to {settings['projection_dim']} dims. Trained fully: the fusion transformer, patch embedding, "
         "positions, Meta Tokens and projection; no LoRA.",
-        f"- Training (identical for all variants): {settings['steps']} steps, batch {settings['batch_size']} with "
+        f"- Training (identical for all variants of a task): "
+        + ", ".join(f"{t} {settings.get('task_steps', {}).get(t, settings['steps'])} steps" for t in settings["tasks"])
+        + f", batch {settings['batch_size']} with "
         f"in-batch negatives, lr {settings['learning_rate']} ({settings['warmup_steps']} warm-up steps, linear decay), "
         f"τ = {settings['temperature']}, seeds {list(settings['seeds'])} (a seed fixes initialisation and data order "
         "of every variant alike); `metaembed.training.train`.",
