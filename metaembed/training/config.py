@@ -29,6 +29,7 @@ on 8 GPUs, ``precision: bf16``, ``gradient_checkpointing: true`` (FSDP through `
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,11 @@ class TrainingConfig:
 
     # parameters
     lora: LoraSpec | None = field(default_factory=LoraSpec)  # None: train Meta Tokens + projection only
+    #: A regular expression; every backbone parameter whose name (as ``model.backbone.named_parameters()``
+    #: gives it) it matches with ``re.search`` trains fully, besides any LoRA adapters. For new,
+    #: randomly initialised backbone modules (e.g. the ``bert_vision`` fusion encoder and patch
+    #: embedding), which LoRA's low-rank updates cannot turn into useful layers. ``None``: none.
+    trainable_modules: str | None = None
 
     # optimisation
     per_device_batch_size: int = 8
@@ -113,6 +119,14 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.trainable_modules is not None:
+            if not isinstance(self.trainable_modules, str):
+                raise InputError(f"trainable_modules must be a regular expression string or null, "
+                                 f"got {self.trainable_modules!r}")
+            try:
+                re.compile(self.trainable_modules)
+            except re.error as error:
+                raise InputError(f"trainable_modules {self.trainable_modules!r} is not a regular expression: {error}") from None
         if self.gradient_cache_chunk_size is not None and self.gradient_cache_chunk_size < 1:
             raise InputError(f"gradient_cache_chunk_size must be >= 1 or null, got {self.gradient_cache_chunk_size!r}")
 

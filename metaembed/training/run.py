@@ -15,6 +15,7 @@ Multi-process: launch the same call under ``torchrun --nproc_per_node N`` or ``a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,24 @@ def groups_for_mode(mode: str, groups: Any, model: Any) -> tuple[MMRGroup, ...]:
     return chosen
 
 
-def prepare_parameters(model: Any, lora: LoraSpec | None) -> None:
-    """Choose what trains: LoRA adapters (added here unless present) or nothing of the backbone;
-    the Meta Token table and projection always train."""
+def prepare_parameters(model: Any, lora: LoraSpec | None, trainable_modules: str | None = None) -> None:
+    """Choose what trains: LoRA adapters (added here unless present), the backbone parameters whose
+    names match the regular expression ``trainable_modules`` (fully), nothing else of the backbone;
+    the Meta Token table and projection always train.
+
+    Raises :class:`~metaembed.errors.InputError` when ``trainable_modules`` matches no parameter
+    (a typo would otherwise silently train less than asked).
+    """
     if lora is not None and model.peft_model is None:
         model.add_lora(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    pattern = re.compile(trainable_modules) if trainable_modules is not None else None
+    matched = 0
     for name, parameter in model.backbone.named_parameters():
-        parameter.requires_grad = lora is not None and "lora_" in name
+        full = pattern is not None and "lora_" not in name and pattern.search(name) is not None
+        matched += full
+        parameter.requires_grad = full or (lora is not None and "lora_" in name)
+    if pattern is not None and not matched:
+        raise InputError(f"trainable_modules {trainable_modules!r} matches no backbone parameter")
     for module in (model.meta_tokens, model.projection):
         if module is not None:
             module.requires_grad_(True)
@@ -127,7 +139,7 @@ def build_trainer(config: TrainingConfig, model: Any = None) -> MetaEmbedTrainer
     if not config.data:
         raise InputError("the training config has no `data` entries")
     groups = groups_for_mode(config.mode, config.groups, model)
-    prepare_parameters(model, config.lora)
+    prepare_parameters(model, config.lora, config.trainable_modules)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()

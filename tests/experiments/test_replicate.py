@@ -137,3 +137,19 @@ def test_quick_pipeline_trains_evaluates_resumes_and_reports(tmp_path, monkeypat
     single = by_variant["single_vector"]["metrics"]["1,1"]["ndcg@5"]
     assert f"| single-vector (1 Meta Token) | {100 * single:.1f} | — |" in markdown
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_recipe_trains_every_new_module_fully_and_keeps_minilm_frozen():
+    from metaembed.training.run import prepare_parameters
+
+    settings = replicate.Settings.quick()
+    model = replicate.build_model("mmr", settings, seed=0)
+    prepare_parameters(model, None, replicate.TRAINABLE_MODULES)
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    # the pretrained text encoder is exactly what stays frozen; everything that starts random trains
+    assert frozen and all(n.startswith("inputs.text_encoder.") for n in frozen)
+    assert all(not n.startswith("inputs.text_encoder.") for n in trainable)
+    assert {"patch_embedding.weight", "patch_positions", "positions.weight", "inputs.projection.weight"} <= trainable
+    assert any(n.startswith("fusion.") for n in trainable)
+    assert abs(model.backbone.positions.weight.std().item() - settings.position_init_std) < 0.005

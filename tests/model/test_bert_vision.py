@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import BertConfig
 
+from metaembed.errors import InputError
 from metaembed.model import MetaEmbedConfig, MetaEmbedModel
 from metaembed.model.backbones.bert_vision import (
     BertVisionAdapter,
@@ -108,3 +109,18 @@ def test_frozen_state_cache_gives_the_same_embeddings(model):
         model.backbone.inputs.text_encoder.requires_grad_(True)
     torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(cached, plain.flip(0), atol=1e-5, rtol=1e-4)
+
+
+def test_position_init_std_sets_the_fusion_positions_scale():
+    text = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, max_position_embeddings=64)
+    sizes = dict(text_config=text.to_dict(), fusion_layers=1, fusion_width=64, max_positions=128)
+    torch.manual_seed(0)
+    scaled = BertVisionModel(BertVisionConfig(position_init_std=0.02, **sizes)).positions.weight
+    torch.manual_seed(0)
+    default = BertVisionModel(BertVisionConfig(**sizes)).positions.weight  # PyTorch's N(0, 1)
+    assert abs(scaled.std().item() - 0.02) < 0.002
+    assert abs(default.std().item() - 1.0) < 0.1
+    assert BertVisionConfig(position_init_std=0.02, **sizes).to_dict()["position_init_std"] == 0.02
+    with pytest.raises(InputError, match="position_init_std"):
+        BertVisionConfig(position_init_std=-1.0, **sizes)

@@ -161,3 +161,24 @@ def test_without_lora_only_meta_tokens_train(make_config, fresh_model):
     assert trainable == ["model.meta_tokens.embedding.weight"]
     with pytest.raises(InputError, match="nothing to train"):
         build_trainer(make_config(lora=None, mode="single_vector"), fresh_model(pooling="last_token"))
+
+
+def test_trainable_modules_train_fully_beside_lora(make_config, fresh_model):
+    model = fresh_model()
+    # a module of the tiny backbone that LoRA does not touch: its whole weight must train
+    full = next(n for n, _ in model.backbone.named_parameters() if "norm" in n)
+    pattern = full.rsplit(".", 1)[0].replace(".", r"\.") + r"\."
+    trainer = build_trainer(make_config(trainable_modules=pattern), model)
+    trainable = {n.removeprefix("model.") for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert f"backbone.{full}" in trainable
+    assert any("lora_" in n for n in trainable)  # LoRA still trains alongside
+    frozen_norms = [n for n, p in model.backbone.named_parameters()
+                    if "norm" in n and n != full and not n.startswith(full.rsplit(".", 1)[0])]
+    assert frozen_norms and not any(dict(model.backbone.named_parameters())[n].requires_grad for n in frozen_norms)
+
+
+def test_trainable_modules_errors_are_clear(make_config, fresh_model):
+    with pytest.raises(InputError, match="not a regular expression"):
+        TrainingConfig(trainable_modules="(unclosed")
+    with pytest.raises(InputError, match="matches no backbone parameter"):
+        build_trainer(make_config(lora=None, trainable_modules=r"^no_such_module\."), fresh_model())

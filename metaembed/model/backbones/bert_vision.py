@@ -37,7 +37,15 @@ IMAGE_TOKEN = "[unused0]"
 
 
 class BertVisionConfig(PretrainedConfig):
-    """The text encoder's ``BertConfig``, the fusion encoder's size and the patch geometry."""
+    """The text encoder's ``BertConfig``, the fusion encoder's size and the patch geometry.
+
+    ``position_init_std``: the fusion positions start ``N(0, position_init_std)``; ``None`` keeps
+    PyTorch's ``nn.Embedding`` default ``N(0, 1)``. With ``N(0, 1)`` a fresh fusion encoder's inputs
+    are dominated by the position vectors (norm ~ sqrt(width)) rather than by the content, so Meta
+    Token outputs barely depend on the input; contrastive training from there can collapse to
+    one embedding for every item (uniform scores). ``0.02`` (BERT's and ``patch_positions``'
+    scale) avoids that. ``None`` stays the default so existing recipes train as they were tuned.
+    """
 
     model_type = "bert_vision_fusion"
     sub_configs = {"text_config": BertConfig}
@@ -51,6 +59,7 @@ class BertVisionConfig(PretrainedConfig):
         max_positions: int = 256,
         image_size: int = 32,
         patch_size: int = 8,
+        position_init_std: float | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(text_config, dict):
@@ -66,6 +75,9 @@ class BertVisionConfig(PretrainedConfig):
         self.max_positions = max_positions
         self.image_size = image_size
         self.patch_size = patch_size
+        if position_init_std is not None and not (isinstance(position_init_std, (int, float)) and position_init_std > 0):
+            raise InputError(f"position_init_std must be a positive number or None, got {position_init_std!r}")
+        self.position_init_std = position_init_std
         super().__init__(**kwargs)
 
     @property
@@ -152,6 +164,8 @@ class BertVisionModel(PreTrainedModel):
         self.patch_embedding = nn.Linear(3 * config.patch_size**2, width)
         self.patch_positions = nn.Parameter(torch.randn(config.num_patches, width) * 0.02)
         self.positions = nn.Embedding(config.max_positions, width)
+        if config.position_init_std is not None:
+            nn.init.normal_(self.positions.weight, std=config.position_init_std)
         layer = nn.TransformerEncoderLayer(
             width, config.fusion_heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
         )
