@@ -113,25 +113,25 @@ def fonts_for(glyph: Glyph) -> list[str]:
 class Page:
     """A sheet of glyphs drawn in a grid, row by row; the searchable item of the quickstart."""
 
-    number: int
+    #: A stable id: ``"page-0042"``, or the glyph's own (``"U+00E8"``) on one-glyph pages.
+    id: str
     glyphs: tuple[Glyph, ...]
-
-    @property
-    def id(self) -> str:
-        """A stable id such as ``"page-0042"``."""
-        return f"page-{self.number:04d}"
 
 
 def paginate(glyphs: list[Glyph], per_page: int, seed: int = 0) -> list[Page]:
     """Deal ``glyphs`` onto pages of ``per_page`` by a seeded shuffle (the last page may be short).
 
     Shuffling mixes scripts and blocks on each page, as unrelated items share a document page.
+    With ``per_page=1`` every glyph is its own page, in code-point order, under its own id.
     """
     if per_page < 1:
         raise ValueError(f"per_page must be at least 1, got {per_page}")
+    if per_page == 1:
+        return [Page(glyph.id, (glyph,)) for glyph in glyphs]
     order = list(glyphs)
     random.Random(seed).shuffle(order)
-    return [Page(n, tuple(order[start : start + per_page])) for n, start in enumerate(range(0, len(order), per_page))]
+    starts = range(0, len(order), per_page)
+    return [Page(f"page-{n:04d}", tuple(order[start : start + per_page])) for n, start in enumerate(starts)]
 
 
 def render_page(

@@ -4,7 +4,8 @@ Everything lives in one cache folder so the second run reuses the trained model 
 
     <cache>/model/           the trained MetaEmbed model (MetaEmbedModel.from_pretrained)
     <cache>/recipe.json      the recipe it was trained with (a different recipe retrains)
-    <cache>/pages/, pages.jsonl     the collection: one PNG per page + the names on it
+    <cache>/pages/, pages.jsonl     the collection: one PNG per page (one glyph, or a grid of them)
+                                    + the names on it
     <cache>/index/           the multi-vector index ('metaembed search <cache>/index "..."')
     <cache>/results.json, results.png   quality and latency per budget
 """

@@ -48,6 +48,7 @@ def test_paginate_deals_every_glyph_once_in_seeded_order():
     assert sorted(g.codepoint for p in pages for g in p.glyphs) == [g.codepoint for g in glyphs]
     assert [p.id for p in pages] == ["page-0000", "page-0001", "page-0002"]
     assert paginate(glyphs, 4, seed=0) == pages and paginate(glyphs, 4, seed=1) != pages
+    assert [(p.id, p.glyphs) for p in paginate(glyphs, 1)] == [(g.id, (g,)) for g in glyphs]
     with pytest.raises(ValueError, match="per_page"):
         paginate(glyphs, 0)
 
