@@ -8,6 +8,12 @@ the names are the Unicode Consortium's. The task -- find the image of a characte
 or the name from the image -- is a small text-to-image retrieval problem whose held-out pairs can
 only be solved by composition (a model that has seen "a with grave" and "e with acute" must place
 "e with grave"), so the retrieval numbers measure generalisation, not memory.
+
+The searchable items are *pages*: sheets of ``grid`` x ``grid`` glyphs drawn side by side (like a
+page of a type specimen), and a query -- the name of one character -- is relevant to the page that
+holds it. A single vector must then summarise several unrelated characters while several vectors
+can keep them apart: the situation (visual document pages) where the paper finds that larger
+multi-vector budgets pay off. With ``grid=1`` every page is one glyph.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -100,6 +107,50 @@ def render(glyph: Glyph, size: int = 32, font: str = COLLECTION_FONT) -> Image.I
 def fonts_for(glyph: Glyph) -> list[str]:
     """The collection font plus every augmentation face that has this character."""
     return [COLLECTION_FONT] + [f for f in AUGMENT_FONTS if glyph.codepoint in _covered_codepoints(f)]
+
+
+@dataclass(frozen=True)
+class Page:
+    """A sheet of glyphs drawn in a grid, row by row; the searchable item of the quickstart."""
+
+    #: A stable id: ``"page-0042"``, or the glyph's own (``"U+00E8"``) on one-glyph pages.
+    id: str
+    glyphs: tuple[Glyph, ...]
+
+
+def paginate(glyphs: list[Glyph], per_page: int, seed: int = 0) -> list[Page]:
+    """Deal ``glyphs`` onto pages of ``per_page`` by a seeded shuffle (the last page may be short).
+
+    Shuffling mixes scripts and blocks on each page, as unrelated items share a document page.
+    With ``per_page=1`` every glyph is its own page, in code-point order, under its own id.
+    """
+    if per_page < 1:
+        raise ValueError(f"per_page must be at least 1, got {per_page}")
+    if per_page == 1:
+        return [Page(glyph.id, (glyph,)) for glyph in glyphs]
+    order = list(glyphs)
+    random.Random(seed).shuffle(order)
+    starts = range(0, len(order), per_page)
+    return [Page(f"page-{n:04d}", tuple(order[start : start + per_page])) for n, start in enumerate(starts)]
+
+
+def render_page(
+    glyphs: Sequence[Glyph | None], grid: int, cell: int = 32, fonts: Sequence[str | None] | None = None
+) -> Image.Image:
+    """Draw up to ``grid * grid`` glyphs row by row, each centred in its ``cell`` x ``cell`` square.
+
+    ``fonts`` gives each glyph's face (default: the collection font). A ``None`` glyph and the
+    cells after the last glyph stay black. Returns an RGB image of ``grid * cell`` pixels square.
+    """
+    if len(glyphs) > grid * grid:
+        raise ValueError(f"{len(glyphs)} glyphs do not fit on a {grid}x{grid} page")
+    page = Image.new("RGB", (grid * cell, grid * cell), 0)
+    for slot, glyph in enumerate(glyphs):
+        if glyph is None:
+            continue
+        face = (fonts[slot] if fonts else None) or COLLECTION_FONT
+        page.paste(render(glyph, cell, face), ((slot % grid) * cell, (slot // grid) * cell))
+    return page
 
 
 def split(glyphs: list[Glyph], held_out: float = 0.1, seed: int = 0) -> tuple[list[Glyph], list[Glyph]]:

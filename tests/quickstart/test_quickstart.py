@@ -9,14 +9,17 @@ import torch
 from PIL import Image
 
 from metaembed.cli import main
+from metaembed.errors import InputError
 from metaembed.quickstart import run_quickstart
-from metaembed.quickstart.data import load_glyphs, render, split
+from metaembed.quickstart.run import report_lines
+from metaembed.quickstart.data import load_glyphs, paginate, render_page, split
 from metaembed.quickstart.recipe import RecipeConfig
 from metaembed.retriever import Retriever
 
 TINY = RecipeConfig(
     fusion_layers=1, fusion_width=32, num_query_tokens=2, num_candidate_tokens=4, projection_dim=16,
-    ladder="1,1 2,2 2,4", steps=3, time_budget_s=None, batch_size=8, collection_size=60, held_out=0.2, log_every=1, latency_queries=3,
+    ladder="1,1 2,2 2,4", steps=3, time_budget_s=None, batch_size=8, collection_size=60, held_out=0.2, log_every=1,
+    latency_queries=3, image_size=32, patch_size=8, page_grid=2,
 )
 
 
@@ -32,10 +35,11 @@ def test_writes_model_index_table_and_plot(first_run):
     cache, results, lines = first_run
     assert (cache / "model" / "metaembed_config.json").is_file()
     assert [row["budget"] for row in results["budgets"]] == ["1,1", "2,2", "2,4"]
-    assert results["collection_size"] == 60 and results["held_out_queries"] == 12
+    # 60 characters on 2x2 pages: 15 pages; 12 held-out names are the queries
+    assert results["collection_size"] == 15 and results["characters"] == 60 and results["held_out_queries"] == 12
     for row in results["budgets"]:
         assert 0 <= row["recall@1"] <= 1 and 0 <= row["ndcg@5"] <= 1 and row["latency_ms"] > 0
-        assert row["chance_recall@1"] == pytest.approx(1 / 60)
+        assert row["chance_recall@1"] == pytest.approx(1 / 15)
     assert json.loads((cache / "results.json").read_text())["budgets"] == results["budgets"]
     with Image.open(cache / "results.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 300
@@ -48,14 +52,40 @@ def test_reported_recall_matches_a_naive_ranking(first_run):
     retriever = Retriever.open(cache / "index")
     glyphs = load_glyphs()[:: len(load_glyphs()) // 60][:60]
     _, held = split(glyphs, held_out=0.2, seed=0)
-    candidates = retriever.model.encode_candidates([render(g, 32) for g in glyphs]).half().float()
+    pages = paginate(glyphs, 4, seed=0)
+    candidates = retriever.model.encode_candidates([render_page(p.glyphs, 2, 16) for p in pages]).half().float()
     queries = retriever.model.encode_queries([g.text for g in held])
-    target = torch.tensor([glyphs.index(g) for g in held])
+    target = torch.tensor([next(n for n, p in enumerate(pages) if g in p.glyphs) for g in held])
+    smallest = None
     for row in results["budgets"]:
         r_q, r_c = map(int, row["budget"].split(","))
         scores = torch.einsum("aqd,bcd->abqc", queries[:, :r_q], candidates[:, :r_c]).amax(-1).sum(-1)
-        best = scores.argmax(dim=1)
-        assert row["recall@1"] == pytest.approx((best == target).float().mean().item(), abs=1e-6)
+        top1 = (scores.argmax(dim=1) == target).float()
+        smallest = top1 if smallest is None else smallest
+        assert row["recall@1"] == pytest.approx(top1.mean().item(), abs=1e-6)
+        assert row["recall@1_gain"] == pytest.approx((top1 - smallest).mean().item(), abs=1e-6)
+        assert row["recall@1_gain_stderr"] == pytest.approx((top1 - smallest).std().item() / len(held) ** 0.5, abs=1e-6)
+
+
+def _rows(recalls, gain_stderr):
+    return [{"budget": b, "recall@1": r, "recall@1_gain": r - recalls[0], "recall@1_gain_stderr": gain_stderr,
+             "ndcg@5": r, "chance_recall@1": 0.001, "latency_ms": 1.0, "index_bytes": 1024}
+            for b, r in zip(["1,1", "2,4", "4,8"], recalls)]
+
+
+@pytest.mark.parametrize("recalls, stderr, verdict", [
+    ([0.10, 0.20, 0.30], 0.01, "test-time scaling: Recall@1 never falls as the budget grows (0.100 -> 0.200 -> 0.300)"),
+    ([0.10, 0.11, 0.12], 0.02, "never falls as the budget grows (0.100 -> 0.110 -> 0.120), but by less than two"),
+    ([0.10, 0.30, 0.20], 0.01, "test-time scaling, not monotone"),
+    ([0.30, 0.20, 0.10], 0.01, "no test-time scaling here: the smallest budget is best"),
+    ([0.10, 0.30, 0.09], 0.01, "test-time scaling only up to 2,4"),
+])
+def test_verdict_weighs_the_gain_against_its_noise(tmp_path, recalls, stderr, verdict):
+    results = {"budgets": _rows(recalls, stderr), "held_out_queries": 500, "collection_size": 1000, "page_grid": 2,
+               "train_seconds": 1.0, "index_seconds": 1.0, "total_seconds": 2.0}
+    text = "\n".join(report_lines(results, tmp_path / "index"))
+    assert verdict in text
+    assert f"4,8 vs 1,1: Recall@1 {recalls[-1] - recalls[0]:+.3f} (standard error {stderr:.3f}" in text
 
 
 def test_second_run_reuses_the_model_and_the_index(first_run):
@@ -75,4 +105,9 @@ def test_metaembed_search_works_on_the_quickstart_index(first_run, capsys):
     out = capsys.readouterr().out
     assert code == 0
     hits = json.loads(out)["results"]
-    assert len(hits) == 3 and all(h["id"].startswith("U+") and "name" in h["payload"] for h in hits)
+    assert len(hits) == 3 and all(h["id"].startswith("page-") and len(h["payload"]["names"]) == 4 for h in hits)
+
+
+def test_a_page_grid_below_one_is_refused(tmp_path):
+    with pytest.raises(InputError, match="page_grid must be at least 1"):
+        run_quickstart(tmp_path, page_grid=0, echo=lambda line: None)
