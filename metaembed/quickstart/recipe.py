@@ -39,6 +39,8 @@ class RecipeConfig:
     """
 
     fusion_layers: int = 2
+    #: Fusion position embeddings start ``N(0, position_init_std)``; ``None`` keeps torch's N(0, 1).
+    position_init_std: float | None = None
     fusion_width: int = 192
     train_text_encoder: bool = False
     num_query_tokens: int = 8
@@ -108,6 +110,7 @@ def build_model(config: RecipeConfig) -> "MetaEmbedModel":  # noqa: F821 - impor
         folder,
         fusion_layers=config.fusion_layers,
         fusion_width=config.fusion_width,
+        position_init_std=config.position_init_std,
         image_size=config.image_size,
         patch_size=config.patch_size,
     )
