@@ -39,8 +39,10 @@ class RecipeConfig:
     """
 
     fusion_layers: int = 2
-    #: Fusion position embeddings start ``N(0, position_init_std)``; ``None`` keeps torch's N(0, 1).
-    position_init_std: float | None = None
+    #: Fusion position embeddings start ``N(0, position_init_std)`` (``None``: torch's N(0, 1)).
+    #: Small, like BERT's 0.02: N(0, 1) positions drown the patch content at the start of training
+    #: (the replication's Meta Token models collapsed to uniform scores with them).
+    position_init_std: float | None = 0.02
     fusion_width: int = 192
     train_text_encoder: bool = False
     num_query_tokens: int = 8
