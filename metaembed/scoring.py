@@ -30,6 +30,7 @@ a strided view without a copy.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
@@ -122,6 +123,27 @@ def chunk_size(dim: int, query_rows: int) -> int:
     return int(max(_MIN_CHUNK, min(_MAX_CHUNK, _SCRATCH_BYTES // per_candidate)))
 
 
+@dataclass(frozen=True)
+class CandidateSource:
+    """One contiguous run of candidates for :func:`score_sources`, given position by position.
+
+    Attributes:
+        positions: ``r_c`` tensors ``(n, D)``; ``positions[j][c]`` is the ``j``-th vector of
+            candidate ``c`` (any float dtype or int8, any row stride).
+        scales: for int8 ``positions``, ``r_c`` fp32 tensors ``(n, G)`` (see
+            :func:`score_positions`); ``None`` otherwise.
+        column: the column of the output where this source's first candidate goes.
+    """
+
+    positions: Sequence[torch.Tensor]
+    scales: Sequence[torch.Tensor] | None = None
+    column: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.positions[0].shape[0])
+
+
 def score_positions(
     query_rows: torch.Tensor,
     r_q: int,
@@ -146,45 +168,56 @@ def score_positions(
     Returns:
         fp32 ``(Q, C)`` scores ``sum_i max_j <q_i, c_j>``.
     """
-    total_rows, dim = query_rows.shape
+    return score_sources(query_rows, r_q, [CandidateSource(positions, scales)], out)
+
+
+def score_sources(
+    query_rows: torch.Tensor, r_q: int, sources: Sequence[CandidateSource], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`score_positions` over several candidate runs (e.g. index segments) in one parallel pass.
+
+    The chunks of every source go to the worker threads together, so many small
+    sources cost no more than one large one. ``out`` (fp32 ``(Q, C)``, made if
+    ``None``) receives each source's scores from its ``column`` on; columns that
+    no source covers are left as they were.
+    """
+    total_rows = query_rows.shape[0]
     num_queries = total_rows // r_q
-    num_candidates = positions[0].shape[0]
+    width = max((source.column + source.size for source in sources), default=0)
     if out is None:
-        out = torch.empty(num_queries, num_candidates, dtype=torch.float32)
-    for q_start in range(0, num_queries, max(1, _MAX_QUERY_ROWS // r_q)):
-        q_stop = min(num_queries, q_start + max(1, _MAX_QUERY_ROWS // r_q))
-        _score_query_group(query_rows[q_start * r_q : q_stop * r_q], r_q, positions, scales, out[q_start:q_stop])
+        out = torch.empty(num_queries, width, dtype=torch.float32)
+    group = max(1, _MAX_QUERY_ROWS // r_q)
+    for q_start in range(0, num_queries, group):
+        q_stop = min(num_queries, q_start + group)
+        _score_query_group(query_rows[q_start * r_q : q_stop * r_q], r_q, sources, out[q_start:q_stop])
     return out
 
 
 def _score_query_group(
-    query_rows: torch.Tensor,
-    r_q: int,
-    positions: Sequence[torch.Tensor],
-    scales: Sequence[torch.Tensor] | None,
-    out: torch.Tensor,
+    query_rows: torch.Tensor, r_q: int, sources: Sequence[CandidateSource], out: torch.Tensor
 ) -> None:
     rows, dim = query_rows.shape
     num_queries = rows // r_q
-    num_candidates = positions[0].shape[0]
+    num_candidates = sum(source.size for source in sources)
     query_t = query_rows.t()  # (D, Q*r_q): a transposed view; BLAS reads it as transB
     workers = pool_size()
     # Several chunks per worker so a worker slowed by other load gets fewer of them.
     chunk = min(chunk_size(dim, rows), max(_MIN_CHUNK, -(-num_candidates // (4 * workers))))
-    starts = range(0, num_candidates, chunk)
+    tasks = [(source, start) for source in sources for start in range(0, source.size, chunk)]
 
-    def score_chunk(start: int) -> None:
-        stop = min(num_candidates, start + chunk)
+    def score_chunk(task: tuple[CandidateSource, int]) -> None:
+        source, start = task
+        stop = min(source.size, start + chunk)
         n = stop - start
         best = torch.empty(n, rows, dtype=torch.float32)
         similarity = torch.empty(n, rows, dtype=torch.float32)
         upcast = torch.empty(n, dim, dtype=torch.float32)
-        for j, block in enumerate(positions):
+        for j, block in enumerate(source.positions):
             block = block[start:stop]
             if block.dtype != torch.float32:
                 upcast.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
-                if scales is not None:
-                    group_scales = scales[j][start:stop]
+                if source.scales is not None:
+                    group_scales = source.scales[j][start:stop]
                     upcast.view(n, group_scales.shape[1], -1).mul_(group_scales[:, :, None])
                 block = upcast
             if j == 0:
@@ -193,13 +226,14 @@ def _score_query_group(
                 torch.mm(block, query_t, out=similarity)
                 torch.maximum(best, similarity, out=best)
         # (n, Q*r_q) -> (n, Q): the sum over the r_q query vectors of each query.
-        out[:, start:stop].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
+        column = source.column + start
+        out[:, column : column + n].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
 
-    if len(starts) > 1 and workers > 1:
-        run_parallel(score_chunk, starts, workers)
+    if len(tasks) > 1 and workers > 1:
+        run_parallel(score_chunk, tasks, workers)
     else:
-        for start in starts:
-            score_chunk(start)
+        for task in tasks:
+            score_chunk(task)
 
 
 def score_dense(query_rows: torch.Tensor, r_q: int, candidates: torch.Tensor) -> torch.Tensor:
@@ -334,6 +368,8 @@ __all__ = [
     "int8_groups",
     "INT8_GROUP",
     "score_positions",
+    "score_sources",
+    "CandidateSource",
     "score_dense",
     "query_matrix",
     "resolve_budget",

@@ -22,10 +22,12 @@ import torch
 
 from metaembed.index.quantize import decode
 from metaembed.index.segments import Segment
-from metaembed.scoring import query_matrix, score_dense, score_positions
+from metaembed.scoring import CandidateSource, query_matrix, score_dense, score_sources
 
-# Rows scored per step of exact search; with 256 queries the (Q, block) score
-# buffer stays at 64 MiB.
+# fp32 bytes of the (Q, block) score buffer of one step of exact search: a step scores
+# 64 MiB / (4 Q) rows, at least _BLOCK_ROWS (65,536 rows x 256 queries = 64 MiB). Fewer queries
+# get longer blocks, so a small batch scores a whole index of 100k+ rows in one kernel call.
+_SCORE_BYTES = 64 << 20
 _BLOCK_ROWS = 65536
 # Queries re-ranked together in coarse-to-fine: their shortlists' union is
 # gathered once and scored as one GEMM batch.
@@ -89,22 +91,40 @@ def exact_topk(
     rows = query_matrix(queries, r_q)
     num_queries = queries.shape[0]
     best = (torch.empty(num_queries, 0), torch.empty(num_queries, 0, dtype=torch.long))
-    offsets = bases(views)
-    for view, base in zip(views, offsets):
-        segment = view.segment
-        for start in range(0, view.rows, _BLOCK_ROWS):
-            stop = min(view.rows, start + _BLOCK_ROWS)
-            scores = score_positions(
-                rows, r_q, segment.positions(r_c, start, stop), segment.position_scales(r_c, start, stop)
-            )
-            dead = ~view.alive[start:stop]
-            if dead.any():
-                scores[:, dead] = -torch.inf
-            top, where = scores.topk(min(k, stop - start), dim=1)
-            best = _merge_topk(best, top, where + int(base + start), k)
+    # Consecutive segments are scored together, a block of rows a pass: an index of many
+    # small segments then costs one parallel kernel call and one top-k per block, not per segment.
+    for block in _blocks(views, max(_BLOCK_ROWS, _SCORE_BYTES // (4 * num_queries))):
+        first = block[0][1] + block[0][2]  # the block's first ref; its refs are contiguous
+        sources = [
+            CandidateSource(view.segment.positions(r_c, start, stop),
+                            view.segment.position_scales(r_c, start, stop), base + start - first)
+            for view, base, start, stop in block
+        ]
+        scores = score_sources(rows, r_q, sources)
+        alive = torch.cat([view.alive[start:stop] for view, _, start, stop in block])
+        if not alive.all():
+            scores[:, ~alive] = -torch.inf
+        top, where = scores.topk(min(k, scores.shape[1]), dim=1)
+        best = _merge_topk(best, top, where + first, k)
     scores, refs = best
     refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)
     return scores, refs
+
+
+def _blocks(views: tuple[SegmentView, ...], block_rows: int) -> list[list[tuple[SegmentView, int, int, int]]]:
+    """The snapshot's rows as ``(view, base ref, start, stop)`` pieces, packed into blocks of at most
+    ``block_rows`` consecutive rows."""
+    blocks: list[list[tuple[SegmentView, int, int, int]]] = []
+    size = 0
+    for view, base in zip(views, bases(views)):
+        for start in range(0, view.rows, block_rows):
+            stop = min(view.rows, start + block_rows)
+            if not blocks or size + stop - start > block_rows:
+                blocks.append([])
+                size = 0
+            blocks[-1].append((view, int(base), start, stop))
+            size += stop - start
+    return blocks
 
 
 def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> torch.Tensor:
