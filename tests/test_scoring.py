@@ -9,6 +9,8 @@ import torch
 from metaembed.budget import DEFAULT_LADDER, Budget
 from metaembed.errors import BudgetError, InputError
 from metaembed.scoring import (
+    CandidateSource,
+    score_sources,
     embedding_bytes,
     maxsim,
     maxsim_blocked,
@@ -208,3 +210,16 @@ def test_accelerator_path_matches_the_naive_reference(pair, budget: Budget, dtyp
     expected = naive_maxsim(queries.float().numpy(), candidates.float().numpy(), budget.r_q, budget.r_c)
     assert scores.dtype == torch.float32
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_several_sources_fill_their_own_columns_in_one_pass() -> None:
+    generator = torch.Generator().manual_seed(5)
+    queries = unit_vectors(generator, 3, 4, 16)
+    parts = [unit_vectors(generator, n, 6, 16) for n in (5, 1, 9)]  # three runs of candidates
+    sources = [CandidateSource(list(part.transpose(0, 1)[:5].half()), None, column)
+               for part, column in zip(parts, (2, 7, 8))]
+    out = torch.full((3, 17), -7.0)
+    score_sources(query_matrix(queries, 4), 4, sources, out)
+    expected = naive_maxsim(queries.numpy(), torch.cat(parts).half().float().numpy(), 4, 5)
+    np.testing.assert_allclose(out[:, 2:17].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(out[:, :2] == -7.0)  # columns no source covers are left alone

@@ -65,6 +65,22 @@ def test_int8_group_scales_survive_search_merge_and_reopen(tmp_path) -> None:
         assert reopened.memory_bytes() == 40 * 4 * (128 + 2 * 4)
 
 
+def test_exact_search_over_many_segments_in_blocks_that_span_them(corpus, monkeypatch) -> None:
+    from metaembed.index import search
+
+    # blocks of 16 rows over segments of 7: blocks start and end inside segments
+    monkeypatch.setattr(search, "_BLOCK_ROWS", 16)
+    monkeypatch.setattr(search, "_SCORE_BYTES", 1)
+    ids, vectors, queries = corpus
+    with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="int8") as index:
+        for start in range(0, 60, 7):
+            index.add(ids[start : start + 7], vectors[start : start + 7])
+        index.delete(["doc-3", "doc-15"])
+        live = [i for i in ids if i not in ("doc-3", "doc-15")]
+        stored = stored_values(vectors, "int8")[[ids.index(i) for i in live]]
+        assert_same_ranking(index.search(queries, k=9, budget="3,5"), brute_force(queries, stored, live, 3, 5, 9))
+
+
 def test_single_query_budget_strings_and_default_budget(corpus) -> None:
     ids, vectors, queries = corpus
     with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
