@@ -47,13 +47,15 @@ def default_index() -> Path:
 
 
 def read_queries(path: Path, field: str, limit: int | None) -> list[str]:
-    """The ``field`` of each JSONL row of ``path`` (at most ``limit``, evenly spread over the file)."""
+    """The ``field`` of each JSONL row of ``path`` (a string, or a list of strings: one query each),
+    at most ``limit`` of them, evenly spread over the file."""
     texts = []
     for line, row in iter_jsonl(path):
         value = row.get(field)
-        if not isinstance(value, str) or not value.strip():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise InputError(f"{path}, line {line}: no text field {field!r}")
-        texts.append(value)
+        texts.extend(values)
     if not texts:
         raise InputError(f"{path} holds no queries")
     if limit is not None and len(texts) > limit:
@@ -118,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--index", type=Path, default=None, help="an index built by a trained model "
                         "(default: the quickstart's, under $METAEMBED_CACHE)")
     parser.add_argument("--queries", type=Path, default=None,
-                        help="JSONL of queries (default: glyphs.jsonl beside the quickstart's index)")
-    parser.add_argument("--field", default="name", help="the JSONL field holding the query text")
+                        help="JSONL of queries (default: the quickstart's pages.jsonl beside its index)")
+    parser.add_argument("--field", default="names",
+                        help="the JSONL field holding the query text (a string or a list of strings)")
     parser.add_argument("--max-queries", type=int, default=512, help="queries used, evenly spread over the file")
     parser.add_argument("--shortlists", default=None,
                         help="comma-separated shortlist sizes (default: 1%%, 2%%, 5%%, 10%% of the index)")
@@ -129,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     index = args.index or default_index()
     if not index.exists():
         raise SystemExit(f"no index at {index}: run `metaembed quickstart` first, or pass --index")
-    queries = args.queries or index.parent / "glyphs.jsonl"
+    queries = args.queries or index.parent / "pages.jsonl"
     if not queries.is_file():
         raise SystemExit(f"no query file at {queries}: pass --queries")
     retriever = Retriever.open(index)

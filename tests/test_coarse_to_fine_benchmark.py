@@ -31,6 +31,8 @@ def test_full_shortlists_are_exact_and_every_budget_is_reported(tmp_path):
 def test_queries_are_spread_over_the_file_and_checked(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"name": f"q{i}"} for i in range(10)])
     assert read_queries(path, "name", 5) == ["q0", "q2", "q4", "q6", "q8"]
+    listed = write_jsonl(tmp_path / "pages.jsonl", [{"names": ["a", "b"]}, {"names": ["c"]}])
+    assert read_queries(listed, "names", None) == ["a", "b", "c"]
     with pytest.raises(InputError, match="line 1: no text field 'text'"):
         read_queries(path, "text", None)
     with pytest.raises(SystemExit, match="no index at"):

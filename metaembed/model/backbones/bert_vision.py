@@ -44,7 +44,8 @@ class BertVisionConfig(PretrainedConfig):
     are dominated by the position vectors (norm ~ sqrt(width)) rather than by the content, so Meta
     Token outputs barely depend on the input; contrastive training from there can collapse to
     one embedding for every item (uniform scores). ``0.02`` (BERT's and ``patch_positions``'
-    scale) avoids that. ``None`` stays the default so existing recipes train as they were tuned.
+    scale) avoids that, and is what the quickstart and the replication use; ``None`` stays the
+    default so a config without the key builds the model it always built.
     """
 
     model_type = "bert_vision_fusion"
