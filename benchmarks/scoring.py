@@ -43,6 +43,7 @@ from benchmarks import peers
 from benchmarks.data import SyntheticCorpus
 from benchmarks.measure import K, Blocks, Method, blockwise, einsum_reference, index_runner, measure_gemm_peak, overlap, round_robin
 from benchmarks.report import check_targets, markdown_report
+from metaembed import native
 from metaembed.budget import DEFAULT_LADDER, Budget
 from metaembed.index import MultiVectorIndex
 from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
@@ -270,6 +271,7 @@ def write_report(rows: list[dict], peaks: list[float], args: argparse.Namespace)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "our_kernel": "fused C (AVX2+FMA)" if native.available() else "BLAS (torch.mm + max)",
                     "gemm_peak_gflops": peak, "gemm_peak_gflops_measurements": peaks,
                     "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
         "setup": {"num_queries": NUM_QUERIES, "query_vectors": QUERY_VECTORS, "candidate_vectors": 64, "k": K,

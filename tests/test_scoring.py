@@ -1,4 +1,8 @@
-"""metaembed.scoring.maxsim against a naive float64 reference and against the peers' own scorers."""
+"""metaembed.scoring.maxsim against a naive float64 reference and against the peers' own scorers.
+
+Every test runs twice: on the fused compiled kernel (metaembed.native, where it is built)
+and on the BLAS path that is used where it is not.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,16 @@ from metaembed.scoring import (
     score_dense,
     score_positions,
 )
+
+
+@pytest.fixture(autouse=True, params=["native", "blas"])
+def kernel_path(request, monkeypatch) -> str:
+    from metaembed import native
+
+    if request.param == "native" and not native.available():
+        pytest.skip("the compiled MaxSim kernel is not built on this machine")
+    monkeypatch.setenv("METAEMBED_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
 
 
 def naive_maxsim(queries: np.ndarray, candidates: np.ndarray, r_q: int, r_c: int) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""Compiled kernels: the fused budgeted MaxSim of :mod:`metaembed.native.maxsim` (C, AVX2 + FMA + F16C).
+
+The extension is built by ``pip install`` when a C compiler is present and is
+optional: where it is missing, cannot run on this CPU, or is switched off with
+``METAEMBED_NATIVE=0``, :func:`available` is false and :mod:`metaembed.scoring`
+uses its BLAS path. Inputs the kernel does not handle (e.g. a row stride that
+differs between positions) raise :class:`NativeUnsupported`, so only that case
+falls back; any other error is a real one.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Sequence
+
+import torch
+
+try:
+    from metaembed.native import _maxsim  # type: ignore[attr-defined]
+except ImportError:  # built without a compiler, or a platform the wheel was not built for
+    _maxsim = None
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
+
+
+class NativeUnsupported(Exception):
+    """These inputs are outside what the compiled kernel handles; use the BLAS path."""
+
+
+def available() -> bool:
+    """True when the fused kernel is built, runs on this CPU, and is not switched off (``METAEMBED_NATIVE=0``)."""
+    if os.environ.get("METAEMBED_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    return _maxsim is not None and bool(_maxsim.available())
+
+
+def _pointers(tensors: Sequence[torch.Tensor]) -> bytes:
+    return struct.pack(f"={len(tensors)}Q", *(tensor.data_ptr() for tensor in tensors))
+
+
+def _common_row_stride(tensors: Sequence[torch.Tensor], what: str) -> int:
+    strides = {tensor.stride(0) for tensor in tensors}
+    if len(strides) != 1 or any(tensor.stride(1) != 1 for tensor in tensors):
+        raise NativeUnsupported(f"{what} rows must be contiguous with one shared row stride")
+    return strides.pop()
+
+
+def score_run(
+    query_rows: torch.Tensor,
+    r_q: int,
+    positions: Sequence[torch.Tensor],
+    scales: Sequence[torch.Tensor] | None,
+    out: torch.Tensor,
+) -> None:
+    """Write the MaxSim scores of ``query_rows`` against one run of candidates into ``out``.
+
+    Args:
+        query_rows: fp32 ``(Q*r_q, D)``, contiguous (the prefix ``r_q`` of each query stacked).
+        r_q: query vectors per query.
+        positions: ``r_c`` tensors ``(n, D)`` of one dtype (fp32, fp16, bf16 or int8) whose
+            rows are contiguous and share one row stride; ``positions[j][c]`` is the
+            ``j``-th vector of candidate ``c``.
+        scales: for int8, ``r_c`` fp32 ``(n, G)`` tensors (value = code * scale of its
+            group of ``D / G`` values) sharing one row stride; ``None`` otherwise.
+        out: fp32 ``(Q, n)`` view whose rows are contiguous; receives the scores.
+
+    Raises:
+        NativeUnsupported: the kernel is unavailable or these layouts are outside it.
+    """
+    if not available():
+        raise NativeUnsupported("the compiled MaxSim kernel is not available")
+    dtype = positions[0].dtype
+    if dtype not in _DTYPE_CODES or any(block.dtype != dtype for block in positions):
+        raise NativeUnsupported(f"positions of dtype {dtype} (or mixed dtypes)")
+    if query_rows.dtype != torch.float32 or not query_rows.is_contiguous():
+        raise NativeUnsupported("query rows must be contiguous fp32")
+    if out.dtype != torch.float32 or (out.shape[1] > 1 and out.stride(1) != 1):
+        raise NativeUnsupported("out must be fp32 with contiguous rows")
+    rows, dim = query_rows.shape
+    count = positions[0].shape[0]
+    row_stride = _common_row_stride(positions, "candidate")
+    scale_pointers, scale_stride, groups = b"", 0, 1
+    if dtype == torch.int8:
+        if scales is None:
+            raise NativeUnsupported("int8 positions need scales")
+        scales = [scale if scale.dtype == torch.float32 else scale.float() for scale in scales]
+        scale_stride = _common_row_stride(scales, "scale")
+        groups = scales[0].shape[1]
+        scale_pointers = _pointers(scales)
+    _maxsim.score(
+        query_rows.data_ptr(), rows, r_q, dim,
+        _pointers(positions), row_stride, _DTYPE_CODES[dtype],
+        scale_pointers, scale_stride, groups,
+        count, out.data_ptr(), out.stride(0),
+    )  # fmt: skip
+
+
+__all__ = ["available", "score_run", "NativeUnsupported"]

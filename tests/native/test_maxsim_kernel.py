@@ -1,0 +1,97 @@
+"""The fused compiled MaxSim kernel against a float64 reference, at the shapes where tiling can go wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metaembed import native
+from metaembed.scoring import CandidateSource, query_matrix, score_sources
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
+
+
+def reference(queries: torch.Tensor, stored: torch.Tensor, r_q: int) -> np.ndarray:
+    """float64 MaxSim of queries (Q, R_q, D) against position-major candidates (r_c, C, D)."""
+    similarity = torch.einsum("qid,jcd->qcij", queries[:, :r_q].double(), stored.double())
+    return similarity.amax(dim=3).sum(dim=2).numpy()
+
+
+def run(queries: torch.Tensor, r_q: int, positions, scales=None, width: int | None = None) -> torch.Tensor:
+    count = positions[0].shape[0]
+    out = torch.full((queries.shape[0], width or count), -9.0)
+    native.score_run(query_matrix(queries, r_q), r_q, positions, scales, out[:, :count])
+    return out
+
+
+# (queries, r_q, candidates, r_c, D): query rows below, at and between the 8/16-wide panels; candidate
+# counts that leave partial 6-row tiles and 48-row blocks; D below 8, not a multiple of 8, and above
+# the 512-value K block with a remainder.
+SHAPES = [(1, 1, 1, 1, 3), (3, 5, 7, 3, 13), (2, 4, 50, 8, 128), (5, 3, 97, 5, 200), (16, 16, 49, 64, 64),
+          (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_the_reference_for_every_tiling_edge(shape, dtype: torch.dtype) -> None:
+    num_queries, r_q, count, r_c, dim = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    queries = torch.randn(num_queries, r_q, dim, generator=generator)
+    stored = torch.randn(r_c, count, dim, generator=generator).to(dtype)
+    got = run(queries, r_q, list(stored))
+    np.testing.assert_allclose(got.numpy(), reference(queries, stored.float(), r_q), rtol=1e-4, atol=1e-4 * dim**0.5)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_int8_codes_are_scaled_per_group(groups: int) -> None:
+    generator = torch.Generator().manual_seed(groups)
+    codes = torch.randint(-127, 128, (4, 23, 64), generator=generator, dtype=torch.int8)
+    scales = torch.rand(4, 23, groups, generator=generator) / 50
+    queries = torch.randn(3, 2, 64, generator=generator)
+    values = (codes.float().unflatten(-1, (groups, -1)) * scales[..., None]).flatten(-2)
+    got = run(queries, 2, list(codes), list(scales))
+    np.testing.assert_allclose(got.numpy(), reference(queries, values, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_strided_candidate_major_views_and_output_columns() -> None:
+    generator = torch.Generator().manual_seed(7)
+    candidates = torch.randn(31, 6, 40, generator=generator).half()  # (C, R_c, D): rows 6*40 apart
+    queries = torch.randn(2, 3, 40, generator=generator)
+    got = run(queries, 3, [candidates[:, j] for j in range(5)], width=35)
+    np.testing.assert_allclose(got[:, :31].numpy(), reference(queries, candidates[:, :5].transpose(0, 1).float(), 3),
+                               rtol=1e-5, atol=1e-5)
+    assert torch.all(got[:, 31:] == -9.0)  # nothing written past its own columns
+
+
+def test_all_negative_similarities_keep_their_maximum() -> None:
+    queries = torch.tensor([[[1.0, 0.0]]])
+    stored = torch.tensor([[[-1.0, 0.0]], [[-0.25, 0.0]]])  # (r_c=2, C=1, D=2)
+    assert run(queries, 1, list(stored)).item() == pytest.approx(-0.25)
+
+
+def test_layouts_outside_the_kernel_raise_unsupported() -> None:
+    queries = query_matrix(torch.randn(1, 1, 8), 1)
+    out = torch.empty(1, 4)
+    mixed = [torch.randn(4, 8), torch.randn(4, 16)[:, :8]]  # two positions with different row strides
+    with pytest.raises(native.NativeUnsupported, match="row stride"):
+        native.score_run(queries, 1, mixed, None, out)
+    with pytest.raises(native.NativeUnsupported, match="dtype"):
+        native.score_run(queries, 1, [torch.randn(4, 8, dtype=torch.float64)], None, out)
+    with pytest.raises(native.NativeUnsupported, match="scales"):
+        native.score_run(queries, 1, [torch.zeros(4, 8, dtype=torch.int8)], None, out)
+
+
+def test_score_sources_falls_back_to_blas_for_unsupported_layouts() -> None:
+    generator = torch.Generator().manual_seed(3)
+    queries = torch.randn(2, 2, 8, generator=generator)
+    first, second = torch.randn(5, 8, generator=generator), torch.randn(5, 16, generator=generator)[:, :8]
+    out = score_sources(query_matrix(queries, 2), 2, [CandidateSource([first, second])])
+    np.testing.assert_allclose(out.numpy(), reference(queries, torch.stack([first, second]), 2), rtol=1e-5, atol=1e-5)
+
+
+def test_switched_off_by_environment(monkeypatch) -> None:
+    monkeypatch.setenv("METAEMBED_NATIVE", "0")
+    assert not native.available()
+    with pytest.raises(native.NativeUnsupported, match="not available"):
+        native.score_run(query_matrix(torch.randn(1, 1, 8), 1), 1, [torch.randn(2, 8)], None, torch.empty(1, 2))
