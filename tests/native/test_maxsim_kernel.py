@@ -9,7 +9,7 @@ import torch
 from metaembed import native
 from metaembed.scoring import CandidateSource, query_matrix, score_sources
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
+needs_kernel = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
 
 
 def reference(queries: torch.Tensor, stored: torch.Tensor, r_q: int) -> np.ndarray:
@@ -32,6 +32,7 @@ SHAPES = [(1, 1, 1, 1, 3), (3, 5, 7, 3, 13), (2, 4, 50, 8, 128), (5, 3, 97, 5, 2
           (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520)]
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_the_reference_for_every_tiling_edge(shape, dtype: torch.dtype) -> None:
@@ -43,6 +44,7 @@ def test_matches_the_reference_for_every_tiling_edge(shape, dtype: torch.dtype) 
     np.testing.assert_allclose(got.numpy(), reference(queries, stored.float(), r_q), rtol=1e-4, atol=1e-4 * dim**0.5)
 
 
+@needs_kernel
 @pytest.mark.parametrize("groups", [1, 2, 8])
 def test_int8_codes_are_scaled_per_group(groups: int) -> None:
     generator = torch.Generator().manual_seed(groups)
@@ -54,6 +56,7 @@ def test_int8_codes_are_scaled_per_group(groups: int) -> None:
     np.testing.assert_allclose(got.numpy(), reference(queries, values, 2), rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel
 def test_strided_candidate_major_views_and_output_columns() -> None:
     generator = torch.Generator().manual_seed(7)
     candidates = torch.randn(31, 6, 40, generator=generator).half()  # (C, R_c, D): rows 6*40 apart
@@ -64,12 +67,14 @@ def test_strided_candidate_major_views_and_output_columns() -> None:
     assert torch.all(got[:, 31:] == -9.0)  # nothing written past its own columns
 
 
+@needs_kernel
 def test_all_negative_similarities_keep_their_maximum() -> None:
     queries = torch.tensor([[[1.0, 0.0]]])
     stored = torch.tensor([[[-1.0, 0.0]], [[-0.25, 0.0]]])  # (r_c=2, C=1, D=2)
     assert run(queries, 1, list(stored)).item() == pytest.approx(-0.25)
 
 
+@needs_kernel
 def test_layouts_outside_the_kernel_raise_unsupported() -> None:
     queries = query_matrix(torch.randn(1, 1, 8), 1)
     out = torch.empty(1, 4)
@@ -82,6 +87,7 @@ def test_layouts_outside_the_kernel_raise_unsupported() -> None:
         native.score_run(queries, 1, [torch.zeros(4, 8, dtype=torch.int8)], None, out)
 
 
+@needs_kernel
 def test_score_sources_falls_back_to_blas_for_unsupported_layouts() -> None:
     generator = torch.Generator().manual_seed(3)
     queries = torch.randn(2, 2, 8, generator=generator)
@@ -95,3 +101,30 @@ def test_switched_off_by_environment(monkeypatch) -> None:
     assert not native.available()
     with pytest.raises(native.NativeUnsupported, match="not available"):
         native.score_run(query_matrix(torch.randn(1, 1, 8), 1), 1, [torch.randn(2, 8)], None, torch.empty(1, 2))
+
+
+def test_a_missing_extension_leaves_scoring_on_the_blas_path(monkeypatch) -> None:
+    monkeypatch.setattr(native, "_maxsim", None)  # what an install without a C compiler looks like
+    assert not native.available()
+    generator = torch.Generator().manual_seed(4)
+    queries, stored = torch.randn(2, 3, 16, generator=generator), torch.randn(4, 9, 16, generator=generator)
+    out = score_sources(query_matrix(queries, 3), 3, [CandidateSource(list(stored))])
+    np.testing.assert_allclose(out.numpy(), reference(queries, stored, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_is_built_wherever_it_can_run(monkeypatch) -> None:
+    # The extension is optional so that installs without a compiler succeed; on a machine that
+    # has one and an AVX2 CPU, a missing kernel means a broken build, which must not pass silently.
+    import platform
+    import shutil
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    if platform.machine() != "x86_64" or not shutil.which("cc") or not all(
+        f" {flag}" in flags for flag in ("avx2", "fma", "f16c")
+    ):
+        pytest.skip("no C compiler or no AVX2/FMA/F16C CPU here: the BLAS path is expected")
+    monkeypatch.delenv("METAEMBED_NATIVE", raising=False)
+    assert native._maxsim is not None, "metaembed/native/maxsim.c was not compiled by the install"
+    assert native.available()
