@@ -209,10 +209,13 @@ def _score_query_group(
     num_candidates = sum(source.size for source in sources)
     query_t = query_rows.t()  # (D, Q*r_q): a transposed view; BLAS reads it as transB
     workers = pool_size()
-    # Several chunks per worker so a worker slowed by other load gets fewer of them.
-    chunk = min(chunk_size(dim, rows), max(_MIN_CHUNK, -(-num_candidates // (4 * workers))))
-    tasks = [(source, start) for source in sources for start in range(0, source.size, chunk)]
     use_native = native.available()
+    # Several chunks per worker so a worker slowed by other load gets fewer of them. The BLAS
+    # path's scratch grows with the chunk; the fused kernel's does not, so only it may take more.
+    chunk = max(_MIN_CHUNK, -(-num_candidates // (4 * workers)))
+    if not use_native:
+        chunk = min(chunk_size(dim, rows), chunk)
+    tasks = [(source, start) for source in sources for start in range(0, source.size, chunk)]
 
     def score_chunk(task: tuple[CandidateSource, int]) -> None:
         source, start = task

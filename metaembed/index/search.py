@@ -16,13 +16,14 @@ whole group against it in one pass of the kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
-from metaembed.index.quantize import decode
+from metaembed.index.quantize import as_torch
 from metaembed.index.segments import Segment
-from metaembed.scoring import CandidateSource, query_matrix, score_dense, score_sources
+from metaembed.scoring import CandidateSource, query_matrix, score_sources
 
 # fp32 bytes of the (Q, block) score buffer of one step of exact search: a step scores
 # 64 MiB / (4 Q) rows, at least _BLOCK_ROWS (65,536 rows x 256 queries = 64 MiB). Fewer queries
@@ -32,7 +33,7 @@ _BLOCK_ROWS = 65536
 # Queries re-ranked together in coarse-to-fine: their shortlists' union is
 # gathered once and scored as one GEMM batch.
 _RERANK_GROUP = 8
-# fp32 bytes of candidates decoded at once while re-ranking (bounds memory at large D).
+# Bounds the candidates gathered at once while re-ranking (as if fp32; bounds memory at large D).
 _RERANK_BYTES = 32 << 20
 
 
@@ -54,8 +55,9 @@ class SegmentView:
     def rows(self) -> int:
         return self.segment.rows
 
-    @property
+    @cached_property
     def all_alive(self) -> bool:
+        """No deleted rows (views are copy-on-write, so this is computed once per view)."""
         return bool(self.alive.all())
 
 
@@ -101,11 +103,12 @@ def exact_topk(
             for view, base, start, stop in block
         ]
         scores = score_sources(rows, r_q, sources)
-        alive = torch.cat([view.alive[start:stop] for view, _, start, stop in block])
-        if not alive.all():
-            scores[:, ~alive] = -torch.inf
+        for view, base, start, stop in block:
+            if not view.all_alive:
+                column = base + start - first
+                scores[:, column : column + stop - start][:, ~view.alive[start:stop]] = -torch.inf
         top, where = scores.topk(min(k, scores.shape[1]), dim=1)
-        best = _merge_topk(best, top, where + first, k)
+        best = (top, where + first) if best[0].shape[1] == 0 else _merge_topk(best, top, where + first, k)
     scores, refs = best
     refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)
     return scores, refs
@@ -127,11 +130,12 @@ def _blocks(views: tuple[SegmentView, ...], block_rows: int) -> list[list[tuple[
     return blocks
 
 
-def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> torch.Tensor:
-    """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid) as fp32 ``(r_c, n, D)``.
+def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> CandidateSource:
+    """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid), ready to score.
 
-    Position-major like the segments; reads only those rows from the memory maps
-    and decodes the storage precision in one pass.
+    Reads only those rows from the memory maps and keeps them in their storage
+    precision (with their int8 scales): the kernel upcasts them block by block,
+    so no fp32 copy of the shortlist is made. Position-major like the segments.
     """
     offsets = bases(views)
     owner = np.searchsorted(offsets, refs, side="right") - 1
@@ -140,8 +144,9 @@ def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> torch.
         part_codes, part_scales = views[index].segment.gather(refs[owner == index] - offsets[index], r_c)
         codes.append(part_codes)
         scales.append(part_scales)
-    stacked_scales = None if scales[0] is None else np.concatenate(scales, axis=1)
-    return decode(np.concatenate(codes, axis=1), stacked_scales, views[0].segment.fmt)
+    positions = as_torch(np.concatenate(codes, axis=1), views[0].segment.fmt)  # (r_c, n, D)
+    position_scales = None if scales[0] is None else list(torch.from_numpy(np.concatenate(scales, axis=1)))
+    return CandidateSource(list(positions), position_scales)
 
 
 def rerank(
@@ -161,7 +166,7 @@ def rerank(
     k_out = min(k, width)
     out_scores = torch.full((num_queries, k_out), -torch.inf)
     out_refs = torch.full((num_queries, k_out), -1, dtype=torch.long)
-    piece = max(1, _RERANK_BYTES // (4 * r_c * dim))  # candidates decoded to fp32 at a time
+    piece = max(1, _RERANK_BYTES // (4 * r_c * dim))  # candidates gathered at a time
     for start in range(0, num_queries, _RERANK_GROUP):
         stop = min(num_queries, start + _RERANK_GROUP)
         union = np.unique(shortlist[start:stop][shortlist[start:stop] >= 0].numpy())
@@ -177,7 +182,7 @@ def rerank(
                 continue
             rows = query_matrix(queries[first:last], r_q)
             scores = torch.cat([
-                score_dense(rows, r_q, gather(views, candidates[i : i + piece], r_c))
+                score_sources(rows, r_q, [gather(views, candidates[i : i + piece], r_c)])
                 for i in range(0, candidates.size, piece)
             ], dim=1)  # (G, |candidates|)
             group = shortlist[first:last].numpy()
