@@ -24,6 +24,7 @@ import torch
 from metaembed.index.quantize import as_torch
 from metaembed.index.segments import Segment
 from metaembed.scoring import CandidateSource, query_matrix, score_sources
+from metaembed.workers import pool_size, run_parallel
 
 # fp32 bytes of the (Q, block) score buffer of one step of exact search: a step scores
 # 64 MiB / (4 Q) rows, at least _BLOCK_ROWS (65,536 rows x 256 queries = 64 MiB). Fewer queries
@@ -77,6 +78,27 @@ def _merge_topk(
     return top, all_refs.gather(1, where)
 
 
+def _topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.topk(k, dim=1)`` with the rows split over the kernel's worker threads.
+
+    Why not torch's own threads: after an OpenMP parallel region its threads spin-wait for
+    the next one, and on a 2-core machine they then take the cores from the kernel workers
+    of the next search (exact (1,1) on 100k rows measured 6-7.5 ms instead of 4 ms).
+    """
+    workers = min(pool_size(), scores.shape[0])
+    if workers <= 1:
+        return scores.topk(k, dim=1)
+    top = torch.empty(scores.shape[0], k)
+    where = torch.empty(scores.shape[0], k, dtype=torch.long)
+    step = -(-scores.shape[0] // workers)
+
+    def select(start: int) -> None:
+        torch.topk(scores[start : start + step], k, dim=1, out=(top[start : start + step], where[start : start + step]))
+
+    run_parallel(select, range(0, scores.shape[0], step), workers)
+    return top, where
+
+
 def exact_topk(
     views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, r_c: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +129,7 @@ def exact_topk(
             if not view.all_alive:
                 column = base + start - first
                 scores[:, column : column + stop - start][:, ~view.alive[start:stop]] = -torch.inf
-        top, where = scores.topk(min(k, scores.shape[1]), dim=1)
+        top, where = _topk_rows(scores, min(k, scores.shape[1]))
         best = (top, where + first) if best[0].shape[1] == 0 else _merge_topk(best, top, where + first, k)
     scores, refs = best
     refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)

@@ -243,14 +243,17 @@ TARGET static int run_job(const Job *job) {
                 }
             }
         }
-        /* Sum each query's r_q maxima: out[q, c0 + i] = sum_t best[i, q * r_q + t]. */
-        for (int64_t i = 0; i < n; i++) {
-            const float *row = best + i * padded;
-            for (int64_t q = 0; q < num_queries; q++) {
+        /* Sum each query's r_q maxima: out[q, c0 + i] = sum_t best[i, q * r_q + t]. Query-major,
+         * so each output row is written contiguously (candidate-major stores would touch one
+         * cache line per query per candidate: a third of the time at budget (1,1)). */
+        for (int64_t q = 0; q < num_queries; q++) {
+            float *target = job->out + q * job->out_stride + c0;
+            const float *column = best + q * job->r_q;
+            for (int64_t i = 0; i < n; i++) {
                 float total = 0.0f;
                 for (int64_t t = 0; t < job->r_q; t++)
-                    total += row[q * job->r_q + t];
-                job->out[q * job->out_stride + c0 + i] = total;
+                    total += column[i * padded + t];
+                target[i] = total;
             }
         }
     }
