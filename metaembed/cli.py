@@ -392,7 +392,7 @@ def quickstart(
 
     The data: every character that matplotlib's DejaVu Sans font draws, rendered as an image and
     paired with its Unicode name (--page-grid 2 draws four characters on every image instead).
-    10% of the characters are held out; their names are the test queries, each searched for the
+    20% of the characters are held out; their names are the test queries, each searched for the
     image that shows it. Prints Recall@1 / nDCG@5 and query latency per budget, how far the largest
     budget's gain over the smallest exceeds its noise, and writes a PNG plot.
 
