@@ -85,7 +85,7 @@ def markdown_report(report: dict) -> str:
     lines = [
         "# Budgeted MaxSim search: metaembed vs peers",
         "",
-        f"{machine['threads']} threads, torch {machine['torch']}; our kernel: "
+        f"{machine.get('cpu', 'CPU not recorded')}; {machine['threads']} threads, torch {machine['torch']}; our kernel: "
         f"{machine.get('our_kernel', 'BLAS (torch.mm + max)')}; measured fp32 GEMM peak "
         f"{machine['gemm_peak_gflops']:.0f} GFLOP/s (best of "
         f"{', '.join(f'{p:.0f}' for p in machine['gemm_peak_gflops_measurements'])}; 2048^3 `torch.mm`, "

@@ -263,6 +263,19 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def cpu_description() -> str:
+    """CPU model, family and vector extensions, from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{fields.get('model name', '?')}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector}"
+
+
 def write_report(rows: list[dict], peaks: list[float], args: argparse.Namespace) -> dict:
     """Write scoring.json and scoring.md for ``rows``, every % of peak against the best measured peak."""
     peak = max(peaks)
@@ -271,7 +284,8 @@ def write_report(rows: list[dict], peaks: list[float], args: argparse.Namespace)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "our_kernel": "fused C (AVX2+FMA)" if native.available() else "BLAS (torch.mm + max)",
+                    "cpu": cpu_description(),
+                    "our_kernel": f"fused C ({native.isa()})" if native.available() else "BLAS (torch.mm + max)",
                     "gemm_peak_gflops": peak, "gemm_peak_gflops_measurements": peaks,
                     "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
         "setup": {"num_queries": NUM_QUERIES, "query_vectors": QUERY_VECTORS, "candidate_vectors": 64, "k": K,

@@ -1,5 +1,7 @@
 """Compiled kernels: the fused budgeted MaxSim of :mod:`metaembed.native.maxsim` (C, AVX2 + FMA + F16C).
 
+The kernel picks the widest vector instructions this CPU has (AVX-512 where
+present, else AVX2); ``METAEMBED_NATIVE_ISA=avx2`` keeps it on AVX2.
 The extension is built by ``pip install`` when a C compiler is present and is
 optional: where it is missing, cannot run on this CPU, or is switched off with
 ``METAEMBED_NATIVE=0``, :func:`available` is false and :mod:`metaembed.scoring`
@@ -33,6 +35,25 @@ def available() -> bool:
     if os.environ.get("METAEMBED_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
         return False
     return _maxsim is not None and bool(_maxsim.available())
+
+
+_ISA_CODES = {"auto": 0, "avx2": 1, "avx512": 2}
+
+
+def isa() -> str | None:
+    """The instruction set the kernel runs with here: ``"avx512"``, ``"avx2"``, or ``None`` when unavailable.
+
+    ``METAEMBED_NATIVE_ISA`` (``avx2``, ``avx512`` or ``auto``) overrides the automatic choice.
+    """
+    if not available():
+        return None
+    wanted = os.environ.get("METAEMBED_NATIVE_ISA", "auto").strip().lower()
+    if wanted not in _ISA_CODES:
+        raise ValueError(f"METAEMBED_NATIVE_ISA must be one of {sorted(_ISA_CODES)}, got {wanted!r}")
+    has_avx512 = bool(_maxsim.has_avx512())
+    if wanted == "avx512" and not has_avx512:
+        raise NativeUnsupported("METAEMBED_NATIVE_ISA=avx512 but this CPU has no AVX-512")
+    return "avx2" if wanted == "avx2" or not has_avx512 else "avx512"
 
 
 def _pointers(tensors: Sequence[torch.Tensor]) -> bytes:
@@ -92,8 +113,8 @@ def score_run(
         query_rows.data_ptr(), rows, r_q, dim,
         _pointers(positions), row_stride, _DTYPE_CODES[dtype],
         scale_pointers, scale_stride, groups,
-        count, out.data_ptr(), out.stride(0),
+        count, out.data_ptr(), out.stride(0), _ISA_CODES[isa() or "avx2"],
     )  # fmt: skip
 
 
-__all__ = ["available", "score_run", "NativeUnsupported"]
+__all__ = ["available", "isa", "score_run", "NativeUnsupported"]

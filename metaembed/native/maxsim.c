@@ -35,8 +35,6 @@
 
 enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2, DTYPE_I8 = 3 };
 
-#define MR 6       /* candidate rows per micro tile */
-#define NR 16      /* query vectors per full panel */
 #ifndef KC
 #define KC 256     /* values of D per K block: a 256 x 16 query panel is 16 KiB, half of L1 */
 #endif
@@ -117,65 +115,65 @@ TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, 
     }
 }
 
-/*
- * One micro tile: `mr` candidate rows (a, row stride lda) times a packed query panel
- * (kc x width, k-major) over kc values of D. `partial` holds the running sums of earlier
- * K blocks (mr x width, read unless `fresh`); when `last`, the sums are folded into
- * `best` (max, or plain store when `first_position`), otherwise written to `partial`.
- * `mr` and `width` are compile-time constants at every call site, so each variant
- * keeps its accumulators in registers.
- */
-TARGET static inline __attribute__((always_inline)) void micro_tile(
-    const int mr, const int width, const float *a, int64_t lda, const float *panel, int64_t kc,
-    float *partial, float *best, int64_t ld, int fresh, int last, int first_position) {
-    __m256 acc[MR][2];
-    const int halves = width / 8;
-    for (int r = 0; r < mr; r++)
-        for (int h = 0; h < halves; h++)
-            acc[r][h] = fresh ? _mm256_setzero_ps() : _mm256_loadu_ps(partial + r * ld + h * 8);
-    for (int64_t k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_load_ps(panel + k * width);
-        const __m256 b1 = halves > 1 ? _mm256_load_ps(panel + k * width + 8) : b0;
-        for (int r = 0; r < mr; r++) {
-            const __m256 value = _mm256_broadcast_ss(a + r * lda + k);
-            acc[r][0] = _mm256_fmadd_ps(value, b0, acc[r][0]);
-            if (halves > 1)
-                acc[r][1] = _mm256_fmadd_ps(value, b1, acc[r][1]);
-        }
-    }
-    for (int r = 0; r < mr; r++)
-        for (int h = 0; h < halves; h++) {
-            if (!last) {
-                _mm256_storeu_ps(partial + r * ld + h * 8, acc[r][h]);
-            } else if (first_position) {
-                _mm256_storeu_ps(best + r * ld + h * 8, acc[r][h]);
-            } else {
-                float *slot = best + r * ld + h * 8;
-                _mm256_storeu_ps(slot, _mm256_max_ps(_mm256_loadu_ps(slot), acc[r][h]));
-            }
-        }
-}
+#define TILE_TARGET TARGET
+#define TILE_SUFFIX avx2
+#define TILE_VEC __m256
+#define TILE_LANES 8
+#define TILE_MR 6
+#define TILE_ZERO _mm256_setzero_ps
+#define TILE_LOAD _mm256_load_ps
+#define TILE_LOADU _mm256_loadu_ps
+#define TILE_STOREU _mm256_storeu_ps
+#define TILE_BROADCAST _mm256_broadcast_ss
+#define TILE_FMA _mm256_fmadd_ps
+#define TILE_MAX _mm256_max_ps
+#include "maxsim_tile.h"
+#undef TILE_TARGET
+#undef TILE_SUFFIX
+#undef TILE_VEC
+#undef TILE_LANES
+#undef TILE_MR
+#undef TILE_ZERO
+#undef TILE_LOAD
+#undef TILE_LOADU
+#undef TILE_STOREU
+#undef TILE_BROADCAST
+#undef TILE_FMA
+#undef TILE_MAX
 
-#define TILE_CASE(M, W)                                                                          \
-    case M:                                                                                      \
-        micro_tile(M, W, a, lda, panel, kc, partial, best, ld, fresh, last, first_position);   \
-        break;
+/* AVX-512: 16 lanes, 8 candidate rows x 32 query vectors = 16 of the 32 zmm registers. */
+#define TARGET512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define TILE_TARGET TARGET512
+#define TILE_SUFFIX avx512
+#define TILE_VEC __m512
+#define TILE_LANES 16
+#define TILE_MR 8
+#define TILE_ZERO _mm512_setzero_ps
+#define TILE_LOAD _mm512_load_ps
+#define TILE_LOADU _mm512_loadu_ps
+#define TILE_STOREU _mm512_storeu_ps
+#define TILE_BROADCAST(p) _mm512_set1_ps(*(p))
+#define TILE_FMA _mm512_fmadd_ps
+#define TILE_MAX _mm512_max_ps
+#include "maxsim_tile.h"
 
-TARGET static void tile16(int mr, const float *a, int64_t lda, const float *panel, int64_t kc, float *partial,
-                          float *best, int64_t ld, int fresh, int last, int first_position) {
-    switch (mr) { TILE_CASE(1, 16) TILE_CASE(2, 16) TILE_CASE(3, 16) TILE_CASE(4, 16) TILE_CASE(5, 16) TILE_CASE(6, 16) }
-}
+typedef void (*TileFn)(int, const float *, int64_t, const float *, int64_t, float *, float *, int64_t, int, int, int);
 
-TARGET static void tile8(int mr, const float *a, int64_t lda, const float *panel, int64_t kc, float *partial,
-                         float *best, int64_t ld, int fresh, int last, int first_position) {
-    switch (mr) { TILE_CASE(1, 8) TILE_CASE(2, 8) TILE_CASE(3, 8) TILE_CASE(4, 8) TILE_CASE(5, 8) TILE_CASE(6, 8) }
-}
+/* What differs between the two instruction sets: vector lanes, rows per tile, the tile functions. */
+typedef struct Isa {
+    int64_t lanes, mr;
+    TileFn wide, narrow;
+} Isa;
 
-/* Pack query rows (rows, dim) into panels of 16 (and one of 8) query vectors, k-major, zero padded. */
-static void pack_queries(const Job *job, int64_t padded, float *packed) {
+static const Isa ISA_AVX2 = {8, 6, tile_wide_avx2, tile_narrow_avx2};
+static const Isa ISA_AVX512 = {16, 8, tile_wide_avx512, tile_narrow_avx512};
+
+/* Pack query rows (rows, dim) into panels of two vectors of query rows (and a last one of one vector),
+ * k-major, zero padded. */
+static void pack_queries(const Job *job, const Isa *isa, int64_t padded, float *packed) {
     const int64_t dim = job->dim;
     for (int64_t p0 = 0; p0 < padded;) {
-        const int64_t width = padded - p0 >= NR ? NR : 8;
+        const int64_t width = padded - p0 >= 2 * isa->lanes ? 2 * isa->lanes : isa->lanes;
         float *panel = packed + p0 * dim;
         for (int64_t k = 0; k < dim; k++)
             for (int64_t c = 0; c < width; c++) {
@@ -192,13 +190,13 @@ static float *scratch(int64_t values) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-TARGET static int run_job(const Job *job) {
-    const int64_t dim = job->dim, rows = job->rows;
-    const int64_t padded = (rows + 7) / 8 * 8;
+TARGET static int run_job(const Job *job, const Isa *isa) {
+    const int64_t dim = job->dim, rows = job->rows, mr_full = isa->mr;
+    const int64_t padded = (rows + isa->lanes - 1) / isa->lanes * isa->lanes;
     const int64_t num_queries = rows / job->r_q;
     float *packed = scratch(padded * dim);
-    int64_t cb = BLOCK_BYTES / (dim * (int64_t)sizeof(float)) / MR * MR;
-    cb = cb < MR ? MR : cb > CB_MAX ? CB_MAX : cb;
+    int64_t cb = BLOCK_BYTES / (dim * (int64_t)sizeof(float)) / mr_full * mr_full;
+    cb = cb < mr_full ? mr_full : cb > CB_MAX ? CB_MAX : cb;
     float *upcast = scratch(cb * dim);
     float *partial = scratch(cb * padded);
     float *best = scratch(cb * padded);
@@ -206,7 +204,7 @@ TARGET static int run_job(const Job *job) {
         free(packed); free(upcast); free(partial); free(best);
         return -1;
     }
-    pack_queries(job, padded, packed);
+    pack_queries(job, isa, padded, packed);
     const int direct = job->dtype == DTYPE_F32; /* fp32 rows are read in place, no copy */
     for (int64_t c0 = 0; c0 < job->count; c0 += cb) {
         const int64_t n = job->count - c0 < cb ? job->count - c0 : cb;
@@ -226,18 +224,16 @@ TARGET static int run_job(const Job *job) {
                 const int fresh = k0 == 0, last = k0 + kc == dim;
                 /* Tile-outer, panel-inner: a tile's six candidate rows stay in L1 while the packed
                  * query panels stream past them in order (what the hardware prefetcher reads best). */
-                for (int64_t m0 = 0; m0 < n; m0 += MR) {
-                    const int mr = (int)(n - m0 < MR ? n - m0 : MR);
+                for (int64_t m0 = 0; m0 < n; m0 += mr_full) {
+                    const int mr = (int)(n - m0 < mr_full ? n - m0 : mr_full);
                     const float *tile_a = a + m0 * lda + k0;
                     for (int64_t p0 = 0; p0 < padded;) {
-                        const int64_t width = padded - p0 >= NR ? NR : 8;
+                        const int64_t width = padded - p0 >= 2 * isa->lanes ? 2 * isa->lanes : isa->lanes;
                         const float *panel = packed + p0 * dim + k0 * width;
                         float *tile_partial = partial + m0 * padded + p0;
                         float *tile_best = best + m0 * padded + p0;
-                        if (width == NR)
-                            tile16(mr, tile_a, lda, panel, kc, tile_partial, tile_best, padded, fresh, last, j == 0);
-                        else
-                            tile8(mr, tile_a, lda, panel, kc, tile_partial, tile_best, padded, fresh, last, j == 0);
+                        (width == isa->lanes ? isa->narrow : isa->wide)(mr, tile_a, lda, panel, kc, tile_partial,
+                                                                         tile_best, padded, fresh, last, j == 0);
                         p0 += width;
                     }
                 }
@@ -266,10 +262,27 @@ static int cpu_ok(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return cpu_ok() && __builtin_cpu_supports("avx512f");
+}
+
+/* ISA wanted: 0 = the widest this CPU has, 1 = AVX2, 2 = AVX-512 (NULL if this CPU lacks it). */
+static const Isa *pick_isa(int wanted) {
+    if (wanted == 1)
+        return &ISA_AVX2;
+    if (wanted == 2 || wanted == 0)
+        return cpu_has_avx512() ? &ISA_AVX512 : wanted == 0 ? &ISA_AVX2 : NULL;
+    return NULL;
+}
+
 #else /* not x86-64 */
 
-static int run_job(const Job *job) { (void)job; return -2; }
+typedef struct Isa Isa;
+static int run_job(const Job *job, const Isa *isa) { (void)job; (void)isa; return -2; }
 static int cpu_ok(void) { return 0; }
+static int cpu_has_avx512(void) { return 0; }
+static const Isa *pick_isa(int wanted) { (void)wanted; return NULL; }
 
 #endif
 
@@ -278,9 +291,14 @@ static PyObject *py_available(PyObject *self, PyObject *args) {
     return PyBool_FromLong(cpu_ok());
 }
 
+static PyObject *py_has_avx512(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    return PyBool_FromLong(cpu_has_avx512());
+}
+
 /*
  * score(queries, rows, r_q, dim, positions, row_stride, dtype, scales, scale_stride, groups,
- *       count, out, out_stride)
+ *       count, out, out_stride, isa)
  * Pointers are integers (tensor.data_ptr()); `positions` and `scales` are bytes holding r_c
  * native uint64 pointers (scales may be empty unless dtype is int8). The GIL is released
  * while the kernel runs. The caller validates shapes; this only guards against values that
@@ -290,15 +308,16 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long queries, out;
     long long rows, r_q, dim, row_stride, scale_stride, groups, count, out_stride;
-    int dtype;
+    int dtype, wanted = 0;
     Py_buffer positions, scales;
-    if (!PyArg_ParseTuple(args, "KLLLy*Liy*LLLKL", &queries, &rows, &r_q, &dim, &positions, &row_stride,
-                          &dtype, &scales, &scale_stride, &groups, &count, &out, &out_stride))
+    if (!PyArg_ParseTuple(args, "KLLLy*Liy*LLLKL|i", &queries, &rows, &r_q, &dim, &positions, &row_stride,
+                          &dtype, &scales, &scale_stride, &groups, &count, &out, &out_stride, &wanted))
         return NULL;
     PyObject *result = NULL;
     const int64_t r_c = (int64_t)(positions.len / (Py_ssize_t)sizeof(void *));
-    if (!cpu_ok()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C; use the BLAS path");
+    const Isa *isa = cpu_ok() ? pick_isa(wanted) : NULL;
+    if (!isa) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the instructions asked for; use the BLAS path");
     } else if (rows <= 0 || r_q <= 0 || rows % r_q != 0 || dim <= 0 || r_c <= 0 || count < 0 ||
                dtype < DTYPE_F32 || dtype > DTYPE_I8 || out_stride < count ||
                (dtype == DTYPE_I8 && (groups <= 0 || dim % groups != 0 ||
@@ -310,7 +329,7 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
                    (float *)(uintptr_t)out, out_stride};
         int status;
         Py_BEGIN_ALLOW_THREADS
-        status = run_job(&job);
+        status = run_job(&job, isa);
         Py_END_ALLOW_THREADS
         if (status == 0) {
             Py_INCREF(Py_None);
@@ -326,6 +345,7 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "True when this CPU can run the fused kernel (AVX2, FMA, F16C)."},
+    {"has_avx512", py_has_avx512, METH_NOARGS, "True when this CPU also runs the AVX-512 variant."},
     {"score", py_score, METH_VARARGS, "Fused budgeted MaxSim over one run of candidates (see maxsim.c)."},
     {NULL, NULL, 0, NULL}};
 

@@ -12,6 +12,15 @@ from metaembed.scoring import CandidateSource, query_matrix, score_sources
 needs_kernel = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
 
 
+@pytest.fixture(autouse=True, params=["avx2", "avx512"])
+def instruction_set(request, monkeypatch) -> str:
+    """Every test runs on both vector widths of the kernel, where this CPU has them."""
+    if request.param == "avx512" and not (native._maxsim is not None and native._maxsim.has_avx512()):
+        pytest.skip("this CPU has no AVX-512")
+    monkeypatch.setenv("METAEMBED_NATIVE_ISA", request.param)
+    return request.param
+
+
 def reference(queries: torch.Tensor, stored: torch.Tensor, r_q: int) -> np.ndarray:
     """float64 MaxSim of queries (Q, R_q, D) against position-major candidates (r_c, C, D)."""
     similarity = torch.einsum("qid,jcd->qcij", queries[:, :r_q].double(), stored.double())
@@ -25,11 +34,11 @@ def run(queries: torch.Tensor, r_q: int, positions, scales=None, width: int | No
     return out
 
 
-# (queries, r_q, candidates, r_c, D): query rows below, at and between the 8/16-wide panels; candidate
-# counts that leave partial 6-row tiles and 48-row blocks; D below 8, not a multiple of 8, and above
-# the 512-value K block with a remainder.
+# (queries, r_q, candidates, r_c, D): query rows below, at and between the 8/16/32-wide panels;
+# candidate counts that leave partial 6- or 8-row tiles and partial blocks; D below 8, not a multiple
+# of 8, and above the 256-value K block with a remainder.
 SHAPES = [(1, 1, 1, 1, 3), (3, 5, 7, 3, 13), (2, 4, 50, 8, 128), (5, 3, 97, 5, 200), (16, 16, 49, 64, 64),
-          (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520)]
+          (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520), (3, 8, 61, 2, 300)]
 
 
 @needs_kernel
@@ -128,3 +137,11 @@ def test_the_kernel_is_built_wherever_it_can_run(monkeypatch) -> None:
     monkeypatch.delenv("METAEMBED_NATIVE", raising=False)
     assert native._maxsim is not None, "metaembed/native/maxsim.c was not compiled by the install"
     assert native.available()
+
+
+@needs_kernel
+def test_the_instruction_set_is_reported_and_can_be_pinned(monkeypatch, instruction_set: str) -> None:
+    assert native.isa() == instruction_set
+    monkeypatch.setenv("METAEMBED_NATIVE_ISA", "sse")
+    with pytest.raises(ValueError, match="METAEMBED_NATIVE_ISA"):
+        native.isa()
