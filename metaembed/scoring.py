@@ -18,12 +18,12 @@ reference machine) and fp16/bf16 GEMM is a very slow fallback:
   :data:`INT8_GROUP` values) is upcast to fp32 one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
   loses nothing beyond its own rounding.
 * Where the compiled kernel of :mod:`metaembed.native` is built (x86-64 with
-  AVX2 + FMA + F16C), each chunk is scored by it instead: the same position-major
-  walk, but the max over positions and the sum over query vectors are fused into
-  the register tiles of the product, so nothing is re-packed or written back per
-  position (about 1.5x the BLAS path's speed at the ladder's budgets). The BLAS
-  path below remains for every other CPU and layout, and ``METAEMBED_NATIVE=0``
-  selects it.
+  AVX2 + FMA + F16C; AVX-512 used where present), each chunk is scored by it
+  instead: the same position-major walk, but the max over positions and the sum
+  over query vectors are fused into the register tiles of the product, so nothing
+  is re-packed or written back per position (with AVX2 about 1.5x the BLAS path's
+  speed at the ladder's budgets). The BLAS path below remains for every other CPU
+  and layout, and ``METAEMBED_NATIVE=0`` selects it.
 * Chunks are spread over dedicated worker threads (:mod:`metaembed.workers`),
   one per torch intra-op thread, each running torch single-threaded: no
   OpenMP barrier per op, so the kernel stays fast on a loaded machine.

@@ -1,5 +1,5 @@
 /*
- * Fused budgeted MaxSim for x86-64 CPUs with AVX2 + FMA + F16C.
+ * Fused budgeted MaxSim for x86-64 CPUs with AVX2 + FMA + F16C, and AVX-512 where present.
  *
  * Why a hand-written kernel: scoring a query batch against candidates position by
  * position with a BLAS GEMM and a separate max pass leaves a third to a half of the
@@ -11,9 +11,9 @@
  * group scales) is upcast to fp32 one small block at a time right before use.
  *
  * Layout: for a block of candidates and each position j < r_c, the j-th vectors are
- * upcast into an fp32 buffer (rows of D values). The micro-kernel multiplies MR = 6
- * candidate rows (broadcast one value at a time) by NR = 16 (or 8) query vectors
- * packed k-major, keeping 12 (or 6) AVX2 accumulators; D is split into blocks of KC
+ * upcast into an fp32 buffer (rows of D values). The micro-kernel (maxsim_tile.h) multiplies
+ * 6 candidate rows (broadcast one value at a time) by 16 query vectors packed k-major, keeping
+ * 12 AVX2 accumulators; with AVX-512 it is 8 rows by 32 query vectors in 16 accumulators; D is split into blocks of KC
  * values whose partial sums stay in a small L1-resident tile. After the last K block
  * the tile is folded into the running maximum over positions. Once all positions are
  * done, each query's r_q maxima are summed into the output.
