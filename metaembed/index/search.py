@@ -152,23 +152,24 @@ def _blocks(views: tuple[SegmentView, ...], block_rows: int) -> list[list[tuple[
     return blocks
 
 
-def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> CandidateSource:
+def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> list[CandidateSource]:
     """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid), ready to score.
 
     Reads only those rows from the memory maps and keeps them in their storage
     precision (with their int8 scales): the kernel upcasts them block by block,
-    so no fp32 copy of the shortlist is made. Position-major like the segments.
+    so no fp32 copy of the shortlist is made. One source per segment, each at the
+    columns its refs hold in ``refs``, so the parts are never concatenated.
     """
     offsets = bases(views)
     owner = np.searchsorted(offsets, refs, side="right") - 1
-    codes, scales = [], []
+    sources = []
     for index in np.unique(owner):
-        part_codes, part_scales = views[index].segment.gather(refs[owner == index] - offsets[index], r_c)
-        codes.append(part_codes)
-        scales.append(part_scales)
-    positions = as_torch(np.concatenate(codes, axis=1), views[0].segment.fmt)  # (r_c, n, D)
-    position_scales = None if scales[0] is None else list(torch.from_numpy(np.concatenate(scales, axis=1)))
-    return CandidateSource(list(positions), position_scales)
+        mine = np.flatnonzero(owner == index)  # contiguous: refs are sorted
+        codes, scales = views[index].segment.gather(refs[mine] - offsets[index], r_c)
+        positions = as_torch(codes, views[index].segment.fmt)  # (r_c, n, D), position-major
+        position_scales = None if scales is None else list(torch.from_numpy(scales))
+        sources.append(CandidateSource(list(positions), position_scales, int(mine[0])))
+    return sources
 
 
 def rerank(
@@ -204,7 +205,7 @@ def rerank(
                 continue
             rows = query_matrix(queries[first:last], r_q)
             scores = torch.cat([
-                score_sources(rows, r_q, [gather(views, candidates[i : i + piece], r_c)])
+                score_sources(rows, r_q, gather(views, candidates[i : i + piece], r_c))
                 for i in range(0, candidates.size, piece)
             ], dim=1)  # (G, |candidates|)
             group = shortlist[first:last].numpy()
