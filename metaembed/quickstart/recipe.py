@@ -66,6 +66,8 @@ class RecipeConfig:
     learning_rate: float = 1e-3
     warmup: float = 0.05
     temperature: float = 0.1
+    #: Divide each budget's MaxSim by r_q in the loss (see InfoNCELoss.normalize_scores).
+    normalize_scores: bool = False
     seed: int = 0
     log_every: int = 25
     #: Fraction of the characters held out as test queries. 20% (1,115 names) rather than 10%:
@@ -181,7 +183,7 @@ def train_model(model: "MetaEmbedModel", glyphs: list[Glyph], config: RecipeConf
         )
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    loss_fn = MMRLoss(InfoNCELoss(config.temperature), groups=config.budgets)
+    loss_fn = MMRLoss(InfoNCELoss(config.temperature, normalize_scores=config.normalize_scores), groups=config.budgets)
     text_encoder = model.backbone.inputs.text_encoder
     text_encoder.requires_grad_(config.train_text_encoder)
     # a frozen encoder gives every name the same states each epoch: encode each name once

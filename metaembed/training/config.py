@@ -75,6 +75,7 @@ class TrainingConfig:
     combination: Literal["mean", "sum"] = "mean"
     temperature: float = 0.03
     learnable_temperature: bool = False
+    normalize_scores: bool = False  # divide MaxSim by r_q before the temperature (official flag)
     num_negatives: int = 1
 
     # parameters

@@ -169,10 +169,16 @@ class InfoNCELoss(nn.Module):
         temperature: τ, 0.03 in the paper.
         learnable_temperature: learn ``log τ`` as a parameter (initialised at ``temperature``)
             instead of keeping τ fixed.
+        normalize_scores: divide each MaxSim score by ``r_q`` before τ (the official code's
+            ``normalize_scores``, off there by default), so every budget's logits span the same
+            range instead of growing with ``r_q``. Rankings at a budget are unchanged.
     """
 
-    def __init__(self, temperature: float = 0.03, learnable_temperature: bool = False) -> None:
+    def __init__(
+        self, temperature: float = 0.03, learnable_temperature: bool = False, normalize_scores: bool = False
+    ) -> None:
         super().__init__()
+        self.normalize_scores = bool(normalize_scores)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise InputError(f"temperature must be a positive number, got {temperature!r}")
         log_temperature = torch.tensor(math.log(temperature), dtype=torch.float32)
@@ -204,7 +210,7 @@ class InfoNCELoss(nn.Module):
         if negative_similarities is not None and negative_similarities.shape[1] > 0:
             negative_scores = maxsim_from_similarities(negative_similarities, budget.r_q, budget.r_c)
             scores = torch.cat([scores, negative_scores], dim=1)
-        logits = scores / self.temperature
+        logits = (scores / budget.r_q if self.normalize_scores else scores) / self.temperature
         targets = torch.arange(scores.shape[0], device=scores.device) + target_offset
         loss = F.cross_entropy(logits, targets)
         with torch.no_grad():

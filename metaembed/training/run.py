@@ -143,7 +143,7 @@ def build_trainer(config: TrainingConfig, model: Any = None) -> MetaEmbedTrainer
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    loss = MMRLoss(InfoNCELoss(config.temperature, config.learnable_temperature), groups, config.combination)
+    loss = MMRLoss(InfoNCELoss(config.temperature, config.learnable_temperature, config.normalize_scores), groups, config.combination)
     mixture = TrainingMixture([source for spec in config.data for source in spec.load(seed=config.seed)])
     return MetaEmbedTrainer(
         model=ContrastiveModule(model, loss),

@@ -126,3 +126,16 @@ def test_bad_inputs_raise_clear_errors():
         InfoNCELoss()(query, positives, _unit(2, 1, 3, 3, seed=13))
     with pytest.raises(InputError, match="target_offset"):
         InfoNCELoss()(query, positives, target_offset=1)
+
+
+def test_normalized_scores_divide_each_budget_by_its_r_q():
+    query, positives = _unit(3, 4, 8, seed=21), _unit(3, 6, 8, seed=22)
+    for r_q, r_c in [(1, 1), (2, 4), (4, 6)]:
+        q, p = query[:, :r_q], positives[:, :r_c]
+        plain = InfoNCELoss(temperature=0.05)(q, p)
+        normalized = InfoNCELoss(temperature=0.05, normalize_scores=True)(q, p)
+        # dividing by r_q is a temperature of tau * r_q on the plain scores; accuracy is unchanged
+        expected, _ = _naive_infonce(query, positives, None, r_q, r_c, 0.05 * r_q)
+        assert normalized.loss.item() == pytest.approx(expected, rel=1e-5)
+        budget = Budget(r_q, r_c)
+        assert normalized.budget_accuracies[budget] == plain.budget_accuracies[budget]
