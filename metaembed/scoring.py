@@ -211,29 +211,15 @@ def _score_query_group(
     workers = pool_size()
     use_native = native.available()
     # Several chunks per worker so a worker slowed by other load gets fewer of them. The BLAS
-    # path's scratch grows with the chunk; the fused kernel's does not, so only it may take more.
+    # path's scratch grows with its block, so it walks a chunk in blocks of at most chunk_size.
+    blas_block = chunk_size(dim, rows)
     chunk = max(_MIN_CHUNK, -(-num_candidates // (4 * workers)))
     if not use_native:
-        chunk = min(chunk_size(dim, rows), chunk)
+        chunk = min(blas_block, chunk)
     tasks = [(source, start) for source in sources for start in range(0, source.size, chunk)]
 
-    def score_chunk(task: tuple[CandidateSource, int]) -> None:
-        source, start = task
-        stop = min(source.size, start + chunk)
+    def score_blas(source: CandidateSource, start: int, stop: int) -> None:
         n = stop - start
-        column = source.column + start
-        if use_native:
-            try:
-                native.score_run(
-                    query_rows,
-                    r_q,
-                    [block[start:stop] for block in source.positions],
-                    None if source.scales is None else [scales[start:stop] for scales in source.scales],
-                    out[:, column : column + n],
-                )
-                return
-            except native.NativeUnsupported:
-                pass  # a layout the fused kernel does not take: the BLAS path below handles every layout
         best = torch.empty(n, rows, dtype=torch.float32)
         similarity = torch.empty(n, rows, dtype=torch.float32)
         upcast = torch.empty(n, dim, dtype=torch.float32)
@@ -251,7 +237,27 @@ def _score_query_group(
                 torch.mm(block, query_t, out=similarity)
                 torch.maximum(best, similarity, out=best)
         # (n, Q*r_q) -> (n, Q): the sum over the r_q query vectors of each query.
+        column = source.column + start
         out[:, column : column + n].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
+
+    def score_chunk(task: tuple[CandidateSource, int]) -> None:
+        source, start = task
+        stop = min(source.size, start + chunk)
+        if use_native:
+            column = source.column + start
+            try:
+                native.score_run(
+                    query_rows,
+                    r_q,
+                    [block[start:stop] for block in source.positions],
+                    None if source.scales is None else [scales[start:stop] for scales in source.scales],
+                    out[:, column : column + stop - start],
+                )
+                return
+            except native.NativeUnsupported:
+                pass  # a layout the fused kernel does not take: the BLAS path handles every layout
+        for block_start in range(start, stop, blas_block):
+            score_blas(source, block_start, min(stop, block_start + blas_block))
 
     if len(tasks) > 1 and workers > 1:
         run_parallel(score_chunk, tasks, workers)

@@ -70,6 +70,8 @@ def bases(views: tuple[SegmentView, ...]) -> np.ndarray:
 def _merge_topk(
     best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, refs: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if best[0].shape[1] == 0:  # the first block: nothing to merge with
+        return scores, refs
     all_scores = torch.cat([best[0], scores], dim=1)
     all_refs = torch.cat([best[1], refs], dim=1)
     if all_scores.shape[1] <= k:
@@ -130,7 +132,7 @@ def exact_topk(
                 column = base + start - first
                 scores[:, column : column + stop - start][:, ~view.alive[start:stop]] = -torch.inf
         top, where = _topk_rows(scores, min(k, scores.shape[1]))
-        best = (top, where + first) if best[0].shape[1] == 0 else _merge_topk(best, top, where + first, k)
+        best = _merge_topk(best, top, where + first, k)
     scores, refs = best
     refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)
     return scores, refs

@@ -89,7 +89,8 @@ def score_run(
     Raises:
         NativeUnsupported: the kernel is unavailable or these layouts are outside it.
     """
-    if not available():
+    instruction_set = isa()
+    if instruction_set is None:
         raise NativeUnsupported("the compiled MaxSim kernel is not available")
     dtype = positions[0].dtype
     if dtype not in _DTYPE_CODES or any(block.dtype != dtype for block in positions):
@@ -113,7 +114,7 @@ def score_run(
         query_rows.data_ptr(), rows, r_q, dim,
         _pointers(positions), row_stride, _DTYPE_CODES[dtype],
         scale_pointers, scale_stride, groups,
-        count, out.data_ptr(), out.stride(0), _ISA_CODES[isa() or "avx2"],
+        count, out.data_ptr(), out.stride(0), _ISA_CODES[instruction_set],
     )  # fmt: skip
 
 
