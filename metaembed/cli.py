@@ -385,16 +385,16 @@ def quickstart(
     ),
     page_grid: Optional[int] = typer.Option(
         None, "--page-grid", min=1,
-        help="Glyphs per page side: 2 draws four characters on every searchable image (default: the recipe's).",
+        help="Glyphs per page side (default 2: four characters on every searchable image; 1: one each).",
     ),
 ) -> None:
     """Train (or load) a small MetaEmbed model on real offline data, index it, measure every budget.
 
-    The data: every character that matplotlib's DejaVu Sans font draws, rendered as an image and
-    paired with its Unicode name (--page-grid 2 draws four characters on every image instead).
-    20% of the characters are held out; their names are the test queries, each searched for the
-    image that shows it. Prints Recall@1 / nDCG@5 and query latency per budget, how far the largest
-    budget's gain over the smallest exceeds its noise, and writes a PNG plot.
+    The data: every character that matplotlib's DejaVu Sans font draws, paired with its Unicode
+    name and drawn four to a page (a 2x2 sheet; --page-grid sets the sheet's side). 20% of the
+    characters are held out; their names are the test queries, each searched for the one page that
+    shows it. Prints Recall@1 / nDCG@5, query latency and index memory per budget, how far the
+    largest budget's gain over the smallest exceeds its noise, and writes a PNG plot.
 
     \b
     Example:

@@ -154,7 +154,8 @@ def evaluate(
     computed by trec_eval (via the evaluation package); chance is what a random ranking scores in
     expectation. ``recall@1_gain`` is each budget's Recall@1 minus the smallest budget's, with the
     standard error of that difference paired over the queries (the same queries answer at every
-    budget, so the pairing removes their shared difficulty from the noise).
+    budget, so the pairing removes their shared difficulty from the noise); ``recall@1_step_gain``
+    is the same against the previous budget of the ladder.
     """
     from metaembed.evaluation.metrics import retrieval_metrics
 
@@ -165,6 +166,7 @@ def evaluate(
     timed = held_out[: config.latency_queries]
     rows = []
     smallest: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
     for budget in config.budgets:
         hits = retriever.index.search(queries[:, : budget.r_q], k=10, budget=budget)
         run = {g.id: {h.id: float(h.score) for h in found} for g, found in zip(held_out, hits)}
@@ -173,6 +175,8 @@ def evaluate(
         per_query = torch.tensor([_rank_scores(qrels[g.id], found) for g, found in zip(held_out, hits)])
         smallest = per_query if smallest is None else smallest
         gains = _paired_gains(per_query, smallest)
+        steps = _paired_gains(per_query, per_query if previous is None else previous)
+        previous = per_query
         started = time.perf_counter()
         for glyph in timed:  # one query at a time, encoding included: what a user waits for
             retriever.search(glyph.text, k=10, budget=budget)
@@ -185,6 +189,10 @@ def evaluate(
             "ndcg@5": metrics["ndcg@5"],
             "ndcg@5_gain": gains[1][0],
             "ndcg@5_gain_stderr": gains[1][1],
+            "recall@1_step_gain": steps[0][0],
+            "recall@1_step_gain_stderr": steps[0][1],
+            "ndcg@5_step_gain": steps[1][0],
+            "ndcg@5_step_gain_stderr": steps[1][1],
             "chance_recall@1": 1 / size,
             "chance_ndcg@5": sum(1 / math.log2(rank + 1) for rank in range(1, 6)) / size,
             "latency_ms": 1000 * latency,
@@ -234,21 +242,32 @@ def report_lines(results: dict[str, Any], index_dir: Path) -> list[str]:
               f"(standard error {largest['recall@1_gain_stderr']:.3f}), nDCG@5 {largest['ndcg@5_gain']:+.3f} "
               f"(standard error {largest['ndcg@5_gain_stderr']:.3f}), paired over queries")
     beyond_noise = largest["recall@1_gain"] > 2 * largest["recall@1_gain_stderr"]
-    if all(b >= a for a, b in zip(recalls, recalls[1:])) and recalls[-1] > recalls[0]:
+    # a step of the ladder that loses Recall@1 by more than two standard errors of its own change
+    falls = [r["budget"] for r in rows[1:] if -r["recall@1_step_gain"] > 2 * r["recall@1_step_gain_stderr"]]
+    monotone = all(b >= a for a, b in zip(recalls, recalls[1:]))
+    if beyond_noise and monotone:
         trend = f"test-time scaling: Recall@1 never falls as the budget grows ({path})"
-        if not beyond_noise:
-            trend += ", but by less than two standard errors: within the noise"
+    elif beyond_noise and not falls:
+        trend = f"test-time scaling: Recall@1 by budget {path}; no step of the ladder loses beyond its noise"
     elif beyond_noise:
-        trend = f"test-time scaling, not monotone: Recall@1 by budget {path}"
+        trend = f"test-time scaling, not monotone: Recall@1 by budget {path} (falls beyond its noise at {', '.join(falls)})"
+    elif monotone and recalls[-1] > recalls[0]:
+        trend = (f"test-time scaling: Recall@1 never falls as the budget grows ({path}), "
+                 "but by less than two standard errors: within the noise")
     elif best is rows[0]:
         trend = f"no test-time scaling here: the smallest budget is best ({path})"
     else:
         trend = f"test-time scaling only up to {best['budget']}: Recall@1 by budget {path}"
+    ladder = ", ".join(
+        f"{a['budget']} -> {b['budget']} {b['recall@1_step_gain']:+.3f} ({b['recall@1_step_gain_stderr']:.3f})"
+        for a, b in zip(rows, rows[1:])
+    )
     lines += [
         f"best Recall@1 {best['recall@1']:.3f} (budget {best['budget']}) is "
         f"{best['recall@1'] / best['chance_recall@1']:.0f}x chance ({best['chance_recall@1']:.5f})",
         trend,
         margin,
+        f"Recall@1 step by step (standard error): {ladder}",
         f"times: training {results['train_seconds'] or 0:.0f}s (0 if reused), indexing {results['index_seconds']:.0f}s, "
         f"total {results['total_seconds']:.0f}s",
         f"plot: {index_dir.parent / 'results.png'}",
