@@ -172,10 +172,12 @@ class MetaEmbedModel(nn.Module):
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
         """
-        from metaembed.model import official, saving
+        from metaembed.model import builtin, official, saving
 
         dtype = _resolve_dtype(dtype)
         name_or_path = str(path_or_id)
+        if builtin.is_builtin(path_or_id) and not Path(path_or_id).exists():
+            path_or_id = builtin.builtin_path(str(path_or_id))
         if not Path(path_or_id).exists():
             if not _HUB_ID.fullmatch(str(path_or_id)):
                 raise InputError(f"no such model folder: {path_or_id}")
