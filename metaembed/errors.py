@@ -29,10 +29,25 @@ class IndexStateError(MetaEmbedError, ValueError):
     """An index operation cannot be done: unknown or duplicate ids, a path that
     is not an index, vectors of the wrong shape, and the like."""
 
+
+class IndexCorruptError(IndexStateError):
+    """Stored index data fails its checksum or holds impossible values; the message names the file."""
+
+
+class IndexBusyError(IndexStateError):
+    """Another process holds the index's writer lock."""
+
+
+class StorageFullError(IndexStateError):
+    """The disk ran out of space during a write; the index keeps its last committed state."""
+
 __all__ = [
     "MetaEmbedError",
     "BudgetError",
     "InputError",
     "ItemTypeError",
     "IndexStateError",
+    "IndexCorruptError",
+    "IndexBusyError",
+    "StorageFullError",
 ]
