@@ -52,6 +52,19 @@ def make_collection(root: Path) -> Collection:
     return Collection(model_dir, docs, index)
 
 
+def text_page(lines: list[str], size: tuple[int, int] = (520, 160)) -> Image.Image:
+    """A white page with ``lines`` printed in black DejaVu Sans: a screenshot or scan with known text."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 26)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(lines):
+        draw.text((20, 25 + 50 * number), line, fill="black", font=font)
+    return image
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -86,12 +86,21 @@ class SegmentStore:
             self.where = {item_id: (name, row) for name, pairs in rows_of.items() for row, item_id in pairs}
 
     # ----------------------------------------------------------------- writes
-    def write(self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool) -> None:
-        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert)."""
+    def write(
+        self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool, drop: Sequence[str] = ()
+    ) -> None:
+        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert).
+
+        ``drop``: further ids (not among ``ids``) removed in the same commit.
+        """
         with self.write_lock:
             existing = [i for i in ids if i in self.where]
             if existing and not replace:
                 raise IndexStateError(f"ids already in the index: {existing[:5]} (use upsert to replace them)")
+            unknown = [i for i in drop if i not in self.where]
+            if unknown:
+                raise IndexStateError(f"ids not in the index: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
+            existing += list(drop)
             blocks = encoded_blocks(values, self.num_vectors, self.fmt, check_finite)
             name = write_segment(self.folder, len(ids), self.num_vectors, self.dim, self.fmt, blocks, self.scale_groups)
             try:
