@@ -478,7 +478,8 @@ def _encoded_batches(
     with its reason (``strict``: raises), the rest of its batch is kept."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(records), unit="item", disable=not progress, desc="indexing") as bar:
+    # None: a bar on a terminal only, so logs and pipes get the summary lines alone
+    with tqdm(total=len(records), unit="item", disable=None if progress else True, desc="indexing") as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             try:
@@ -575,8 +576,8 @@ def update_index(
         if delete_missing:
             stale += [item_id for key, group in groups.items() if key not in present for item_id in group.ids]
         stale = [i for i in dict.fromkeys(stale) if i in retriever.index]
-        if atomic and (ids or stale):
-            retriever.upsert(ids, buffer[: len(ids)] if buffer is not None else np.zeros((0, 1, 1)), payloads, stale)
+        if atomic and ids:
+            retriever.upsert(ids, buffer[: len(ids)], payloads, stale)
         elif stale:
             retriever.delete(stale)
         del buffer

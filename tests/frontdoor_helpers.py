@@ -52,6 +52,21 @@ def make_collection(root: Path) -> Collection:
     return Collection(model_dir, docs, index)
 
 
+def mirror_text_model(max_length: int = 40):
+    """A tiny text-only model whose query and candidate embeddings of the same text are equal
+    (shared Meta Tokens, one template for both sides): a text searched for finds itself first,
+    which makes retrieval testable with random weights. ``max_length`` caps its content tokens."""
+    from metaembed.model.backbones import get_adapter
+    from metaembed.model.testing import tiny_model
+
+    base = get_adapter("bert").default_template
+    template = base.with_changes(query_prefix=base.candidate_prefix, query_suffix=base.candidate_suffix)
+    return tiny_model(
+        "bert", num_query_tokens=4, num_candidate_tokens=4, shared_meta_tokens=True, max_length=max_length,
+        template=template,
+    )
+
+
 def text_page(lines: list[str], size: tuple[int, int] = (520, 160)) -> Image.Image:
     """A white page with ``lines`` printed in black DejaVu Sans: a screenshot or scan with known text."""
     from matplotlib import font_manager
