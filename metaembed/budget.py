@@ -23,7 +23,9 @@ from typing import Iterable, Sequence, Union
 
 from metaembed.errors import BudgetError
 
-_BUDGET_PATTERN = re.compile(r"^\s*\(?\s*(\d+)\s*[,x:\s]\s*(\d+)\s*\)?\s*$")
+# ASCII digits only: ``\d`` would also accept Arabic-Indic or full-width digits ("٤,٨"), which
+# nobody means as a budget.
+_BUDGET_PATTERN = re.compile(r"^\s*\(?\s*([0-9]+)\s*[,x:\s]\s*([0-9]+)\s*\)?\s*$")
 
 
 @dataclass(frozen=True, order=True)

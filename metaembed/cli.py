@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from metaembed.errors import MetaEmbedError
@@ -586,20 +585,18 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         app(args=argv, prog_name="metaembed", standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return int(done.exit_code or 0)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         return 130
-    except click.exceptions.NoArgsIsHelpError as error:
-        typer.echo(error.ctx.get_help() if error.ctx is not None else _one_line(error.format_message()))
-        return 2
-    except click.UsageError as error:
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    except typer.TyperException as error:  # typer's (vendored) click usage errors: bad options, values, commands
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help())
+            return 2
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
         typer.echo(f"error: {_one_line(error.format_message())}{hint}", err=True)
-        return 2
-    except click.ClickException as error:
-        typer.echo(f"error: {_one_line(error.format_message())}", err=True)
         return 2
     except (MetaEmbedError, OSError) as error:
         typer.echo(f"error: {_one_line(error)}", err=True)

@@ -365,3 +365,46 @@ def test_eval_writes_a_report_for_a_beir_folder(tmp_path, collection, capsys):
 def test_bench_needs_an_existing_script(capsys):
     code, _, err = run(capsys, "bench", "--script", "no_such_benchmark")
     assert code == 2 and "benchmark script" in err and "not found" in err
+
+
+BAD_INPUTS = [
+    (["search", "{index}", "q", "--budget", "٤,٨"], "cannot read budget"),  # Arabic-Indic digits
+    (["search", "{index}", "q", "--budget", "0,1"], "r_q must be at least 1"),
+    (["search", "{index}", "q", "-k", "0"], "Invalid value for '-k'"),
+    (["search", "{index}", "q", "--mode", "fast"], "--mode must be one of exact, coarse, ann"),
+    (["search", "{index}", "   "], "the query text is empty"),
+    (["search", "{index}", "q", "--model", "{tmp}/no-model"], "model folder not found"),
+    (["search", "{index}", "q", "--bogus"], "No such option: --bogus"),
+    (["search", "--server", "localhost:1", "q"], "must be an http:// or https:// URL"),
+    (["index", "build", "-m", "{model}", "-i", "{docs}", "-o", "{tmp}/o1", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["index", "build", "-m", "{model}", "-i", "{docs}", "-o", "{tmp}/o2", "--dtype", "int4"], "unknown index dtype 'int4'"),
+    (["index", "build", "-m", "{model}", "-i", "{docs}", "-o", "{tmp}/o3", "--budgets", "1,1 x"], "cannot read budget 'x'"),
+    (["index", "build", "-m", "{model}", "-i", "{docs}", "-o", "{tmp}/o4", "--budgets", "١,١"], "cannot read budget"),
+    (["index", "build", "-m", "{tmp}/no-model", "-i", "{docs}", "-o", "{tmp}/o5"], "model folder not found"),
+    (["index", "add", "{tmp}/none.index", "-i", "{docs}"], "no index at"),
+    (["index", "sync", "{index}", "{tmp}/gone"], "input not found"),
+    (["index", "delete", "{index}", "nope"], "not in the index"),
+    (["index", "info", "{tmp}/none.index"], "no index at"),
+    (["encode", "-m", "{model}", "-i", "{docs}", "-o", "{tmp}/e.npz", "--as", "both"], "--as must be 'query' or 'candidate'"),
+    (["eval", "-m", "{model}", "-b", "{tmp}/no-bench", "-o", "{tmp}/ev"], "benchmark folder not found"),
+    (["train", "{tmp}/none.yaml"], "config file not found"),
+    (["serve", "{tmp}/none.index"], "no index at"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[:2]) + f" #{n}" for n, (a, _) in enumerate(BAD_INPUTS)])
+def test_every_bad_input_is_one_line_and_exit_2(tmp_path, collection, capsys, argv, message):
+    filled = [a.format(index=collection.index, model=collection.model_dir, docs=collection.docs, tmp=tmp_path) for a in argv]
+    code, out, err = run(capsys, *filled)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err
+    assert not any(p.name.startswith("o") and p.is_dir() for p in tmp_path.iterdir())  # no half-made index
+
+
+def test_dtype_help_lists_every_storage_type(capsys):
+    from metaembed.index.quantize import _FORMATS
+
+    code, out, _ = run(capsys, "index", "build", "--help")
+    assert code == 0 and all(name in out for name in _FORMATS)
