@@ -34,7 +34,8 @@ from metaembed.evaluation.result import SweepResult
 from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask, Task
 from metaembed.evaluation.vidore import VIDORE_V2_PAPER_AVERAGE
 from metaembed.model.items import Item
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.scoring import maxsim, maxsim_flops
 
 logger = logging.getLogger(__name__)
 

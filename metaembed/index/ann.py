@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from metaembed.index.search import SegmentView, bases
-from metaembed.index.quantize import decode
 
 # HNSW graph degree; 32 is FAISS's common default for d = 128..2048.
 _HNSW_M = 32
@@ -62,7 +61,7 @@ class FirstVectorANN:
             for start in range(0, view.rows, _ADD_ROWS):
                 stop = min(view.rows, start + _ADD_ROWS)
                 scales = None if segment.scales is None else segment.scales[0, start:stop]
-                first = decode(segment.codes[0, start:stop], scales, segment.fmt)
+                first = segment.fmt.decode(segment.codes[0, start:stop], scales)
                 self._graph.add(np.ascontiguousarray(first.numpy(), dtype=np.float32))
 
     def search(self, views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, shortlist: int) -> torch.Tensor:

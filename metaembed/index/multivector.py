@@ -32,10 +32,10 @@ from metaembed.errors import IndexStateError, InputError
 from metaembed.index.ann import FirstVectorANN
 from metaembed.index.catalog import Catalog
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
-from metaembed.index.quantize import storage_format
+from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
 from metaembed.index.store import SegmentStore
-from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, int8_groups, maxsim_flops
+from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 _QUERY_BATCH = 256
 SEARCH_MODES = ("exact", "coarse", "ann")
@@ -86,7 +86,7 @@ class MultiVectorIndex:
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
-        storage_format(dtype)
+        codec = get_codec(dtype)
         json_dict(metadata, "metadata")
         scratch = None
         if path is None:
@@ -97,8 +97,8 @@ class MultiVectorIndex:
             _check_empty(folder, "create an index")
             folder.mkdir(parents=True, exist_ok=True)
         config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
-        if dtype == "int8":
-            config["scale_groups"] = int8_groups(dim)
+        if codec.has_scale:
+            config["scale_groups"] = codec.scale_groups(dim)
         return cls(SegmentStore(folder, Catalog.create(folder, config)), scratch)
 
     @classmethod

@@ -21,7 +21,6 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from metaembed.index.quantize import as_torch
 from metaembed.index.segments import Segment
 from metaembed.scoring import CandidateSource, query_matrix, score_sources
 from metaembed.workers import pool_size, run_parallel
@@ -121,11 +120,7 @@ def exact_topk(
     # small segments then costs one parallel kernel call and one top-k per block, not per segment.
     for block in _blocks(views, max(_BLOCK_ROWS, _SCORE_BYTES // (4 * num_queries))):
         first = block[0][1] + block[0][2]  # the block's first ref; its refs are contiguous
-        sources = [
-            CandidateSource(view.segment.positions(r_c, start, stop),
-                            view.segment.position_scales(r_c, start, stop), base + start - first)
-            for view, base, start, stop in block
-        ]
+        sources = [view.segment.source(r_c, start, stop, base + start - first) for view, base, start, stop in block]
         scores = score_sources(rows, r_q, sources)
         for view, base, start, stop in block:
             if not view.all_alive:
@@ -167,10 +162,9 @@ def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> list[C
     sources = []
     for index in np.unique(owner):
         mine = np.flatnonzero(owner == index)  # contiguous: refs are sorted
-        codes, scales = views[index].segment.gather(refs[mine] - offsets[index], r_c)
-        positions = as_torch(codes, views[index].segment.fmt)  # (r_c, n, D), position-major
-        position_scales = None if scales is None else list(torch.from_numpy(scales))
-        sources.append(CandidateSource(list(positions), position_scales, int(mine[0])))
+        segment = views[index].segment
+        codes, scales = segment.gather(refs[mine] - offsets[index], r_c)  # (r_c, n, W), position-major
+        sources.append(segment.fmt.source(codes, scales, int(mine[0])))
     return sources
 
 
