@@ -21,7 +21,6 @@ immutable snapshot of the segments, so it never waits for a write to finish.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,28 +28,19 @@ import torch
 
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import IndexStateError, InputError
-from metaembed.index.ann import FirstVectorANN
 from metaembed.index.catalog import Catalog
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
 from metaembed.index.codecs import embedding_bytes, get_codec
+from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
+from metaembed.index.searcher import SearchMode, SearchResult, Searcher
 from metaembed.index.store import SegmentStore
 from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 _QUERY_BATCH = 256
-SEARCH_MODES = ("exact", "coarse", "ann")
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """One hit: the candidate's ``id``, its MaxSim ``score`` at the search budget, and its ``payload`` (or ``None``)."""
-
-    id: str
-    score: float
-    payload: dict[str, Any] | None
-
-
-class MultiVectorIndex:
+class MultiVectorIndex(Searcher):
     """A persistent multi-vector index with budgeted MaxSim search.
 
     Create with :meth:`create`, reopen with :meth:`open`. Candidates are
@@ -61,7 +51,7 @@ class MultiVectorIndex:
     def __init__(self, store: SegmentStore, scratch: tempfile.TemporaryDirectory | None = None) -> None:
         self._store = store
         self._scratch = scratch  # owns the folder of an index created without a path
-        self._ann: FirstVectorANN | None = None
+        self._first_stages: dict[str, FirstStage] = {}  # by mode, made on first use (the ANN graph lives here)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -141,7 +131,7 @@ class MultiVectorIndex:
             store.copy_to(target)
             store.close()
             self._store = SegmentStore(target, Catalog.open(target))
-            self._ann = None
+            self._first_stages = {}
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
@@ -283,7 +273,7 @@ class MultiVectorIndex:
         queries: ArrayLike,
         k: int = 10,
         budget: BudgetLike | None = None,
-        mode: str = "exact",
+        mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
     ) -> list[list[SearchResult]]:
@@ -294,7 +284,8 @@ class MultiVectorIndex:
             k: results per query.
             budget: ``(r_q, r_c)``, ``"r_q,r_c"`` or a :class:`Budget`; ``None`` uses
                 all query vectors and all stored candidate vectors.
-            mode: ``"exact"`` scores every candidate at ``budget``.
+            mode: ``"exact"`` scores every candidate at ``budget``. Any other mode
+                names a first stage (:mod:`metaembed.index.first_stages`), or is one:
                 ``"coarse"`` scores every candidate at ``first_stage_budget``, keeps
                 the best ``shortlist`` and re-ranks them exactly at ``budget``.
                 ``"ann"`` takes the shortlist from a FAISS HNSW graph over the
@@ -304,8 +295,9 @@ class MultiVectorIndex:
             first_stage_budget: the cheap budget of the first stage.
 
         Returns:
-            One list per query of :class:`SearchResult`, best first (fewer than ``k``
-            if the index is smaller). Scores are exact MaxSim at ``budget`` in fp32.
+            One list per query of :class:`~metaembed.index.searcher.SearchResult`, best
+            first (fewer than ``k`` if the index is smaller). Scores are exact MaxSim at
+            ``budget`` in fp32.
         """
         values = as_tensor(queries, "queries")
         if values.ndim == 2:
@@ -317,12 +309,11 @@ class MultiVectorIndex:
         if not torch.isfinite(values).all():
             raise InputError("queries contain NaN or inf")
         k = positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise InputError(f"unknown search mode {mode!r}; expected one of {list(SEARCH_MODES)}")
+        stage = self._first_stage(mode)
         chosen = self._budget(budget, values.shape[1])
         first = self._budget(first_stage_budget, values.shape[1])
-        if mode == "ann" and first.r_c != 1:
-            raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {first}")
+        if stage is not None:
+            stage.check_budget(first)
         shortlist = positive_int(shortlist, "shortlist")
         values = values.to(torch.float32)
         views = self._store.views  # the snapshot this search works on
@@ -331,30 +322,36 @@ class MultiVectorIndex:
         results: list[list[SearchResult]] = []
         for start in range(0, values.shape[0], _QUERY_BATCH):
             batch = values[start : start + _QUERY_BATCH]
-            if mode == "exact":
+            if stage is None:
                 scores, refs = exact_topk(views, batch, chosen.r_q, chosen.r_c, k)
             else:
-                width = max(shortlist, k)
-                if mode == "coarse":
-                    _, candidates = exact_topk(views, batch, first.r_q, first.r_c, width)
-                else:
-                    candidates = self._first_stage_ann().search(views, batch, first.r_q, width)
+                candidates = stage.shortlist(views, batch, first, max(shortlist, k))
                 scores, refs = rerank(views, batch, candidates, chosen.r_q, chosen.r_c, k)
             results.extend(self._results(views, scores, refs))
         return results
 
-    def _first_stage_ann(self) -> FirstVectorANN:
+    def _first_stage(self, mode: SearchMode) -> FirstStage | None:
+        """The first stage ``mode`` selects (``None`` for exact search); one instance per index and mode."""
+        if isinstance(mode, FirstStage):
+            return mode
+        if mode == EXACT:
+            return None
+        if not isinstance(mode, str) or mode not in FIRST_STAGES:
+            raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         with self._store.state_lock:
-            if self._ann is None:
-                self._ann = FirstVectorANN(self.dim)
-            return self._ann
+            if mode not in self._first_stages:
+                self._first_stages[mode] = FIRST_STAGES.get(mode)(self.dim)
+            return self._first_stages[mode]
 
     def _results(self, views: tuple[SegmentView, ...], scores: torch.Tensor, refs: torch.Tensor) -> list[list[SearchResult]]:
         ids = resolve(views, refs)
         wanted = sorted({i for row in ids for i in row})
         payloads = self._store.payloads(wanted)
         return [
-            [SearchResult(item_id, float(score), payloads.get(item_id)) for item_id, score in zip(row, row_scores)]
+            [
+                SearchResult(item_id, float(score), payloads.get(item_id) or {}, rank)
+                for rank, (item_id, score) in enumerate(zip(row, row_scores), start=1)
+            ]
             for row, row_scores in zip(ids, scores.tolist())
         ]
 
@@ -364,4 +361,4 @@ def _check_empty(folder: Path, action: str) -> None:
         raise IndexStateError(f"cannot {action} at {str(folder)!r}: it exists and is not empty")
 
 
-__all__ = ["MultiVectorIndex", "SearchResult", "SEARCH_MODES"]
+__all__ = ["MultiVectorIndex"]
