@@ -112,14 +112,22 @@ class Retriever:
         ladder = parse_ladder(recorded) if recorded else parse_ladder(None)
         return tuple(b for b in ladder if b.r_q <= self.max_r_q and b.r_c <= self.max_r_c)
 
-    def check_budget(self, budget: BudgetLike | None) -> Budget:
-        """Parse ``budget`` (``None`` = the largest of the ladder) and check it fits.
+    @property
+    def default_budget(self) -> Budget:
+        """The budget of a search that names none: the largest of the ladder."""
+        ladder = self.ladder
+        return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
 
+    def check_budget(self, budget: BudgetLike | None) -> Budget:
+        """Parse ``budget`` (``None`` = :attr:`default_budget`) and check it fits the model and the index.
+
+        This is the one check of a search's budget: here both limits (the model's query
+        vectors, the index's stored vectors) are known, so the model encodes and the index
+        searches with the checked budget without checking it again.
         Raises :class:`~metaembed.errors.BudgetError` naming what is available.
         """
         if budget is None:
-            ladder = self.ladder
-            return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
+            return self.default_budget
         try:
             return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
         except BudgetError as error:
@@ -160,13 +168,18 @@ class Retriever:
     def search_many(
         self, queries: Sequence[ItemLike], k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
     ) -> list[list["SearchResult"]]:
-        """Search a batch of query items; one list of hits per query, best first."""
+        """Search a batch of query items; one list of hits per query, best first.
+
+        ``budget`` is checked once, by :meth:`check_budget`; the model's output (all its query
+        vectors, fp32, finite) goes to the index's :meth:`~MultiVectorIndex.search_batch`,
+        which reads the first ``r_q`` of them.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
         with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
-        return self.index.search(embeddings, k=k, budget=chosen, mode=mode)
+            embeddings = self.model.encode_queries(list(queries), show_progress=False)
+        return self.index.search_batch(embeddings, k, chosen, mode)
 
     # --- updates -----------------------------------------------------------------------------
     def add(

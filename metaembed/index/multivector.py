@@ -189,19 +189,12 @@ class MultiVectorIndex(Searcher):
 
         ``None`` counts all ``num_vectors`` (the stored size). Budgets are checked against ``num_vectors``.
         """
-        r_c = self._budget(budget, None).r_c
+        r_c = self.check_budget(budget).r_c
         return embedding_bytes(r_c, self.dim, self.dtype, num_candidates=len(self))
 
     def flops(self, budget: BudgetLike | None = None, num_queries: int = 1) -> int:
         """Multiply-add FLOPs of an exact search of ``num_queries`` queries at ``budget`` (``2 r_q r_c D`` per pair)."""
-        return maxsim_flops(self._budget(budget, None), self.dim, num_candidates=len(self), num_queries=num_queries)
-
-    def _budget(self, budget: BudgetLike | None, max_r_q: int | None) -> Budget:
-        """``budget`` checked against the index (r_c) and, if given, the queries (r_q); ``None`` = everything."""
-        if budget is None:
-            return Budget(max_r_q or 1, self.num_vectors)
-        chosen = Budget.parse(budget).check_within(None, self.num_vectors, "the index")
-        return chosen.check_within(max_r_q, None, "the queries")
+        return maxsim_flops(self.check_budget(budget), self.dim, num_candidates=len(self), num_queries=num_queries)
 
     # ----------------------------------------------------------------- reads and writes
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
@@ -214,7 +207,7 @@ class MultiVectorIndex(Searcher):
         ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
         the memory-mapped segments sequentially, one batch at a time.
         """
-        r_c = self._budget((1, r_c or self.num_vectors), None).r_c
+        r_c = self.check_budget((1, r_c or self.num_vectors)).r_c
         return self._store.export(r_c, positive_int(batch, "batch"))
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
@@ -268,65 +261,31 @@ class MultiVectorIndex(Searcher):
         self._store.compact()
 
     # ----------------------------------------------------------------- search
-    def search(
+    def search_batch(
         self,
-        queries: ArrayLike,
-        k: int = 10,
-        budget: BudgetLike | None = None,
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
         mode: SearchMode = "exact",
         shortlist: int = 1000,
-        first_stage_budget: BudgetLike = (1, 1),
+        first_stage_budget: Budget = Budget(1, 1),
     ) -> list[list[SearchResult]]:
-        """Top-``k`` candidates of each query by MaxSim at ``budget``.
-
-        Args:
-            queries: ``(Q, R_q, D)`` or one query ``(R_q, D)``; float32/16/bf16, torch or numpy.
-            k: results per query.
-            budget: ``(r_q, r_c)``, ``"r_q,r_c"`` or a :class:`Budget`; ``None`` uses
-                all query vectors and all stored candidate vectors.
-            mode: ``"exact"`` scores every candidate at ``budget``. Any other mode
-                names a first stage (:mod:`metaembed.index.first_stages`), or is one:
-                ``"coarse"`` scores every candidate at ``first_stage_budget``, keeps
-                the best ``shortlist`` and re-ranks them exactly at ``budget``.
-                ``"ann"`` takes the shortlist from a FAISS HNSW graph over the
-                candidates' first vector (``first_stage_budget`` must have ``r_c == 1``),
-                so search stays sub-linear in the index size.
-            shortlist: candidates kept by the first stage (at least ``k``).
-            first_stage_budget: the cheap budget of the first stage.
-
-        Returns:
-            One list per query of :class:`~metaembed.index.searcher.SearchResult`, best
-            first (fewer than ``k`` if the index is smaller). Scores are exact MaxSim at
-            ``budget`` in fp32.
-        """
-        values = as_tensor(queries, "queries")
-        if values.ndim == 2:
-            values = values[None]
-        if values.ndim != 3 or values.shape[1] == 0:
-            raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
-        if values.shape[2] != self.dim:
-            raise InputError(f"queries have dimension D={values.shape[2]} but the index stores D={self.dim}")
-        if not torch.isfinite(values).all():
-            raise InputError("queries contain NaN or inf")
-        k = positive_int(k, "k")
+        """:meth:`~metaembed.index.searcher.Searcher.search` on checked inputs: fp32 ``(Q, R_q, D)``
+        queries and budgets that fit them and the index (see :meth:`check_budget`)."""
         stage = self._first_stage(mode)
-        chosen = self._budget(budget, values.shape[1])
-        first = self._budget(first_stage_budget, values.shape[1])
         if stage is not None:
-            stage.check_budget(first)
-        shortlist = positive_int(shortlist, "shortlist")
-        values = values.to(torch.float32)
+            stage.check_budget(first_stage_budget)
         views = self._store.views  # the snapshot this search works on
         if not views:
-            return [[] for _ in range(values.shape[0])]
+            return [[] for _ in range(queries.shape[0])]
         results: list[list[SearchResult]] = []
-        for start in range(0, values.shape[0], _QUERY_BATCH):
-            batch = values[start : start + _QUERY_BATCH]
+        for start in range(0, queries.shape[0], _QUERY_BATCH):
+            batch = queries[start : start + _QUERY_BATCH]
             if stage is None:
-                scores, refs = exact_topk(views, batch, chosen.r_q, chosen.r_c, k)
+                scores, refs = exact_topk(views, batch, budget.r_q, budget.r_c, k)
             else:
-                candidates = stage.shortlist(views, batch, first, max(shortlist, k))
-                scores, refs = rerank(views, batch, candidates, chosen.r_q, chosen.r_c, k)
+                candidates = stage.shortlist(views, batch, first_stage_budget, max(shortlist, k))
+                scores, refs = rerank(views, batch, candidates, budget.r_q, budget.r_c, k)
             results.extend(self._results(views, scores, refs))
         return results
 

@@ -15,11 +15,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
-from metaembed.budget import BudgetLike
+import torch
+
+from metaembed.budget import Budget, BudgetLike
+from metaembed.errors import InputError
+from metaembed.index.inputs import positive_int
+from metaembed.scoring import ArrayLike, as_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from metaembed.index.first_stages import FirstStage
-    from metaembed.scoring import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -54,21 +58,80 @@ class Searcher(ABC):
     def num_vectors(self) -> int:
         """Vectors stored per candidate: the largest ``r_c`` a search may use."""
 
-    @abstractmethod
+    def check_budget(self, budget: BudgetLike | None, num_query_vectors: int | None = None) -> Budget:
+        """Parse ``budget`` and check it against the stored vectors (``r_c``) and, if given, the
+        query vectors there are (``r_q``); ``None`` means everything: ``(num_query_vectors or 1, num_vectors)``.
+
+        Raises :class:`~metaembed.errors.BudgetError` naming what is available.
+        """
+        if budget is None:
+            return Budget(num_query_vectors or 1, self.num_vectors)
+        chosen = Budget.parse(budget).check_within(None, self.num_vectors, "the index")
+        return chosen.check_within(num_query_vectors, None, "the queries")
+
     def search(
         self,
-        queries: "ArrayLike",
+        queries: ArrayLike,
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
     ) -> list[list[SearchResult]]:
-        """Top-``k`` of each query ``(Q, R_q, D)`` at ``budget``: one list per query, best first.
+        """Top-``k`` candidates of each query by MaxSim at ``budget``.
 
-        ``mode`` picks the first stage (``"exact"``: none, every candidate scored at
-        ``budget``); a first stage keeps ``shortlist`` candidates at ``first_stage_budget``
-        and those are re-ranked exactly at ``budget``.
+        Args:
+            queries: ``(Q, R_q, D)`` or one query ``(R_q, D)``; float32/16/bf16, torch or numpy.
+            k: results per query.
+            budget: ``(r_q, r_c)``, ``"r_q,r_c"`` or a :class:`Budget`; ``None`` uses
+                all query vectors and all stored candidate vectors.
+            mode: ``"exact"`` scores every candidate at ``budget``. Any other mode
+                names a first stage (:mod:`metaembed.index.first_stages`), or is one:
+                ``"coarse"`` scores every candidate at ``first_stage_budget``, keeps
+                the best ``shortlist`` and re-ranks them exactly at ``budget``.
+                ``"ann"`` takes the shortlist from a FAISS HNSW graph over the
+                candidates' first vector (``first_stage_budget`` must have ``r_c == 1``),
+                so search stays sub-linear in the index size.
+            shortlist: candidates kept by the first stage (at least ``k``).
+            first_stage_budget: the cheap budget of the first stage.
+
+        Returns:
+            One list per query of :class:`SearchResult`, best first (fewer than ``k``
+            if the collection is smaller). Scores are exact MaxSim at ``budget`` in fp32.
+
+        This is where a Python caller's queries and budgets are checked, once; the
+        checked values go to :meth:`search_batch`, which a searcher implements.
+        """
+        values = as_tensor(queries, "queries")
+        if values.ndim == 2:
+            values = values[None]
+        if values.ndim != 3 or values.shape[1] == 0:
+            raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
+        if values.shape[2] != self.dim:
+            raise InputError(f"queries have dimension D={values.shape[2]} but the index stores D={self.dim}")
+        if not torch.isfinite(values).all():
+            raise InputError("queries contain NaN or inf")
+        k = positive_int(k, "k")
+        chosen = self.check_budget(budget, values.shape[1])
+        first = self.check_budget(first_stage_budget, values.shape[1])
+        shortlist = positive_int(shortlist, "shortlist")
+        return self.search_batch(values.to(torch.float32), k, chosen, mode, shortlist, first)
+
+    @abstractmethod
+    def search_batch(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
+        shortlist: int = 1000,
+        first_stage_budget: Budget = Budget(1, 1),
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` of each fp32 query ``(Q, R_q, D)`` at a checked ``budget`` (see :meth:`search`).
+
+        The caller has checked the inputs: ``D == dim``, finite values, positive ``k`` and
+        ``shortlist``, budgets within ``(R_q, num_vectors)``. A sharded searcher runs this
+        on every shard and combines the lists with :func:`merge_results`.
         """
 
 
