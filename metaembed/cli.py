@@ -162,10 +162,10 @@ def index_build(
       metaembed index build -i ./docs -o ./docs.index
       metaembed index build -i ./docs -o ./docs.index -m ./my-model --budgets "1,1 2,4 4,8"
     """
-    from metaembed.index.quantize import storage_format
+    from metaembed.index.codecs import get_codec
     from metaembed.retriever import build_index
 
-    storage_format(dtype)  # a bad --dtype fails before any work
+    get_codec(dtype)  # a bad --dtype fails before any work
     retriever = build_index(
         model, input, out, budgets=budgets, batch_size=batch_size, dtype=dtype, copy_model=copy_model, strict=strict
     )
@@ -322,6 +322,9 @@ def search(
         raise MetaEmbedError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     if server is not None and query is None:
         index, query = "", index  # 'search --server URL QUERY': the one argument is the query
+    from metaembed.budget import Budget
+
+    parsed = Budget.parse(budget) if budget is not None else None  # read at the edge, checked by the retriever
     if query is None and image is None:
         raise MetaEmbedError("give query text, --image PATH, or both")
     if query is not None and not query.strip():
@@ -332,7 +335,7 @@ def search(
         from metaembed.client import search_server
 
         def run_search(count: int) -> tuple[Any, list]:
-            answer = search_server(server, query, image, k=count, budget=budget, mode=mode, api_key=api_key)
+            answer = search_server(server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode, api_key=api_key)
             return answer["budget"], [_hit(row) for row in answer["results"]]
     else:
         from metaembed.retriever import Retriever
@@ -343,10 +346,9 @@ def search(
         if image is not None:
             item["image"] = image
         retriever = Retriever.open(index, model)
-        chosen = retriever.check_budget(budget)
 
         def run_search(count: int) -> tuple[Any, list]:
-            return chosen, retriever.search(item, k=count, budget=chosen, mode=mode)
+            return parsed or retriever.default_budget, retriever.search(item, k=count, budget=parsed, mode=mode)
 
     chosen, hits = run_search(k)
     if per_file:
@@ -366,9 +368,9 @@ SEARCH_MODES = ("exact", "coarse", "ann")
 
 
 def _hit(row: dict[str, Any]) -> Any:
-    from metaembed.retriever import Hit
+    from metaembed.index.searcher import SearchResult
 
-    return Hit(int(row["rank"]), str(row["id"]), float(row["score"]), dict(row.get("payload") or {}))
+    return SearchResult(str(row["id"]), float(row["score"]), dict(row.get("payload") or {}), int(row["rank"]))
 
 
 def best_per_file(hits: list) -> list:
