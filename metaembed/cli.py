@@ -124,6 +124,8 @@ def _finish_update(index: Path, size: int, report: Any, report_file: Optional[Pa
             "deleted": report.deleted, "unchanged": report.unchanged,
             "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
         }, indent=2, ensure_ascii=False))
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     _echo_skipped(report.skipped, report_file)
     line = f"index {index}: {size} items; {report.summary()}"
     if report.skipped:

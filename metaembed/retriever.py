@@ -435,8 +435,8 @@ def _pending(
             pictures = sum(f.kind != "text" for f in files)
             if pictures:
                 report.notes.append(
-                    f"the model reads text only: {pictures} image and PDF files are read through their "
-                    "text layer or OCR"
+                    f"the model reads text only: images and PDFs ({pictures} files) are read through "
+                    "their text layer or OCR"
                 )
         for file in files:
             sha = file.content_hash()

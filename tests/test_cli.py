@@ -406,3 +406,25 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, collection, capsys, ar
 def test_dtype_help_lists_every_storage_type(capsys):
     code, out, _ = run(capsys, "index", "build", "--help")
     assert code == 0 and all(name in out for name in ("float16", "bfloat16", "int8", "float32"))
+
+
+def test_a_folder_of_screenshots_becomes_searchable_with_a_text_model(tmp_path, capsys):
+    """A text-only model says once that pictures are read through OCR, then finds the screenshot by its text."""
+    from tests.frontdoor_helpers import mirror_text_model, text_page
+
+    model_dir = tmp_path / "text-model"
+    mirror_text_model(max_length=64).save_pretrained(model_dir)
+    docs = tmp_path / "shots"
+    docs.mkdir()
+    text_page(["Quarterly revenue grew", "twelve percent"]).save(docs / "screenshot.png")
+    (docs / "other.txt").write_text("Minutes of the garden committee.")
+    (docs / "another.txt").write_text("Ferry timetable for the winter season.")
+    out_index = tmp_path / "shots.index"
+    code, out, err = run(capsys, "index", "build", "-m", model_dir, "-i", docs, "-o", out_index, "--dtype", "float32")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith(("note", "skipped"))]
+    assert notes == ["note: the model reads text only: images and PDFs (1 files) are read through their text layer or OCR"]
+    assert "3 items; 3 indexed (3 added" in out
+    code, out, _ = run(capsys, "search", out_index, "Quarterly revenue grew\ntwelve percent", "--json")
+    top = json.loads(out)["results"][0]
+    assert top["id"] == "screenshot.png" and top["payload"]["ocr"] is True
