@@ -337,8 +337,10 @@ def search(
         from metaembed.client import search_server
 
         def run_search(count: int) -> tuple[Any, list]:
-            answer = search_server(server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode, api_key=api_key)
-            return answer["budget"], [_hit(row) for row in answer["results"]]
+            answer = search_server(
+                server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode, api_key=api_key
+            )
+            return answer["budget"], answer["results"]
     else:
         from metaembed.retriever import Retriever
 
@@ -350,7 +352,8 @@ def search(
         retriever = Retriever.open(index, model)
 
         def run_search(count: int) -> tuple[Any, list]:
-            return parsed or retriever.default_budget, retriever.search(item, k=count, budget=parsed, mode=mode)
+            hits = retriever.search(item, k=count, budget=parsed, mode=mode)
+            return parsed or retriever.default_budget, [hit.as_dict() for hit in hits]
 
     chosen, hits = run_search(k)
     if per_file:
@@ -361,7 +364,7 @@ def search(
             chosen, hits = run_search(fetch)
         hits = best_per_file(hits)[:k]
     if as_json:
-        _echo_json({"budget": str(chosen), "results": [h.as_dict() for h in hits]})
+        _echo_json({"budget": str(chosen), "results": hits})
         return
     typer.echo(format_hits(hits, chosen))
 
@@ -369,34 +372,31 @@ def search(
 SEARCH_MODES = ("exact", "coarse", "ann")
 
 
-def _hit(row: dict[str, Any]) -> Any:
-    from metaembed.index.searcher import SearchResult
+def best_per_file(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best of each file's hits (pages and passages of a file share its payload ``path``), re-ranked.
 
-    return SearchResult(str(row["id"]), float(row["score"]), dict(row.get("payload") or {}), int(row["rank"]))
-
-
-def best_per_file(hits: list) -> list:
-    """The best hit of each file (hits of pages and passages of one file share its payload ``path``), re-ranked."""
-    from dataclasses import replace
-
+    Hits are the JSON form of search results (``{"rank", "id", "score", "payload"}``, best first),
+    the same from a local index and from a server.
+    """
     from metaembed.ingest import file_of
 
-    best: dict[str, Any] = {}
-    for hit in hits:  # best first already
-        best.setdefault(str(hit.payload.get("path") or file_of(hit.id)), hit)
-    return [replace(hit, rank=rank) for rank, hit in enumerate(best.values(), start=1)]
+    best: dict[str, dict[str, Any]] = {}
+    for hit in hits:
+        best.setdefault(str(hit["payload"].get("path") or file_of(hit["id"])), hit)
+    return [dict(hit, rank=rank) for rank, hit in enumerate(best.values(), start=1)]
 
 
-def format_hits(hits: list, budget: Any) -> str:
-    """A readable table of hits: rank, score, id and the path or a text snippet."""
+def format_hits(hits: list[dict[str, Any]], budget: Any) -> str:
+    """A readable table of hits (their JSON form): rank, score, id and the path or a text snippet."""
     lines = [f"budget {budget}: {len(hits)} results", f"{'rank':>4}  {'score':>8}  {'id':<32}  path / snippet"]
     for hit in hits:
+        payload = hit["payload"] or {}
         # the most human field the payload has: a snippet, a title or name, else the file
-        shown = next((hit.payload[key] for key in ("text", "title", "name", "path") if hit.payload.get(key)), "")
+        shown = next((payload[key] for key in ("text", "title", "name", "path") if payload.get(key)), "")
         shown = " ".join(str(shown).split())
         if len(shown) > 60:
             shown = shown[:57] + "..."
-        lines.append(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.id:<32}  {shown}")
+        lines.append(f"{hit['rank']:>4}  {hit['score']:>8.4f}  {hit['id']:<32}  {shown}")
     return "\n".join(lines)
 
 
