@@ -321,10 +321,12 @@ def bench(
     context: typer.Context,
     script: str = typer.Option("scoring", "--script", help="Which benchmarks/<name>.py to run."),
 ) -> None:
-    """Run a speed benchmark from the source checkout's benchmarks/ folder.
+    """Run a speed benchmark from a source checkout's benchmarks/ folder.
 
     Any further arguments are passed to the script (see 'metaembed bench -- --help'). The
     scripts print a table and write JSON, with peer implementations measured in the same run.
+    They live in the repository, not in the installed package: run this inside a clone (or
+    with metaembed installed from one with 'pip install -e .').
 
     \b
     Examples:
@@ -333,16 +335,32 @@ def bench(
     """
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = checkout_root(Path.cwd(), Path(__file__).resolve().parent)
+    if root is None:
+        raise MetaEmbedError(
+            "'metaembed bench' runs the speed benchmarks of a source checkout, and the installed package "
+            "does not include them: git clone the metaembed repository, 'pip install -e .' in it, and run "
+            "'metaembed bench' there"
+        )
     target = root / "benchmarks" / f"{script}.py"
     if not target.is_file():
-        raise MetaEmbedError(
-            f"benchmark script {target} not found: 'metaembed bench' runs from a source checkout "
-            "(git clone, then pip install -e .)"
-        )
+        available = sorted(p.stem for p in (root / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
+        raise MetaEmbedError(f"benchmark script {target} not found; the checkout has: {', '.join(available)}")
     completed = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *context.args], cwd=root)
     if completed.returncode:
         raise typer.Exit(completed.returncode)
+
+
+def checkout_root(start: Path, package_dir: Path) -> Path | None:
+    """The source checkout whose benchmarks/ 'metaembed bench' runs, or ``None`` outside one.
+
+    Looks in ``start`` and its parents (a user inside a clone), then beside ``package_dir``
+    (an editable install); a checkout holds both ``benchmarks/__init__.py`` and ``metaembed/``.
+    """
+    for folder in (start, *start.parents, package_dir.parent):
+        if (folder / "benchmarks" / "__init__.py").is_file() and (folder / "metaembed" / "__init__.py").is_file():
+            return folder
+    return None
 
 
 # --- serve -----------------------------------------------------------------------------------
@@ -365,11 +383,9 @@ def serve(
     Example:
       metaembed serve ./docs.index --port 8080 --api-key secret
     """
-    import uvicorn
+    from metaembed.serving.server import serve
 
-    from metaembed.serving import create_app
-
-    uvicorn.run(create_app(index, api_key=api_key), host=host, port=port)
+    serve(index, host=host, port=port, api_key=api_key)
 
 
 # --- quickstart ------------------------------------------------------------------------------

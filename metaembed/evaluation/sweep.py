@@ -57,7 +57,8 @@ class MultiVectorEncoder(Protocol):
 
 
 #: Query vectors (queries * r_q) scored per MaxSim call over candidate lists: wide
-#: enough that the kernel's GEMMs run near peak (one query at a time runs ~100x slower).
+#: enough that the kernel's GEMMs run near peak (one query at a time is far slower; see
+#: docs/results/lab-notes.md).
 _QUERY_ROWS_PER_BLOCK = 1024
 
 
