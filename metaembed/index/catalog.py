@@ -189,11 +189,11 @@ class Catalog:
                     "INSERT OR REPLACE INTO config VALUES ('generation', ?, ?)",
                     (generation, row_check("generation", generation)),
                 )
+            self._db.execute("COMMIT")  # a COMMIT that fails (disk full) leaves the transaction to roll back
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _generation(self) -> int:
         row = self._db.execute("SELECT value FROM config WHERE key = 'generation'").fetchone()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import sqlite3
 import uuid
@@ -22,6 +23,7 @@ from metaembed.errors import IndexStateError, StorageFullError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _STAGING_MARK = ".staging-"
+_LOW_SPACE = 1 << 20
 
 
 def fsync_dir(folder: Path) -> None:
@@ -33,13 +35,30 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def is_storage_full(error: BaseException) -> bool:
-    """Whether ``error`` means the file system has no room (or the process may write no more bytes)."""
+def _no_room(folder: Path) -> bool:
+    """Whether writes to ``folder`` are likely failing for want of room: under 1 MiB free, or a file-size limit."""
+    try:
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < _LOW_SPACE:
+            return True
+    except OSError:
+        pass
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
+def is_storage_full(error: BaseException, folder: Path) -> bool:
+    """Whether ``error`` means the file system has no room (or the process may write no more bytes).
+
+    SQLite reports ``ENOSPC`` as ``SQLITE_FULL`` but a file-size limit (``EFBIG``) only as a write
+    I/O error, so a write I/O error counts as "full" when the folder has almost no room left.
+    """
     if isinstance(error, OSError):
         return error.errno in _FULL_ERRNOS
     if isinstance(error, sqlite3.OperationalError):
-        code = getattr(error, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL or "disk is full" in str(error)
+        name = getattr(error, "sqlite_errorname", "")
+        if name == "SQLITE_FULL" or "disk is full" in str(error):
+            return True
+        return name.startswith("SQLITE_IOERR") and _no_room(folder)
     return False
 
 
@@ -49,7 +68,7 @@ def storage_errors(folder: Path, action: str) -> Iterator[None]:
     try:
         yield
     except (OSError, sqlite3.OperationalError) as error:
-        if is_storage_full(error):
+        if is_storage_full(error, folder):
             raise StorageFullError(
                 f"no space left to {action} in index {str(folder)!r} ({error}); "
                 "the index keeps its last committed state: free some space and retry"
