@@ -5,7 +5,7 @@ array of shape ``(R, rows, D)``: position-major, so a budget prefix ``r_c``
 reads exactly the first ``r_c`` contiguous slabs and the cheap first stage of
 coarse-to-fine search (``r_c = 1``) reads one ``rows * D`` slab. int8 segments
 keep a second file of fp32 scales ``(R, rows, G)``, one per group of ``D / G``
-values (:func:`metaembed.scoring.int8_groups`).
+values (the int8 codec of :mod:`metaembed.index.codecs`).
 
 Segments are written once to a temporary name through file I/O into
 preallocated space (a full disk is ``ENOSPC``, not a ``SIGBUS``), fsynced, then
@@ -29,8 +29,9 @@ import torch
 
 from metaembed.errors import IndexCorruptError
 from metaembed.index.checksum import CHUNK_ROWS, ChunkHasher, FileChecks, chunk_checksum, decode_checks, encode_checks
+from metaembed.index.codecs import Codec
 from metaembed.index.files import fsync_dir
-from metaembed.index.quantize import StorageFormat, as_torch, encode
+from metaembed.scoring import CandidateSource
 
 VECTOR_SUFFIX = ".vec"
 SCALE_SUFFIX = ".scale"
@@ -48,7 +49,8 @@ class Segment:
 
     Attributes:
         name: file stem, unique in the index.
-        codes: ``(R, rows, D)`` array (memmap) in the storage's file dtype.
+        codes: ``(R, rows, W)`` array (memmap) in the codec's file dtype (``W = D`` but for a
+            compressed codec).
         scales: ``(R, rows, G)`` fp32 array for int8 storage (a scale per group of
             ``D / G`` values), else ``None``.
         paths: the vector file and the scale file (``None`` without scales), named in errors.
@@ -60,7 +62,7 @@ class Segment:
     name: str
     codes: np.ndarray
     scales: np.ndarray | None
-    fmt: StorageFormat
+    fmt: Codec
     paths: tuple[Path, Path | None] = (Path(), None)
     checks: tuple[FileChecks, FileChecks | None] | None = None
     chunk_rows: int = CHUNK_ROWS
@@ -70,17 +72,15 @@ class Segment:
     def rows(self) -> int:
         return int(self.codes.shape[1])
 
-    def positions(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
-        """The first ``r_c`` position slabs of rows ``[start, stop)``: ``r_c`` tensors ``(n, D)``, no copy."""
-        self.check(r_c, start, self.rows if stop is None else stop)
-        return [as_torch(self.codes[j, start:stop], self.fmt) for j in range(r_c)]
+    def source(self, r_c: int, start: int, stop: int, column: int) -> CandidateSource:
+        """The first ``r_c`` vectors of rows ``[start, stop)`` for the kernel, at output ``column`` on.
 
-    def position_scales(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor] | None:
-        """Scales ``(n, G)`` matching :meth:`positions` (int8), else ``None``."""
-        if self.scales is None:
-            return None
-        self.check(r_c, start, self.rows if stop is None else stop)
-        return [torch.from_numpy(np.ascontiguousarray(self.scales[j, start:stop])) for j in range(r_c)]
+        The codec decides how: views of the stored codes where the kernel reads them, no copy.
+        The chunks read are verified against their checksums the first time (:meth:`check`).
+        """
+        self.check(r_c, start, stop)
+        scales = None if self.scales is None else self.scales[:r_c, start:stop]
+        return self.fmt.source(self.codes[:r_c, start:stop], scales, column)
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
@@ -143,15 +143,19 @@ class Segment:
         self.check_chunks(int(self.codes.shape[0]), chunks)
 
 
-def finite_codes(codes: np.ndarray, fmt: StorageFormat, scales: bool = False) -> bool:
-    """Whether stored ``codes`` (or int8 ``scales``) hold only finite values (scales also non-negative)."""
+def finite_codes(codes: np.ndarray, fmt: Codec, scales: bool = False) -> bool:
+    """Whether stored ``codes`` (or fp32 ``scales``, which must also be non-negative) hold only finite values.
+
+    Floating file dtypes are checked directly; bfloat16 (stored as raw 16-bit patterns) by its
+    exponent bits; integer codes (int8, packed codecs) cannot hold NaN or inf.
+    """
     if scales:
         return bool(np.isfinite(codes).all() and (codes >= 0).all())
-    if fmt.name == "bfloat16":  # raw 16-bit patterns: exponent all ones is inf or NaN
+    if fmt.name == "bfloat16":  # exponent all ones is inf or NaN
         return not bool(((codes & 0x7F80) == 0x7F80).any())
-    if fmt.name == "int8":
-        return True
-    return bool(np.isfinite(codes).all())
+    if np.dtype(fmt.file_dtype).kind == "f":
+        return bool(np.isfinite(codes).all())
+    return True
 
 
 def new_segment_name() -> str:
@@ -203,7 +207,7 @@ def write_segment(
     rows: int,
     num_vectors: int,
     dim: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     blocks: Iterable[tuple[int, np.ndarray, np.ndarray | None]],
     groups: int = 1,
 ) -> tuple[str, str]:
@@ -219,7 +223,7 @@ def write_segment(
     tmp_vec, tmp_scale = vec_path.with_suffix(TMP_SUFFIX), scale_path.with_suffix(SCALE_TMP_SUFFIX)
     writers: list[_FileWriter] = []
     try:
-        writers.append(_FileWriter(tmp_vec, fmt.file_dtype, num_vectors, rows, dim))
+        writers.append(_FileWriter(tmp_vec, fmt.file_dtype, num_vectors, rows, fmt.code_width(dim)))
         if fmt.has_scale:
             writers.append(_FileWriter(tmp_scale, np.dtype(np.float32), num_vectors, rows, groups))
         for start, block, block_scale in blocks:
@@ -245,7 +249,7 @@ def write_segment(
 def encoded_blocks(
     embeddings: torch.Tensor,
     num_vectors: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     check: Callable[[torch.Tensor, int], None],
 ) -> Iterable[tuple[int, np.ndarray, np.ndarray | None]]:
     """Encode ``(N, R, D)`` embeddings block by block into position-major ``(R, n, D)`` codes.
@@ -256,7 +260,7 @@ def encoded_blocks(
     for start in range(0, embeddings.shape[0], _WRITE_ROWS):
         block = embeddings[start : start + _WRITE_ROWS, :num_vectors].to(torch.float32)
         check(block, start)
-        codes, scales = encode(block.transpose(0, 1), fmt)
+        codes, scales = fmt.encode(block.transpose(0, 1))
         yield start, codes, scales
 
 
@@ -277,7 +281,7 @@ def open_segment(
     rows: int,
     num_vectors: int,
     dim: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     groups: int = 1,
     checks: str | None = None,
 ) -> Segment:
@@ -288,7 +292,7 @@ def open_segment(
     :class:`IndexCorruptError` for a file of the wrong size or malformed checksums.
     """
     vec_path, scale_path = segment_files(folder, name)
-    files = [(vec_path, fmt.file_dtype, dim)] + ([(scale_path, np.dtype(np.float32), groups)] if fmt.has_scale else [])
+    files = [(vec_path, fmt.file_dtype, fmt.code_width(dim))] + ([(scale_path, np.dtype(np.float32), groups)] if fmt.has_scale else [])
     arrays = []
     for path, dtype, width in files:
         expected = num_vectors * rows * width * np.dtype(dtype).itemsize

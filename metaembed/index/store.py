@@ -47,8 +47,8 @@ from metaembed.index.catalog import CATALOG_NAME, Catalog, Damage, Snapshot
 from metaembed.index.checksum import ChunkHasher, encode_checks
 from metaembed.index.files import new_staging_folder, publish_folder, remove_stale_staging, storage_errors
 from metaembed.index.inputs import check_finite, json_dict
-from metaembed.index.lock import DEFAULT_TIMEOUT, LOCK_NAME, WriterLock
-from metaembed.index.quantize import decode, storage_format
+from metaembed.index.codecs import get_codec
+from metaembed.index.lock import DEFAULT_TIMEOUT, WriterLock
 from metaembed.index.search import SegmentView
 from metaembed.index.segments import (
     SCALE_TMP_SUFFIX,
@@ -114,7 +114,7 @@ class SegmentStore:
             groups = config.get("scale_groups", 1)  # indexes before grouped scales (format 1) have one
             if not all(isinstance(v, int) and v > 0 for v in (dim, num_vectors, groups)) or dim % groups:
                 raise ValueError(f"dim={dim!r}, num_vectors={num_vectors!r}, scale_groups={groups!r}")
-            fmt = storage_format(config["dtype"])
+            fmt = get_codec(config["dtype"])
             metadata = config.get("metadata") or {}
             if not isinstance(metadata, dict):
                 raise ValueError(f"metadata is a {type(metadata).__name__}")
@@ -479,7 +479,7 @@ class SegmentStore:
         out = torch.empty(len(ids), self.num_vectors, self.dim)
         for position, (name, row) in enumerate(places):
             codes, scales = segments[name].gather(np.array([row]), self.num_vectors)  # verified on first read
-            out[position] = decode(codes[:, 0], None if scales is None else scales[:, 0], self.fmt)
+            out[position] = self.fmt.decode(codes[:, 0], None if scales is None else scales[:, 0])
         return out
 
     def export(self, r_c: int, batch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -493,7 +493,7 @@ class SegmentStore:
                     continue
                 segment.check(r_c, start, stop)
                 scales = None if segment.scales is None else segment.scales[:r_c, start:stop]
-                values = decode(segment.codes[:r_c, start:stop], scales, self.fmt).transpose(0, 1)
+                values = self.fmt.decode(segment.codes[:r_c, start:stop], scales).transpose(0, 1)
                 yield list(view.ids[start:stop][alive]), values[torch.from_numpy(alive)].contiguous()
 
     def close(self) -> None:
