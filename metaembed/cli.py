@@ -80,7 +80,7 @@ def encode(
     records = list(iter_records(input))
     items = [r.item() for r in records]
     encode_fn = encoder.encode_queries if as_ == "query" else encoder.encode_candidates
-    embeddings = encode_fn(items, batch_size=batch_size, show_progress=True)
+    embeddings = encode_fn(items, batch_size=batch_size, show_progress_bar=True)
     np.savez(out, ids=np.array([r.id for r in records]), embeddings=embeddings.float().numpy())
     typer.echo(f"wrote {len(records)} embeddings of shape {tuple(embeddings.shape[1:])} to {out}")
 
