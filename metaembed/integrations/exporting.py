@@ -3,7 +3,9 @@
 A MetaEmbed index serves every budget from one stored set of vectors; a vector database
 does not, so an export writes one multi-vector column (LanceDB) or named vector (Qdrant)
 per candidate budget ``r_c`` of the index's ladder, named :func:`vector_name`. A search
-there at ``(r_q, r_c)`` sends the first ``r_q`` query vectors to the ``r_c`` column.
+there at ``(r_q, r_c)`` sends the first ``r_q`` query vectors to the ``r_c`` column; each
+export's searcher is a :class:`~metaembed.index.Searcher`, so it answers ``search(queries, k,
+budget)`` with the same checks and the same :class:`~metaembed.index.SearchResult` as an index.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from metaembed.budget import Budget, BudgetLike, parse_ladder
 from metaembed.errors import BudgetError, InputError
 from metaembed.index import MultiVectorIndex
+from metaembed.index.searcher import SearchMode
 from metaembed.retriever import LADDER_KEY
-from metaembed.scoring import ArrayLike, as_tensor
 
 
 def vector_name(r_c: int) -> str:
@@ -43,21 +43,12 @@ def candidate_budgets(index: MultiVectorIndex, budgets: str | Sequence[BudgetLik
     return sizes
 
 
-def query_array(queries: ArrayLike, budget: BudgetLike, available: Sequence[int]) -> tuple[np.ndarray, Budget]:
-    """Queries as fp32 ``(Q, r_q, D)`` numpy cut to ``budget``, and the budget, checked against ``available`` r_c."""
-    values = as_tensor(queries, "queries")
-    if values.ndim == 2:
-        values = values[None]
-    if values.ndim != 3:
-        raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
-    chosen = Budget.parse(budget).check_within(values.shape[1], None, "the queries")
-    if chosen.r_c not in available:
-        raise BudgetError(
-            f"no vectors for r_c={chosen.r_c} in this export; it holds r_c {', '.join(map(str, available))}"
-        )
-    return np.ascontiguousarray(values[:, : chosen.r_q].float().numpy()), chosen
-
-
+def check_exported(budget: Budget, mode: SearchMode, available: Sequence[int]) -> None:
+    """Raise unless ``budget.r_c`` is one of the exported ``available`` prefixes and ``mode`` is exact."""
+    if mode != "exact":
+        raise InputError(f"a vector database export is searched by its own engine; mode must be 'exact', got {mode!r}")
+    if budget.r_c not in available:
+        raise BudgetError(f"no vectors for r_c={budget.r_c} in this export; it holds r_c {', '.join(map(str, available))}")
 
 
 #: Where ``metaembed index export --to`` can write an index.
@@ -110,10 +101,10 @@ def export_index(
     else:
         from metaembed.integrations import qdrant
 
-        client = qdrant.export(index, target, collection=name or qdrant.DEFAULT_COLLECTION, budgets=budgets,
-                               overwrite=overwrite)
-        client.close()
+        searcher = qdrant.export(index, target, collection=name or qdrant.DEFAULT_COLLECTION, budgets=budgets,
+                                 overwrite=overwrite)
+        searcher.close()
     return len(index)
 
 
-__all__ = ["EXPORT_TARGETS", "candidate_budgets", "export_index", "query_array", "vector_name"]
+__all__ = ["EXPORT_TARGETS", "candidate_budgets", "check_exported", "export_index", "vector_name"]

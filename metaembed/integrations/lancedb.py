@@ -1,20 +1,20 @@
 """An index as a LanceDB table (embedded, a folder on disk), searched there by MaxSim at a budget.
 
 The table has one row per candidate: ``id`` (string), ``payload`` (the payload as JSON
-text, ``null`` for none) and one multi-vector column per candidate budget of the index's
+text, ``null`` for none; read back as ``{}``, as the index returns it) and one multi-vector column per candidate budget of the index's
 ladder, ``r_c_<n>`` (``list<fixed_size_list<float32, D>>``, the first ``n`` vectors). LanceDB
 scores a multi-vector query against a multi-vector column by MaxSim over cosine similarity
 and reports ``_distance = r_q - MaxSim``; MetaEmbed's vectors are unit vectors, so
-:func:`search` gives back the MaxSim score (fp16 storage rounds it in the 3rd-4th digit).
+:class:`LanceDBSearcher` gives back the MaxSim score (fp16 storage rounds it in the 3rd-4th digit).
 
 >>> import tempfile, torch
 >>> from metaembed.index import MultiVectorIndex
 >>> index = MultiVectorIndex.create(None, dim=4, num_vectors=2, dtype="float32")
 >>> index.add(["a", "b"], torch.eye(4).view(2, 2, 4), payloads=[{"page": 1}, None])
->>> table = export(index, tempfile.mkdtemp(), budgets=[(1, 1), (2, 2)])
->>> hit = search(table, torch.eye(4)[[2]], k=1, budget="1,2")[0][0]
+>>> searcher = export(index, tempfile.mkdtemp(), budgets=[(1, 1), (2, 2)])
+>>> hit = searcher.search(torch.eye(4)[[2]], k=1, budget="1,2")[0][0]
 >>> hit.id, round(hit.score, 4), hit.payload
-('b', 1.0, None)
+('b', 1.0, {})
 >>> index.close()
 """
 
@@ -28,11 +28,13 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
-from metaembed.budget import BudgetLike
+import torch
+
+from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
-from metaembed.index import MultiVectorIndex, SearchResult
-from metaembed.integrations.exporting import candidate_budgets, query_array, vector_name
-from metaembed.scoring import ArrayLike
+from metaembed.index import MultiVectorIndex, Searcher, SearchResult
+from metaembed.index.searcher import SearchMode
+from metaembed.integrations.exporting import candidate_budgets, check_exported, vector_name
 
 DEFAULT_TABLE = "metaembed"
 _METADATA_KEY = b"metaembed"
@@ -59,11 +61,11 @@ def export(
     budgets: str | Sequence[BudgetLike] | None = None,
     overwrite: bool = False,
     batch: int = 1024,
-) -> "lancedb.table.Table":
+) -> "LanceDBSearcher":
     """Write every live candidate of ``index`` to the table ``table`` of the LanceDB database at ``uri``.
 
     ``budgets``: the ladder whose ``r_c`` values become columns (default: the index's
-    recorded ladder). ``overwrite=False`` refuses an existing table. Returns the table.
+    recorded ladder). ``overwrite=False`` refuses an existing table. Returns its searcher.
     """
     sizes = candidate_budgets(index, budgets)
     database = lancedb.connect(str(uri))
@@ -79,50 +81,71 @@ def export(
         for r_c in sizes:
             columns[vector_name(r_c)] = _multivectors(values[:, :r_c])
         created.add(pa.Table.from_pydict(columns, schema=schema))
-    return created
+    return LanceDBSearcher(created)
 
 
-def open_table(uri: str | Path, table: str = DEFAULT_TABLE) -> "lancedb.table.Table":
-    """Open a table written by :func:`export`."""
-    database = lancedb.connect(str(uri))
-    if table not in database.table_names():
-        raise InputError(f"no LanceDB table {table!r} in {uri} (tables: {', '.join(database.table_names()) or 'none'})")
-    return database.open_table(table)
+class LanceDBSearcher(Searcher):
+    """A LanceDB table written by :func:`export`, searched by MaxSim at any exported budget.
 
-
-def table_budgets(table: "lancedb.table.Table") -> list[int]:
-    """The ``r_c`` values the table has columns for."""
-    metadata = table.schema.metadata or {}
-    if _METADATA_KEY not in metadata:
-        raise InputError(f"LanceDB table {table.name!r} was not written by metaembed (no metaembed schema metadata)")
-    return list(json.loads(metadata[_METADATA_KEY])["budgets"])
-
-
-def search(
-    table: "lancedb.table.Table", queries: ArrayLike, k: int = 10, budget: BudgetLike = (1, 1)
-) -> list[list[SearchResult]]:
-    """Top-``k`` rows of ``table`` for each query ``(Q, R_q, D)`` (or one ``(R_q, D)``) by MaxSim at ``budget``.
-
-    Exact (a flat scan) unless an index was built on the column. Results as
-    :meth:`MultiVectorIndex.search`: best first, score = MaxSim, payload decoded.
+    ``search(queries, k, budget)`` (from :class:`~metaembed.index.Searcher`) checks the
+    inputs; the table answers with a flat (exact) scan unless an index was built on the column.
     """
-    values, chosen = query_array(queries, budget, table_budgets(table))
-    column = vector_name(chosen.r_c)
-    results = []
-    for query in values:
-        rows = (
-            table.search(query.tolist(), vector_column_name=column)
-            .distance_type("cosine")
-            .select(["id", "payload"])
-            .limit(k)
-            .to_list()
-        )
-        results.append([
-            SearchResult(row["id"], float(chosen.r_q - row["_distance"]),
-                         None if row["payload"] is None else json.loads(row["payload"]))
-            for row in rows
-        ])
-    return results
+
+    def __init__(self, table: "lancedb.table.Table") -> None:
+        metadata = table.schema.metadata or {}
+        if _METADATA_KEY not in metadata:
+            raise InputError(f"LanceDB table {table.name!r} was not written by metaembed (no metaembed schema metadata)")
+        info = json.loads(metadata[_METADATA_KEY])
+        self.table = table
+        self.budgets: list[int] = list(info["budgets"])
+        self._dim = int(info["dim"])
+
+    @classmethod
+    def open(cls, uri: str | Path, table: str = DEFAULT_TABLE) -> "LanceDBSearcher":
+        """Open the table ``table`` of the database at ``uri``."""
+        database = lancedb.connect(str(uri))
+        names = database.table_names()
+        if table not in names:
+            raise InputError(f"no LanceDB table {table!r} in {uri} (tables: {', '.join(names) or 'none'})")
+        return cls(database.open_table(table))
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def num_vectors(self) -> int:
+        return self.budgets[-1]
+
+    def __len__(self) -> int:
+        return self.table.count_rows()
+
+    def search_batch(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
+        shortlist: int = 1000,
+        first_stage_budget: Budget = Budget(1, 1),
+    ) -> list[list[SearchResult]]:
+        check_exported(budget, mode, self.budgets)
+        column = vector_name(budget.r_c)
+        results = []
+        for query in queries[:, : budget.r_q].numpy():
+            rows = (
+                self.table.search(query.tolist(), vector_column_name=column)
+                .distance_type("cosine")
+                .select(["id", "payload"])
+                .limit(k)
+                .to_list()
+            )
+            results.append([
+                SearchResult(row["id"], float(budget.r_q - row["_distance"]),
+                             json.loads(row["payload"]) if row["payload"] else {}, rank)
+                for rank, row in enumerate(rows, start=1)
+            ])
+        return results
 
 
-__all__ = ["DEFAULT_TABLE", "export", "open_table", "search", "table_budgets"]
+__all__ = ["DEFAULT_TABLE", "LanceDBSearcher", "export"]

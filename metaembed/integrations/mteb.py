@@ -39,7 +39,7 @@ from mteb.types import PromptType
 
 from metaembed.budget import Budget, BudgetLike, parse_ladder
 from metaembed.errors import InputError
-from metaembed.index import SEARCH_MODES, MultiVectorIndex
+from metaembed.index import MultiVectorIndex, search_modes
 from metaembed.model.modeling import MetaEmbedModel, Side
 from metaembed.scoring import maxsim
 
@@ -169,8 +169,8 @@ class MetaEmbedSearchIndex:
     """
 
     def __init__(self, mode: str = "exact", shortlist: int = 1000, first_stage_budget: BudgetLike = (1, 1)) -> None:
-        if mode not in SEARCH_MODES:
-            raise InputError(f"unknown search mode {mode!r}; expected one of {list(SEARCH_MODES)}")
+        if mode not in search_modes():
+            raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         self.mode, self.shortlist, self.first_stage_budget = mode, shortlist, first_stage_budget
         self.index: MultiVectorIndex | None = None
         self.ids: list[str] = []

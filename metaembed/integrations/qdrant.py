@@ -13,9 +13,9 @@ memory) or a folder (local mode on disk), or an open ``QdrantClient``.
 >>> from metaembed.index import MultiVectorIndex
 >>> index = MultiVectorIndex.create(None, dim=4, num_vectors=2, dtype="float32")
 >>> index.add(["a", "b"], torch.eye(4).view(2, 2, 4), payloads=[{"page": 1}, None])
->>> client = export(index, ":memory:", budgets=[(1, 1), (2, 2)])
->>> [(hit.id, hit.score, hit.payload) for hit in search(client, torch.eye(4)[[0]], k=2, budget="1,2")[0]]
-[('a', 1.0, {'page': 1}), ('b', 0.0, None)]
+>>> searcher = export(index, ":memory:", budgets=[(1, 1), (2, 2)])
+>>> [(hit.id, hit.score, hit.payload) for hit in searcher.search(torch.eye(4)[[0]], k=2, budget="1,2")[0]]
+[('a', 1.0, {'page': 1}), ('b', 0.0, {})]
 >>> index.close()
 """
 
@@ -25,13 +25,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from qdrant_client import QdrantClient, models
 
-from metaembed.budget import BudgetLike
+from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
-from metaembed.index import MultiVectorIndex, SearchResult
-from metaembed.integrations.exporting import candidate_budgets, query_array, vector_name
-from metaembed.scoring import ArrayLike
+from metaembed.index import MultiVectorIndex, Searcher, SearchResult
+from metaembed.index.searcher import SearchMode
+from metaembed.integrations.exporting import candidate_budgets, check_exported, vector_name
 
 DEFAULT_COLLECTION = "metaembed"
 #: The payload key that holds the item id (Qdrant point ids must be integers or UUIDs).
@@ -63,8 +64,8 @@ def export(
     budgets: str | Sequence[BudgetLike] | None = None,
     overwrite: bool = False,
     batch: int = 256,
-) -> QdrantClient:
-    """Write every live candidate of ``index`` to ``collection``; returns the client.
+) -> "QdrantSearcher":
+    """Write every live candidate of ``index`` to ``collection``; returns its searcher.
 
     ``budgets``: the ladder whose ``r_c`` values become named vectors (default: the index's
     recorded ladder). ``overwrite=False`` refuses an existing collection.
@@ -95,7 +96,7 @@ def export(
             for item_id, row, payload in zip(ids, values, payloads)
         ]
         client.upsert(collection, points=points, wait=True)
-    return client
+    return QdrantSearcher(client, collection)
 
 
 def _payload(item_id: str, payload: dict[str, Any] | None) -> dict[str, Any]:
@@ -104,39 +105,66 @@ def _payload(item_id: str, payload: dict[str, Any] | None) -> dict[str, Any]:
     return {**(payload or {}), ID_KEY: item_id}
 
 
-def collection_budgets(client: QdrantClient, collection: str = DEFAULT_COLLECTION) -> list[int]:
-    """The ``r_c`` values the collection has named vectors for."""
-    if not client.collection_exists(collection):
-        raise InputError(f"no Qdrant collection {collection!r}")
-    vectors = client.get_collection(collection).config.params.vectors
-    names = vectors.keys() if isinstance(vectors, dict) else []
-    return sorted(int(name.removeprefix("r_c_")) for name in names if name.startswith("r_c_"))
+class QdrantSearcher(Searcher):
+    """A Qdrant collection written by :func:`export`, searched by MaxSim at any exported budget.
 
-
-def search(
-    client: QdrantClient,
-    queries: ArrayLike,
-    k: int = 10,
-    budget: BudgetLike = (1, 1),
-    collection: str = DEFAULT_COLLECTION,
-) -> list[list[SearchResult]]:
-    """Top-``k`` points of ``collection`` for each query ``(Q, R_q, D)`` (or one ``(R_q, D)``) by MaxSim at ``budget``.
-
-    Results as :meth:`MultiVectorIndex.search`: best first, the item's id, MaxSim, its payload.
+    ``search(queries, k, budget)`` (from :class:`~metaembed.index.Searcher`) checks the
+    inputs and sends one batch of requests; ``client`` is the open ``QdrantClient``.
     """
-    values, chosen = query_array(queries, budget, collection_budgets(client, collection))
-    requests = [
-        models.QueryRequest(query=query.tolist(), using=vector_name(chosen.r_c), limit=k, with_payload=True)
-        for query in values
-    ]
-    answers = client.query_batch_points(collection, requests=requests)
-    return [[_result(point) for point in answer.points] for answer in answers]
+
+    def __init__(self, client: QdrantClient, collection: str = DEFAULT_COLLECTION) -> None:
+        if not client.collection_exists(collection):
+            raise InputError(f"no Qdrant collection {collection!r}")
+        vectors = client.get_collection(collection).config.params.vectors
+        named = vectors if isinstance(vectors, dict) else {}
+        self.budgets = sorted(int(name.removeprefix("r_c_")) for name in named if name.startswith("r_c_"))
+        if not self.budgets:
+            raise InputError(f"Qdrant collection {collection!r} was not written by metaembed (no r_c_<n> vectors)")
+        self.client, self.collection = client, collection
+        self._dim = int(named[vector_name(self.budgets[0])].size)
+
+    @classmethod
+    def open(cls, location: str | Path | QdrantClient, collection: str = DEFAULT_COLLECTION) -> "QdrantSearcher":
+        """Connect to ``location`` (see :func:`connect`) and open ``collection``."""
+        return cls(connect(location), collection)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def num_vectors(self) -> int:
+        return self.budgets[-1]
+
+    def __len__(self) -> int:
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def close(self) -> None:
+        """Close the client (a local-mode folder is unlocked)."""
+        self.client.close()
+
+    def search_batch(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
+        shortlist: int = 1000,
+        first_stage_budget: Budget = Budget(1, 1),
+    ) -> list[list[SearchResult]]:
+        check_exported(budget, mode, self.budgets)
+        requests = [
+            models.QueryRequest(query=query.tolist(), using=vector_name(budget.r_c), limit=k, with_payload=True)
+            for query in queries[:, : budget.r_q].numpy()
+        ]
+        answers = self.client.query_batch_points(self.collection, requests=requests)
+        return [[_result(point, rank) for rank, point in enumerate(answer.points, start=1)] for answer in answers]
 
 
-def _result(point: models.ScoredPoint) -> SearchResult:
+def _result(point: models.ScoredPoint, rank: int) -> SearchResult:
     payload = dict(point.payload or {})
     item_id = payload.pop(ID_KEY)
-    return SearchResult(item_id, float(point.score), payload or None)
+    return SearchResult(item_id, float(point.score), payload, rank)
 
 
-__all__ = ["DEFAULT_COLLECTION", "ID_KEY", "collection_budgets", "connect", "export", "point_id", "search"]
+__all__ = ["DEFAULT_COLLECTION", "ID_KEY", "QdrantSearcher", "connect", "export", "point_id"]

@@ -14,9 +14,11 @@ import torch
 from metaembed.budget import parse_ladder
 from metaembed.cli import main
 from metaembed.errors import BudgetError, InputError
-from metaembed.index import MultiVectorIndex
+from metaembed.index import MultiVectorIndex, Searcher
 from metaembed.integrations import lancedb as lance_export
 from metaembed.integrations import qdrant as qdrant_export
+from metaembed.integrations.lancedb import LanceDBSearcher
+from metaembed.integrations.qdrant import QdrantSearcher
 from metaembed.integrations.exporting import export_index
 from metaembed.integrations.files import read_file, write_file
 
@@ -56,31 +58,35 @@ def _same_top10(theirs, ours) -> None:
 
 
 def test_lancedb_table_gives_our_exact_top10_at_every_budget(index, queries, tmp_path):
-    table = lance_export.export(index, tmp_path / "lance")
-    assert table.count_rows() == len(index) == N - 2
-    assert lance_export.table_budgets(table) == [1, 4, 8]
-    reopened = lance_export.open_table(tmp_path / "lance")
+    written = lance_export.export(index, tmp_path / "lance")
+    assert len(written) == len(index) == N - 2 and written.budgets == [1, 4, 8]
+    reopened = LanceDBSearcher.open(tmp_path / "lance")
+    assert isinstance(reopened, Searcher) and reopened.dim == DIM and reopened.num_vectors == 8
     for budget in parse_ladder(LADDER):
-        _same_top10(lance_export.search(reopened, queries, k=10, budget=budget), index.search(queries, k=10, budget=budget))
+        _same_top10(reopened.search(queries, k=10, budget=budget), index.search(queries, k=10, budget=budget))
     with pytest.raises(BudgetError, match="no vectors for r_c=2 in this export; it holds r_c 1, 4, 8"):
-        lance_export.search(reopened, queries, budget="2,2")
+        reopened.search(queries, budget="2,2")
+    with pytest.raises(BudgetError):
+        reopened.search(queries, budget="1,9")
+    with pytest.raises(InputError, match="mode must be 'exact'"):
+        reopened.search(queries, budget="1,1", mode="coarse")
     with pytest.raises(InputError, match="already exists"):
         lance_export.export(index, tmp_path / "lance")
 
 
 def test_qdrant_collection_gives_our_exact_top10_at_every_budget(index, queries, tmp_path):
-    client = qdrant_export.export(index, tmp_path / "qdrant", collection="docs")
+    qdrant_export.export(index, tmp_path / "qdrant", collection="docs").close()
+    searcher = QdrantSearcher.open(tmp_path / "qdrant", "docs")  # local mode on disk, reopened
     try:
-        info = client.get_collection("docs")
-        assert info.points_count == N - 2
+        info = searcher.client.get_collection("docs")
+        assert info.points_count == len(searcher) == N - 2
         for params in info.config.params.vectors.values():
-            assert params.multivector_config.comparator == "max_sim"
-        assert qdrant_export.collection_budgets(client, "docs") == [1, 4, 8]
+            assert params.multivector_config.comparator == "max_sim" and params.distance == "Dot"
+        assert searcher.budgets == [1, 4, 8] and searcher.dim == DIM
         for budget in parse_ladder(LADDER):
-            theirs = qdrant_export.search(client, queries, k=10, budget=budget, collection="docs")
-            _same_top10(theirs, index.search(queries, k=10, budget=budget))
+            _same_top10(searcher.search(queries, k=10, budget=budget), index.search(queries, k=10, budget=budget))
     finally:
-        client.close()
+        searcher.close()
 
 
 def test_files_hold_ids_vectors_at_a_budget_and_payloads(index, tmp_path):
@@ -105,7 +111,7 @@ def test_cli_index_export(index, tmp_path, capsys):
         assert data["vectors"].shape == (N - 2, 4, DIM) and json.loads(data["payloads"][1]) == {"page": 1, "path": "file1.pdf"}
     assert main(["index", "export", folder, ":memory:", "--to", "qdrant"]) == 0
     assert main(["index", "export", folder, str(tmp_path / "lance"), "--to", "lancedb", "--budgets", "2,2"]) == 0
-    assert lance_export.table_budgets(lance_export.open_table(tmp_path / "lance")) == [2]
+    assert LanceDBSearcher.open(tmp_path / "lance").budgets == [2]
     assert main(["index", "export", folder, str(tmp_path / "y"), "--to", "parquet"]) == 2
     assert "unknown export target 'parquet'" in capsys.readouterr().err
     assert main(["index", "export", folder, str(tmp_path / "z.npz"), "--to", "npz", "--budget", "99"]) == 2
