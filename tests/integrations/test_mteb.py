@@ -1,18 +1,21 @@
 """MTEB runs a local retrieval task per budget, offline, and scores what `metaembed eval` scores.
 
-The task is built by the test in MTEB's own format (datasets + qrels) from a BEIR folder
-that `metaembed eval` reads; sockets are blocked for the whole module, so any attempt of
-mteb (or the Hub) to reach the network fails the test.
+The task is built by the test in MTEB's own format (datasets + qrels) from the same rows as a
+BEIR folder that `metaembed eval` reads; sockets are blocked (the ``no_network`` fixture), so
+any attempt of mteb (or the Hub) to reach the network fails the test.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
+
+from tests.integrations.mteb_helpers import local_task
+
+pytestmark = pytest.mark.usefixtures("no_network")
 
 DOCS = [{"_id": f"d{i}", "title": f"title {i}", "text": f"document number {i} about topic {i % 3}"} for i in range(12)]
 QUERIES = [{"_id": f"q{i}", "text": f"which document talks about topic {i % 3} number {i}"} for i in range(6)]
@@ -21,20 +24,6 @@ LADDER = "1,1 2,4 4,8"
 # metaembed eval's metric names -> MTEB's
 METRICS = {"ndcg@1": "ndcg_at_1", "ndcg@5": "ndcg_at_5", "ndcg@10": "ndcg_at_10",
            "recall@1": "recall_at_1", "recall@5": "recall_at_5", "recall@10": "recall_at_10"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def no_network():
-    def refuse(*args, **kwargs):
-        raise OSError("network access is blocked in this test")
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(socket.socket, "connect", refuse)
-    patch.setattr(socket, "create_connection", refuse)
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_DATASETS_OFFLINE", "1")
-    yield
-    patch.undo()
 
 
 @pytest.fixture(scope="module")
@@ -48,37 +37,11 @@ def beir_folder(tmp_path_factory):
     return root
 
 
-def _local_task():
-    """An MTEB retrieval task over the same data, in MTEB's format (no download)."""
-    from datasets import Dataset
-    from mteb.abstasks.retrieval import AbsTaskRetrieval
-    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
-    from mteb.abstasks.task_metadata import TaskMetadata
-
-    class LocalRetrieval(AbsTaskRetrieval):
-        metadata = TaskMetadata(
-            name="MetaEmbedLocalRetrieval", description="A local BEIR-style folder.", reference=None,
-            type="Retrieval", category="t2t", modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"],
-            main_score="ndcg_at_10", dataset={"path": "local", "revision": "local"}, date=None, domains=None,
-            task_subtypes=None, license=None, annotations_creators=None, dialect=None, sample_creation=None,
-            bibtex_citation=None,
-        )
-
-        def load_data(self, num_proc=None, **kwargs):
-            corpus = Dataset.from_list([{"id": d["_id"], "title": d["title"], "text": d["text"]} for d in DOCS])
-            queries = Dataset.from_list([{"id": q["_id"], "text": q["text"]} for q in QUERIES])
-            split = RetrievalSplitData(corpus=corpus, queries=queries, relevant_docs=QRELS, top_ranked=None)
-            self.dataset = {"default": {"test": split}}
-            self.data_loaded = True
-
-    return LocalRetrieval()
-
-
 def test_mteb_scores_match_metaembed_eval_at_every_budget(tiny_qwen2_vl, beir_folder, tmp_path):
     from metaembed.cli import main
     from metaembed.integrations.mteb import evaluate
 
-    results = evaluate(tiny_qwen2_vl, [_local_task()], LADDER, cache=None, encode_kwargs={"batch_size": 4},
+    results = evaluate(tiny_qwen2_vl, [local_task(DOCS, QUERIES, QRELS)], LADDER, cache=None, encode_kwargs={"batch_size": 4},
                        show_progress_bar=False, co2_tracker=False)
     tiny_qwen2_vl.save_pretrained(tmp_path / "model")
     assert main(["eval", "-m", str(tmp_path / "model"), "-b", str(beir_folder), "-o", str(tmp_path / "out"),
