@@ -91,3 +91,38 @@ def test_encode_reads_beir_files(tiny_qwen2_vl, beir_folder, tmp_path):
         assert list(data["ids"]) == [d["_id"] for d in DOCS]
         expected = tiny_qwen2_vl.encode_candidates([f"{d['title']} {d['text']}" for d in DOCS])
         np.testing.assert_allclose(data["embeddings"], expected.numpy(), atol=1e-5)
+
+
+def test_image_corpus_like_vidore_matches_metaembed_eval(tiny_qwen2_vl, tmp_path):
+    """Text queries against page images (ViDoRe's shape): MTEB's image columns reach the vision backbone."""
+    from PIL import Image, ImageDraw
+
+    from metaembed.cli import main
+    from metaembed.integrations.mteb import evaluate
+
+    root = tmp_path / "pages"
+    (root / "qrels").mkdir(parents=True)
+    pages, rows = [], []
+    for i in range(6):
+        page = Image.new("RGB", (48 + 8 * i, 40), (40 * i, 200 - 30 * i, 90))
+        ImageDraw.Draw(page).rectangle([4 + 3 * i, 5, 20 + 3 * i, 18], fill=(250, 250 - 40 * i, 10))
+        page.save(root / f"p{i}.png")
+        pages.append({"_id": f"p{i}", "image": page})
+        rows.append({"_id": f"p{i}", "image": f"p{i}.png"})
+    queries = [{"_id": f"q{i}", "text": f"the page with mark {i}"} for i in range(4)]
+    qrels = {f"q{i}": {f"p{i}": 1, f"p{i + 2}": 1} for i in range(4)}
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, j in qrels.items() for d, s in j.items()))
+    ladder = "1,1 4,8"
+    results = evaluate(tiny_qwen2_vl, [local_task(pages, queries, qrels)], ladder, cache=None,
+                       encode_kwargs={"batch_size": 4}, show_progress_bar=False, co2_tracker=False)
+    tiny_qwen2_vl.save_pretrained(tmp_path / "model")
+    assert main(["eval", "-m", str(tmp_path / "model"), "-b", str(root), "-o", str(tmp_path / "out"),
+                 "--ladder", ladder, "--batch-size", "4"]) == 0
+    ours = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]["pages"]
+    for budget, result in results.items():
+        theirs = result.task_results[0].scores["test"][0]
+        for our_name, their_name in METRICS.items():
+            assert theirs[their_name] == pytest.approx(ours[str(budget)][our_name], abs=1e-5), (budget, our_name)

@@ -75,3 +75,11 @@ def test_builtin_model_matches_our_api(tmp_path):
     _check_parity(encoder, model, "2,4")
     model.save_pretrained(tmp_path / "minilm")
     _check_parity(MultiVectorEncoder(str(tmp_path / "minilm"), device="cpu", trust_remote_code=True), model, "4,8")
+
+
+def test_images_go_through_the_vision_backbone(tiny_qwen2_vl, images):
+    encoder = to_multi_vector_encoder(tiny_qwen2_vl)
+    # sentence-transformers encodes one modality per call
+    for inputs in ([images[0], images[2]], [{"text": "a caption", "image": images[1]}]):
+        theirs = torch.stack(encoder.encode_document(inputs, budget=6)).cpu()
+        torch.testing.assert_close(theirs, tiny_qwen2_vl.encode_candidates(inputs, budget=6), atol=1e-5, rtol=1e-5)
