@@ -23,7 +23,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from metaembed.budget import Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.model import pooling
+from metaembed.model import encode_options, pooling
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
 from metaembed.model.items import Item, ItemLike, to_items
@@ -404,8 +404,7 @@ class MetaEmbedModel(nn.Module):
         normalize_embeddings: bool,
         show_progress: bool | None,
     ) -> torch.Tensor | np.ndarray:
-        from metaembed.model import encode_options
-
+        """The keyword layer (:mod:`metaembed.model.encode_options`) around :meth:`_encode`."""
         instruction = encode_options.resolve_instruction(instruction, prompt, prompt_name, self.config.prompts)
         show = encode_options.resolve_progress(show_progress_bar, show_progress)
         encode_options.move_for_compute(self, device)
