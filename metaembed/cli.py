@@ -30,7 +30,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 index_app = typer.Typer(
-    help="Build and maintain a multi-vector index (build | add | delete | info | check | repair | compact).",
+    help="Build and maintain a multi-vector index (build | add | delete | info | check | repair | compact | export).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -80,7 +80,7 @@ def encode(
     records = list(iter_records(input))
     items = [r.item() for r in records]
     encode_fn = encoder.encode_queries if as_ == "query" else encoder.encode_candidates
-    embeddings = encode_fn(items, batch_size=batch_size, show_progress=True)
+    embeddings = encode_fn(items, batch_size=batch_size, show_progress_bar=True)
     np.savez(out, ids=np.array([r.id for r in records]), embeddings=embeddings.float().numpy())
     typer.echo(f"wrote {len(records)} embeddings of shape {tuple(embeddings.shape[1:])} to {out}")
 
@@ -262,6 +262,34 @@ def index_compact(index: Path = typer.Argument(..., help="Index folder.")) -> No
 
 def _segment_bytes(index: Path) -> int:
     return sum(path.stat().st_size for path in Path(index).glob("seg-*"))
+@index_app.command("export", no_args_is_help=True)
+def index_export(
+    index: Path = typer.Argument(..., help="Index folder."),
+    target: str = typer.Argument(..., help="Where to write: a file (safetensors, npz), a LanceDB folder, or for "
+                                 "Qdrant a URL, ':memory:' or a local-mode folder."),
+    to: str = typer.Option(..., "--to", help="safetensors | npz | lancedb | qdrant"),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Files: keep the first r_c vectors "
+                                         "('r_c' or 'r_q,r_c'). Default: all stored vectors."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="LanceDB/Qdrant: one multi-vector column per r_c "
+                                          "of this ladder, e.g. '1,1 4,8 16,64'. Default: the index's ladder."),
+    name: Optional[str] = typer.Option(None, "--name", help="LanceDB table / Qdrant collection (default 'metaembed')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table or collection."),
+    dtype: str = typer.Option("float32", "--dtype", help="Files: float32 or float16 vectors."),
+) -> None:
+    """Export an index (ids, vectors, payloads) to a file or a vector database.
+
+    \b
+    Examples:
+      metaembed index export ./docs.index docs.safetensors --to safetensors --budget 16
+      metaembed index export ./docs.index ./lance --to lancedb --budgets "1,1 4,8 16,64"
+      metaembed index export ./docs.index http://localhost:6333 --to qdrant --name docs
+    """
+    from metaembed.integrations.exporting import export_index
+    from metaembed.retriever import open_index
+
+    opened = open_index(index)
+    count = export_index(opened, to, target, budget=budget, budgets=budgets, name=name, overwrite=overwrite, dtype=dtype)
+    typer.echo(f"exported {count} items from {index} to {to} {target}")
 
 
 def _human_bytes(n: int) -> str:
