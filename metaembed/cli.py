@@ -262,6 +262,8 @@ def index_compact(index: Path = typer.Argument(..., help="Index folder.")) -> No
 
 def _segment_bytes(index: Path) -> int:
     return sum(path.stat().st_size for path in Path(index).glob("seg-*"))
+
+
 @index_app.command("export", no_args_is_help=True)
 def index_export(
     index: Path = typer.Argument(..., help="Index folder."),
