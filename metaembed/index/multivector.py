@@ -218,6 +218,10 @@ class MultiVectorIndex:
         """The stored vectors of ``ids`` as fp32 ``(N, num_vectors, D)``, decoded from the storage precision."""
         return self._store.vectors(id_list(ids))
 
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
+
     def export(self, r_c: int | None = None, batch: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Every live candidate in storage order, in batches: ``(ids, vectors)`` with fp32 ``(n, r_c, D)``.
 
