@@ -244,7 +244,7 @@ class ShardedIndex:
         groups = split_by_shard(ids, self.num_shards)
         answers = self._call_each({s: ("vectors", [ids[p] for p in positions]) for s, positions in groups.items()})
         for shard, positions in groups.items():
-            out[positions] = torch.from_numpy(answers[shard])
+            out[positions] = torch.from_numpy(np.array(answers[shard]))  # Ray's results are read-only
         return out
 
     # ----------------------------------------------------------------- writes
