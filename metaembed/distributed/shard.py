@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from metaembed.budget import Budget
 from metaembed.errors import MetaEmbedError, ShardUnavailableError
@@ -68,23 +69,21 @@ class ShardServer:
         return self.index.vectors(list(ids)).numpy()
 
     # ----------------------------------------------------------------- search
-    def search(self, queries: np.ndarray, k: int, budget: str, mode: str, shortlist: int,
-               first_stage_budget: str) -> list[list[SearchResult]]:
-        """The shard's own top-``k`` (see :meth:`MultiVectorIndex.search`)."""
-        return self.index.search(queries, k=k, budget=budget, mode=mode, shortlist=shortlist,
-                                 first_stage_budget=first_stage_budget)
+    def search(self, queries: np.ndarray, k: int, budget: Budget, mode: str, shortlist: int,
+               first_stage_budget: Budget) -> list[list[SearchResult]]:
+        """The shard's own top-``k`` of checked fp32 queries ``(Q, R_q, D)`` (see :meth:`MultiVectorIndex.search_batch`)."""
+        return self.index.search_batch(_tensor(queries), k, budget, mode, shortlist, first_stage_budget)
 
-    def first_stage(self, queries: np.ndarray, budget: str, width: int) -> list[list[tuple[str, float]]]:
+    def first_stage(self, queries: np.ndarray, budget: Budget, width: int) -> list[list[tuple[str, float]]]:
         """Phase one of coarse-to-fine: each query's best ``width`` ``(id, score)`` at the cheap ``budget``."""
-        hits = self.index.search(queries, k=width, budget=budget, mode="exact")
+        hits = self.index.search_batch(_tensor(queries), width, budget, "exact")
         return [[(hit.id, hit.score) for hit in row] for row in hits]
 
-    def rerank(self, queries: np.ndarray, ids: Sequence[Sequence[str]], budget: str, k: int) -> list[list[SearchResult]]:
+    def rerank(self, queries: np.ndarray, ids: Sequence[Sequence[str]], budget: Budget, k: int) -> list[list[SearchResult]]:
         """Phase two: exact MaxSim at ``budget`` of each query ``(Q, R_q, D)`` against its ``ids`` of this shard.
 
         Returns each query's best ``k`` of its ids (an empty list where it has none).
         """
-        chosen = Budget.parse(budget)
         out: list[list[SearchResult]] = [[] for _ in ids]
         for start in range(0, len(ids), _RERANK_GROUP):
             group = range(start, min(len(ids), start + _RERANK_GROUP))
@@ -92,7 +91,7 @@ class ShardServer:
             if not union:
                 continue
             column = {item_id: c for c, item_id in enumerate(union)}
-            scores = maxsim(queries[group.start : group.stop], self.index.vectors(union), chosen)
+            scores = maxsim(queries[group.start : group.stop], self.index.vectors(union), budget)
             for q in group:
                 mine = [column[item_id] for item_id in ids[q]]
                 if not mine:
@@ -100,10 +99,11 @@ class ShardServer:
                 row = scores[q - start, mine]
                 top = row.topk(min(k, len(mine)))
                 picked = [union[mine[j]] for j in top.indices.tolist()]
-                out[q] = [SearchResult(item_id, float(s), None) for item_id, s in zip(picked, top.values.tolist())]
+                out[q] = [SearchResult(item_id, float(s)) for item_id, s in zip(picked, top.values.tolist())]
         wanted = sorted({hit.id for row in out for hit in row})
         found = self.index.payloads(wanted) if wanted else {}
-        return [[SearchResult(hit.id, hit.score, found.get(hit.id)) for hit in row] for row in out]
+        return [[SearchResult(hit.id, hit.score, found.get(hit.id) or {}, rank) for rank, hit in enumerate(row, start=1)]
+                for row in out]
 
     # ----------------------------------------------------------------- writes
     def add(self, ids: list[str], embeddings: np.ndarray, payloads: list[dict | None] | None) -> int:
@@ -134,6 +134,11 @@ class ShardServer:
 
     def close(self) -> None:
         self.index.close()
+
+
+def _tensor(queries: np.ndarray) -> torch.Tensor:
+    # Arrays that came through Ray's object store are read-only; torch wants to own writable memory.
+    return torch.from_numpy(np.array(queries, dtype=np.float32))
 
 
 # --------------------------------------------------------------------- backends

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,14 +51,18 @@ from metaembed.errors import IndexStateError, InputError, ShardUnavailableError
 from metaembed.distributed.collection import Manifest, shard_name
 from metaembed.distributed.placement import shard_of, split_by_shard
 from metaembed.distributed.shard import LocalShards, RayShards, ShardBackend
-from metaembed.index import SEARCH_MODES, MultiVectorIndex, SearchResult
+from metaembed.index import MultiVectorIndex, Searcher, SearchResult, merge_results, search_modes
+from metaembed.index.searcher import SearchMode
 from metaembed.index.inputs import check_finite, id_list, json_dict, json_payloads, positive_int, unique_ids
-from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 #: Seconds a call waits for a shard that is restarting before it gives up.
 DEFAULT_TIMEOUT = 30.0
 # How often a write whose shard died is resolved and sent again before giving up.
 _WRITE_ATTEMPTS = 3
+# (timeout, allow_partial) of the search() call in progress in this thread or task, for search_batch.
+_SEARCH_OPTIONS: ContextVar[tuple[float, bool] | None] = ContextVar("sharded_search_options", default=None)
 
 
 class ShardedResults(list):
@@ -79,16 +84,25 @@ class ShardedResults(list):
         return bool(self.missing)
 
 
-class ShardedIndex:
+class ShardedIndex(Searcher):
     """A collection of ``num_shards`` :class:`~metaembed.index.MultiVectorIndex` shards searched as one.
 
     Create with :meth:`create`, reopen with :meth:`open`. ``backend="local"`` serves
     every shard in this process; ``backend="ray"`` serves each shard from a Ray actor
-    (``ray.init`` first). Embeddings are ``(N, R, D)`` as for a single index.
+    (``ray.init`` first). Embeddings are ``(N, R, D)`` as for a single index. It is a
+    :class:`~metaembed.index.Searcher`, so a :class:`~metaembed.retriever.Retriever` (and the
+    HTTP app on it) searches it like one index.
+
+    Attributes:
+        timeout: seconds a search waits for restarting shards (a :meth:`search` argument overrides it).
+        allow_partial: what a search does after ``timeout``: ``False`` raises
+            :class:`ShardUnavailableError`, ``True`` returns a result flagged ``partial``.
     """
 
     def __init__(self, root: Path, manifest: Manifest, backend: ShardBackend,
                  scratch: tempfile.TemporaryDirectory | None = None) -> None:
+        self.timeout = DEFAULT_TIMEOUT
+        self.allow_partial = False
         self.root = root
         self.manifest = manifest
         self.backend = backend
@@ -223,19 +237,13 @@ class ShardedIndex:
         return (f"ShardedIndex({str(self.path or '<scratch>')!r}, shards={self.num_shards}, dim={self.dim}, "
                 f"num_vectors={self.num_vectors}, dtype={self.dtype!r})")
 
-    def _budget(self, budget: BudgetLike | None, max_r_q: int | None) -> Budget:
-        if budget is None:
-            return Budget(max_r_q or 1, self.num_vectors)
-        chosen = Budget.parse(budget).check_within(None, self.num_vectors, "the collection")
-        return chosen.check_within(max_r_q, None, "the queries")
-
     def memory_bytes(self, budget: BudgetLike | None = None) -> int:
         """Bytes of candidate vectors a search at ``budget`` reads, over all shards (see :meth:`MultiVectorIndex.memory_bytes`)."""
-        return embedding_bytes(self._budget(budget, None).r_c, self.dim, self.dtype, num_candidates=len(self))
+        return embedding_bytes(self.check_budget(budget).r_c, self.dim, self.dtype, num_candidates=len(self))
 
     def flops(self, budget: BudgetLike | None = None, num_queries: int = 1) -> int:
         """Multiply-add FLOPs of an exact search at ``budget``, over all shards."""
-        return maxsim_flops(self._budget(budget, None), self.dim, num_candidates=len(self), num_queries=num_queries)
+        return maxsim_flops(self.check_budget(budget), self.dim, num_candidates=len(self), num_queries=num_queries)
 
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
         """fp32 ``(N, num_vectors, D)`` stored vectors of ``ids``, from their shards."""
@@ -331,58 +339,62 @@ class ShardedIndex:
         queries: ArrayLike,
         k: int = 10,
         budget: BudgetLike | None = None,
-        mode: str = "exact",
+        mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        allow_partial: bool = False,
+        timeout: float | None = None,
+        allow_partial: bool | None = None,
     ) -> ShardedResults:
         """Top-``k`` of each query over every shard; arguments as :meth:`MultiVectorIndex.search`.
 
         Args:
-            timeout: seconds to wait for shards that are restarting.
+            timeout: seconds to wait for shards that are restarting (default :attr:`timeout`).
             allow_partial: after ``timeout``, return the answering shards' results flagged
-                ``partial`` instead of raising :class:`ShardUnavailableError`.
+                ``partial`` instead of raising :class:`ShardUnavailableError` (default :attr:`allow_partial`).
 
         Returns:
             :class:`ShardedResults`: one list per query, best first, and the shards covered.
         """
-        values = as_tensor(queries, "queries")
-        if values.ndim == 2:
-            values = values[None]
-        if values.ndim != 3 or values.shape[1] == 0:
-            raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
-        if values.shape[2] != self.dim:
-            raise InputError(f"queries have dimension D={values.shape[2]} but the index stores D={self.dim}")
-        if not torch.isfinite(values).all():
-            raise InputError("queries contain NaN or inf")
-        k = positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise InputError(f"unknown search mode {mode!r}; expected one of {list(SEARCH_MODES)}")
-        chosen = str(self._budget(budget, values.shape[1]))
-        first = self._budget(first_stage_budget, values.shape[1])
-        if mode == "ann" and first.r_c != 1:
-            raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {first}")
-        shortlist = positive_int(shortlist, "shortlist")
-        array = _as_numpy(values.to(torch.float32))
+        options = (self.timeout if timeout is None else float(timeout),
+                   self.allow_partial if allow_partial is None else bool(allow_partial))
+        token = _SEARCH_OPTIONS.set(options)
+        try:
+            return super().search(queries, k, budget, mode, shortlist, first_stage_budget)  # checks, then search_batch
+        finally:
+            _SEARCH_OPTIONS.reset(token)
+
+    def search_batch(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
+        shortlist: int = 1000,
+        first_stage_budget: Budget = Budget(1, 1),
+    ) -> ShardedResults:
+        """:meth:`search` on checked inputs (see :meth:`~metaembed.index.Searcher.search_batch`)."""
+        if isinstance(mode, str) and mode not in search_modes():
+            raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
+        timeout, allow_partial = _SEARCH_OPTIONS.get() or (self.timeout, self.allow_partial)
+        array = _as_numpy(queries.to(torch.float32))
         deadline = time.monotonic() + timeout
-        everyone = {s: () for s in range(self.num_shards)}
+        everyone = range(self.num_shards)
         if mode != "coarse":
-            args = (array, k, chosen, mode, shortlist, str(first))
+            args = (array, k, budget, mode, shortlist, first_stage_budget)
             answers, missing = self._fan_out({s: ("search", args) for s in everyone}, deadline, allow_partial, timeout)
-            return ShardedResults(_merge(answers.values(), len(array), k), sorted(answers), missing)
+            return ShardedResults(_merge(answers, len(array), k), sorted(answers), missing)
         width = max(shortlist, k)
-        stage, missing = self._fan_out({s: ("first_stage", (array, str(first), width)) for s in everyone},
+        stage, missing = self._fan_out({s: ("first_stage", (array, first_stage_budget, width)) for s in everyone},
                                        deadline, allow_partial, timeout)
         owned: dict[int, list[list[str]]] = {s: [[] for _ in range(len(array))] for s in stage}
         for query, row in enumerate(_merge_pairs(stage, len(array), width)):
             for shard, item_id in row:
                 owned[shard][query].append(item_id)
-        wanted = {s: ("rerank", (array, owned[s], chosen, k)) for s in owned if any(owned[s])}
+        wanted = {s: ("rerank", (array, owned[s], budget, k)) for s in owned if any(owned[s])}
         answers, late = self._fan_out(wanted, deadline, allow_partial, timeout)
         answered = sorted(s for s in stage if s not in late)
-        return ShardedResults(_merge(answers.values(), len(array), k), answered, sorted({*missing, *late}))
+        return ShardedResults(_merge(answers, len(array), k), answered, sorted({*missing, *late}))
 
     # ----------------------------------------------------------------- fan-out
     def _fan_out(self, calls: dict[int, tuple[str, tuple]], deadline: float, allow_partial: bool,
@@ -455,13 +467,11 @@ def _as_numpy(values: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(values.detach().cpu().numpy())
 
 
-def _merge(parts: Any, num_queries: int, k: int) -> list[list[SearchResult]]:
-    """The best ``k`` of each query over the shards' result lists (ties keep shard order)."""
-    rows: list[list[SearchResult]] = [[] for _ in range(num_queries)]
-    for part in parts:
-        for query, hits in enumerate(part):
-            rows[query].extend(hits)
-    return [sorted(row, key=lambda hit: -hit.score)[:k] for row in rows]
+def _merge(answers: dict[int, list[list[SearchResult]]], num_queries: int, k: int) -> list[list[SearchResult]]:
+    """The best ``k`` of each query over the shards that answered (in shard order, so ties keep it)."""
+    if not answers:
+        return [[] for _ in range(num_queries)]
+    return merge_results([answers[s] for s in sorted(answers)], k)
 
 
 def _merge_pairs(stage: dict[int, list[list[tuple[str, float]]]], num_queries: int, width: int) -> list[list[tuple[int, str]]]:
