@@ -279,6 +279,10 @@ class MultiVectorIndex(Searcher):
         """The stored vectors of ``ids`` as fp32 ``(N, num_vectors, D)``, decoded from the storage precision."""
         return self._store.vectors(id_list(ids))
 
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
+
     def export(
         self, r_c: int | None = None, batch: int = 4096, payloads: bool = False
     ) -> Iterator[tuple[list[str], torch.Tensor]] | Iterator[tuple[list[str], torch.Tensor, list[dict | None]]]:
@@ -296,7 +300,7 @@ class MultiVectorIndex(Searcher):
         return ((ids, vectors, self._payloads_of(ids)) for ids, vectors in batches)
 
     def _payloads_of(self, ids: list[str]) -> list[dict | None]:
-        found = self._store.payloads(ids)
+        found = self.payloads(ids)
         return [found.get(item_id) for item_id in ids]
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
