@@ -14,7 +14,8 @@ passage's character range, a text snippet) so results can be shown without the o
   unreadable ones are *skipped*, each with a one-line reason (:class:`Skipped`).
 * A **JSONL** file holds one object per line with an ``"id"`` and at least one of ``"text"``,
   ``"image"`` (a path, relative to the JSONL file's folder) and ``"instruction"``; every other key
-  is kept in the payload.
+  is kept in the payload. BEIR's ``corpus.jsonl`` / ``queries.jsonl`` read as they are: ``"_id"``
+  stands for ``"id"``, and a ``"title"`` goes before the text with a space (BEIR's convention).
 * **Long texts** are split into passages that fit the model (``ReadOptions.split``: token
   windows with overlap, see :func:`token_windows`); a split record's id gains ``#passage=N``
   (``&passage=N`` after a page) and its payload the passage's ``chars`` range. A text that fits
@@ -22,7 +23,7 @@ passage's character range, a text snippet) so results can be shown without the o
 
 Every record of a file carries the file's SHA-256 (``payload["sha256"]``), so an update can tell
 a changed file from an unchanged one without reading it again (see
-:func:`metaembed.retriever.sync_folder`). Records of a folder are read file by file, lazily.
+:func:`metaembed.retriever.update_index`). Records of a folder are read file by file, lazily.
 """
 
 from __future__ import annotations
@@ -318,9 +319,12 @@ def iter_jsonl_records(path: Path, split: Splitter | None = None) -> Iterator[Re
     """Records of a JSONL file (see the module docstring); each payload holds the line's SHA-256."""
     base = path.parent
     for number, row in iter_jsonl(path):
-        if "id" not in row:
-            raise InputError(f"{path}, line {number}: expected an object with an 'id' key")
+        id_key = "id" if "id" in row else "_id"
+        if id_key not in row:
+            raise InputError(f"{path}, line {number}: expected an object with an 'id' (or BEIR '_id') key")
         item_fields = {k: row[k] for k in ("text", "image", "instruction") if row.get(k) is not None}
+        if row.get("title") and id_key == "_id":
+            item_fields["text"] = " ".join(str(p) for p in (row["title"], row.get("text")) if p)
         if "image" in item_fields:
             image = Path(item_fields["image"])
             item_fields["image"] = image if image.is_absolute() else base / image
@@ -328,19 +332,19 @@ def iter_jsonl_records(path: Path, split: Splitter | None = None) -> Iterator[Re
             item = to_item(item_fields)
         except (TypeError, ValueError) as error:
             raise InputError(f"{path}, line {number}: {error}") from None
-        payload = {k: v for k, v in row.items() if k not in ("id", "image", "text")}
+        payload = {k: v for k, v in row.items() if k not in (id_key, "image", "text")}
         payload["sha256"] = hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
         if "image" in item_fields:
             payload["path"] = str(row["image"])
         if item.text and not item.images:
             try:
-                yield from _text_records(str(row["id"]), item.text, payload, split, instruction=item.instruction)
+                yield from _text_records(str(row[id_key]), item.text, payload, split, instruction=item.instruction)
             except InputError as error:
                 raise InputError(f"{path}, line {number}: {error}") from None
             continue
         if item.text:
             payload["text"] = item.text[:SNIPPET_CHARS]
-        yield Record(str(row["id"]), (lambda it=item: it), payload)
+        yield Record(str(row[id_key]), (lambda it=item: it), payload)
 
 
 def iter_records(

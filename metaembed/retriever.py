@@ -309,14 +309,14 @@ class Retriever:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
         with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), show_progress=False)
+            embeddings = self.model.encode_queries(list(queries), show_progress_bar=False)
         return self.index.search_batch(embeddings, k, chosen, mode)
 
     # --- updates -----------------------------------------------------------------------------
     def encode_candidates(self, items: Sequence[ItemLike], batch_size: int = 8) -> Any:
         """``(N, r_c, D)`` float32 candidate embeddings of ``items`` (one encode at a time)."""
         with self._encode_lock:
-            return self.model.encode_candidates(list(items), batch_size=batch_size, show_progress=False)
+            return self.model.encode_candidates(list(items), batch_size=batch_size, show_progress_bar=False)
 
     def add(
         self,

@@ -123,3 +123,13 @@ def test_ocr_reads_a_rendered_image_and_a_scanned_pdf_page(tmp_path):
     assert records["screenshot.png"].item().text.split() == "Quarterly revenue grew twelve percent".split()
     assert records["scan.pdf#page=1"].item().text.split() == "Invoice total 1234 EUR".split()
     assert records["scan.pdf#page=1"].payload["ocr"] is True
+
+
+def test_beir_jsonl_reads_id_and_title(tmp_path):
+    """BEIR's corpus.jsonl as it is: '_id' for the id, the title before the text."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "d1", "title": "Cats", "text": "sit on mats"}\n{"_id": "d2", "text": "no title"}\n')
+    records = list(iter_records(path))
+    assert [r.id for r in records] == ["d1", "d2"]
+    assert [r.item().text for r in records] == ["Cats sit on mats", "no title"]
+    assert records[0].payload["title"] == "Cats" and "_id" not in records[0].payload
