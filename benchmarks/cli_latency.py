@@ -129,6 +129,7 @@ def measure(repeats: int, work: Path) -> dict:
         server.terminate()
         server.wait(timeout=60)
     return {
+        "load_average_1min_at_end": os.getloadavg()[0],  # other jobs on the machine, which slow every row
         "model": model_note,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
                    "(AMD EPYC Zen 3 class, AVX2, 2 cores shared with other jobs)",
@@ -138,7 +139,8 @@ def measure(repeats: int, work: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"model: {result['model']}", f"machine: {result['machine']}", "",
+    lines = [f"model: {result['model']}", f"machine: {result['machine']}",
+             f"load average (1 min) at the end: {result['load_average_1min_at_end']:.1f}", "",
              "| what | median s | min s |", "|---|---:|---:|"]
     for name, row in result["seconds"].items():
         lines.append(f"| {name} | {row['median']:.3f} | {row['min']:.3f} |")

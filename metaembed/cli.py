@@ -671,10 +671,11 @@ def serve(
         return
     from metaembed.serving.server import serve
 
-    from metaembed.retriever import open_index
+    from metaembed.retriever import Retriever
 
-    open_index(index).close()  # a missing index fails here, not inside the server
-    serve(index, host=host, port=port, api_key=api_key, model=model)
+    # the model is loaded now, so a missing one fails here (one line), not at the first request
+    loaded = Retriever.open(index, model).model
+    serve(index, host=host, port=port, api_key=api_key, model=loaded)
 
 
 # --- quickstart ------------------------------------------------------------------------------

@@ -11,8 +11,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaembed.errors import MetaEmbedError
+
+if TYPE_CHECKING:
+    from metaembed.model import MetaEmbedModel
 
 API_KEY_ENV = "METAEMBED_API_KEY"
 
@@ -23,11 +27,11 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
-    model: str | Path | None = None,
+    model: "str | Path | MetaEmbedModel | None" = None,
 ) -> None:
     """Serve the index folder ``index`` over HTTP until interrupted (see :func:`~metaembed.serving.create_app`).
 
-    ``model`` (a built-in name or folder) replaces the model the index records."""
+    ``model`` (a loaded model, a built-in name or a folder) replaces the model the index records."""
     import uvicorn
 
     from metaembed.serving.app import create_app
