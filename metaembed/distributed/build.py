@@ -25,12 +25,12 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from metaembed.budget import BudgetLike, parse_ladder
+from metaembed.budget import BudgetLike, ladder_within
 from metaembed.errors import IndexStateError, InputError
 from metaembed.distributed.collection import is_collection
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.ingest import iter_records
-from metaembed.retriever import LADDER_KEY, MODEL_KEY, load_model
+from metaembed.retriever import MODEL_KEY, MODEL_PATH_KEY, index_metadata, load_model, recorded_location
 
 
 def connect(address: str | None = None, **init_options: Any) -> bool:
@@ -66,7 +66,7 @@ def connected(address: str | None = None, **init_options: Any) -> Iterator[None]
 def _model_spec(model_path: str) -> dict[str, int]:
     model = load_model(model_path)
     return {"dim": int(model.embedding_dim), "num_query_tokens": int(model.num_query_tokens),
-            "num_candidate_tokens": int(model.num_candidate_tokens)}
+            "num_candidate_tokens": int(model.num_candidate_tokens), "supports_images": bool(model.supports_images)}
 
 
 class _Encoder:
@@ -142,7 +142,7 @@ def build_collection(
     shard_options = dict(shard_options or {})
     if is_collection(out):
         collection = ShardedIndex.open(out, backend="ray", **shard_options)
-        recorded = collection.metadata.get(MODEL_KEY)
+        recorded = recorded_location(collection.metadata, MODEL_KEY, MODEL_PATH_KEY, out)
         if recorded and Path(recorded).resolve() != Path(model_path):
             raise IndexStateError(f"collection {out} was built with model {recorded}, not {model_path}; "
                                   "use a new --out or the same model")
@@ -152,10 +152,8 @@ def build_collection(
         if num_shards is None:
             raise InputError("give the number of shards of the new collection (--shards)")
         spec = ray.get(ray.remote(_model_spec).remote(model_path))  # the driver never loads the model
-        ladder = parse_ladder(budgets)
-        for budget in ladder:
-            budget.check_within(spec["num_query_tokens"], spec["num_candidate_tokens"], "the model")
-        metadata = {MODEL_KEY: model_path, LADDER_KEY: [str(b) for b in ladder]}
+        ladder = ladder_within(budgets, spec["num_query_tokens"], spec["num_candidate_tokens"])
+        metadata = index_metadata(model_path, out, ladder, spec["num_query_tokens"], spec["supports_images"], source)
         collection = ShardedIndex.create(out, num_shards=num_shards, dim=spec["dim"],
                                          num_vectors=spec["num_candidate_tokens"], dtype=dtype, metadata=metadata,
                                          backend="ray", **shard_options)

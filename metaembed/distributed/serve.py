@@ -31,7 +31,7 @@ from metaembed.distributed.collection import Manifest
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.errors import IndexStateError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex
-from metaembed.retriever import MODEL_KEY, Retriever, load_model
+from metaembed.retriever import MODEL_KEY, MODEL_PATH_KEY, Retriever, load_model, recorded_location
 
 #: Name of the Serve application (and prefix of its deployments).
 APP_NAME = "metaembed"
@@ -170,7 +170,7 @@ def build_app(
     manifest = Manifest.read(root)
     if model is None:
         with MultiVectorIndex.open(manifest.shard_paths(root)[0]) as first:
-            model = first.metadata.get(MODEL_KEY)
+            model = recorded_location(first.metadata, MODEL_KEY, MODEL_PATH_KEY, root)  # relative to the collection
         if not model:
             raise IndexStateError(f"collection {root} does not record its model; pass model=")
     if encoder_options is None:
