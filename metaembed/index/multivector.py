@@ -279,14 +279,29 @@ class MultiVectorIndex(Searcher):
         """The stored vectors of ``ids`` as fp32 ``(N, num_vectors, D)``, decoded from the storage precision."""
         return self._store.vectors(id_list(ids))
 
-    def export(self, r_c: int | None = None, batch: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
+
+    def export(
+        self, r_c: int | None = None, batch: int = 4096, payloads: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor]] | Iterator[tuple[list[str], torch.Tensor, list[dict | None]]]:
         """Every live candidate in storage order, in batches: ``(ids, vectors)`` with fp32 ``(n, r_c, D)``.
 
         ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
-        the memory-mapped segments sequentially, one batch at a time.
+        the memory-mapped segments sequentially, one batch at a time. With
+        ``payloads=True`` each batch is ``(ids, vectors, payloads)``, the payloads
+        (dicts, ``None`` where none was stored) in the order of ``ids``.
         """
         r_c = self.check_budget((1, r_c or self.num_vectors)).r_c
-        return self._store.export(r_c, positive_int(batch, "batch"))
+        batches = self._store.export(r_c, positive_int(batch, "batch"))
+        if not payloads:
+            return batches
+        return ((ids, vectors, self._payloads_of(ids)) for ids, vectors in batches)
+
+    def _payloads_of(self, ids: list[str]) -> list[dict | None]:
+        found = self.payloads(ids)
+        return [found.get(item_id) for item_id in ids]
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
         values = as_tensor(embeddings, "embeddings")
