@@ -112,7 +112,7 @@ class SegmentStore:
         try:
             dim, num_vectors = config["dim"], config["num_vectors"]
             groups = config.get("scale_groups", 1)  # indexes before grouped scales (format 1) have one
-            if not all(isinstance(v, int) and v > 0 for v in (dim, num_vectors, groups)) or dim % groups:
+            if not all(isinstance(v, int) and v > 0 for v in (dim, num_vectors, groups)):
                 raise ValueError(f"dim={dim!r}, num_vectors={num_vectors!r}, scale_groups={groups!r}")
             fmt = get_codec(config["dtype"])
             metadata = config.get("metadata") or {}
