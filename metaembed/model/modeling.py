@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +23,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from metaembed.budget import Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.model import builtin, pooling, saving
+from metaembed.model import builtin, encode_options, pooling, saving
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
 from metaembed.model.convert_official import convert_official, is_official_checkpoint
@@ -31,6 +32,7 @@ from metaembed.model.lora import LoraMixin
 from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
 from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
+from metaembed.scoring import maxsim
 
 Side = Literal["query", "candidate"]
 logger = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if not isinstance(resolved, torch.dtype):
         raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return resolved
+
+
+_PROGRESS_LABELS = {"query": "encoding queries", "candidate": "encoding candidates"}
 
 
 def _size_hint(item: Item) -> tuple[int, int]:
@@ -304,36 +309,106 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         items: Sequence[ItemLike] | ItemLike,
         *,
         batch_size: int = 8,
-        budget: int | Budget | None = None,
+        budget: int | Budget | str | None = None,
         instruction: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
+        device: torch.device | str | None = None,
+        normalize_embeddings: bool = False,
         show_progress: bool | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | np.ndarray:
         """Embed queries: float32 CPU tensor ``(N, r_q, D)`` with L2-normalised rows.
 
-        ``budget`` keeps the first ``r_q`` vectors (an int, or a :class:`Budget`
-        whose ``r_q`` is used); ``None`` keeps all ``num_query_tokens``.
-        ``show_progress=None`` shows a tqdm bar on a terminal for multi-batch inputs.
+        ``budget`` keeps the first ``r_q`` vectors (an int, or a :class:`Budget` /
+        ``"r_q,r_c"`` whose ``r_q`` is used); ``None`` keeps all ``num_query_tokens``.
+        The other keywords mean what they mean in sentence-transformers
+        (:mod:`metaembed.model.encode_options`): ``prompt`` is the instruction of items
+        without their own (``instruction`` is the same, ``prompt_name`` names one of
+        ``config.prompts``), ``convert_to_numpy`` returns a numpy array,
+        ``convert_to_tensor`` a tensor (the default), ``device`` moves the model there,
+        ``normalize_embeddings`` re-normalises the rows. ``show_progress_bar=None``
+        shows a "queries" bar on a terminal for multi-batch inputs (``show_progress``
+        is its deprecated spelling).
         """
-        return self._encode(items, "query", batch_size, budget, instruction, show_progress)
+        return self._encode_with_options(
+            items, "query", batch_size, budget, instruction, prompt, prompt_name, show_progress_bar,
+            convert_to_numpy, convert_to_tensor, device, normalize_embeddings, show_progress,
+        )
 
     def encode_candidates(
         self,
         items: Sequence[ItemLike] | ItemLike,
         *,
         batch_size: int = 8,
-        budget: int | Budget | None = None,
+        budget: int | Budget | str | None = None,
         instruction: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
+        device: torch.device | str | None = None,
+        normalize_embeddings: bool = False,
         show_progress: bool | None = None,
+    ) -> torch.Tensor | np.ndarray:
+        """Embed candidates: float32 CPU tensor ``(N, r_c, D)``; keywords as in :meth:`encode_queries` (``r_c``)."""
+        return self._encode_with_options(
+            items, "candidate", batch_size, budget, instruction, prompt, prompt_name, show_progress_bar,
+            convert_to_numpy, convert_to_tensor, device, normalize_embeddings, show_progress,
+        )
+
+    def similarity(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        candidates: torch.Tensor | np.ndarray,
+        budget: int | Budget | str | tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Embed candidates: float32 CPU tensor ``(N, r_c, D)``; ``budget`` as in :meth:`encode_queries` (``r_c``)."""
-        return self._encode(items, "candidate", batch_size, budget, instruction, show_progress)
+        """MaxSim scores ``(Q, C)`` float32 of query embeddings ``(Q, R_q, D)`` against candidates ``(C, R_c, D)``.
+
+        A single embedding ``(R, D)`` counts as a batch of one. ``budget`` is
+        ``(r_q, r_c)`` (a :class:`Budget`, ``"r_q,r_c"`` or a pair; an int is both);
+        ``None`` scores every vector given. See :func:`metaembed.scoring.maxsim`.
+        """
+        queries, candidates = (x[None] if getattr(x, "ndim", 0) == 2 else x for x in (queries, candidates))
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            budget = Budget(budget, budget)
+        return maxsim(queries, candidates, budget)
+
+    def _encode_with_options(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        side: Side,
+        batch_size: int,
+        budget: int | Budget | str | None,
+        instruction: str | None,
+        prompt: str | None,
+        prompt_name: str | None,
+        show_progress_bar: bool | None,
+        convert_to_numpy: bool,
+        convert_to_tensor: bool,
+        device: torch.device | str | None,
+        normalize_embeddings: bool,
+        show_progress: bool | None,
+    ) -> torch.Tensor | np.ndarray:
+        """The keyword layer (:mod:`metaembed.model.encode_options`) around :meth:`_encode`."""
+        instruction = encode_options.resolve_instruction(instruction, prompt, prompt_name, self.config.prompts)
+        show = encode_options.resolve_progress(show_progress_bar, show_progress)
+        encode_options.move_for_compute(self, device)
+        vectors = self._encode(items, side, batch_size, budget, instruction, show)
+        return encode_options.finish(
+            vectors, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor,
+            normalize_embeddings=normalize_embeddings,
+        )
 
     def _encode(
         self,
         items: Sequence[ItemLike] | ItemLike,
         side: Side,
         batch_size: int,
-        budget: int | Budget | None,
+        budget: int | Budget | str | None,
         instruction: str | None,
         show_progress: bool | None,
     ) -> torch.Tensor:
@@ -349,7 +424,7 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
         output = torch.empty(len(order), keep, self.embedding_dim)
         with self._evaluating(), torch.inference_mode():
-            for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
+            for start in tqdm(starts, desc=_PROGRESS_LABELS[side], unit="batch", disable=disable):
                 chosen = order[start : start + batch_size]
                 batch = self._build([normalised[i] for i in chosen], side, item_numbers=chosen)
                 output[chosen] = self.forward(batch, side)[:, :keep].float().cpu()

@@ -10,6 +10,9 @@ This module knows the files, not the class: :func:`save` writes a model's parts,
     backbone/                  the backbone (Hugging Face save_pretrained, base weights only)
     processor/                 tokenizer and image processor
     lora_adapter/              peft LoRA adapter, when the model has one
+    modules.json, config_sentence_transformers.json
+                               what sentence-transformers reads, so that ``MultiVectorEncoder(folder)``
+                               loads the model (:mod:`metaembed.integrations.sentence_transformers`)
 
 Everything needed is in the folder, so loading is offline and reproduces the
 embeddings exactly.
@@ -18,6 +21,7 @@ embeddings exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +38,10 @@ WEIGHTS_NAME = "metaembed.safetensors"
 BACKBONE_DIR = "backbone"
 PROCESSOR_DIR = "processor"
 ADAPTER_DIR = "lora_adapter"
+#: The sentence-transformers module class a saved folder names in its ``modules.json``, and the
+#: encode arguments that module takes (sentence-transformers' ``task``, MetaEmbed's ``budget``).
+SENTENCE_TRANSFORMERS_MODULE = "metaembed.integrations.sentence_transformers.MetaEmbedModule"
+SENTENCE_TRANSFORMERS_KWARGS = ("task", "budget")
 
 
 def is_saved_model(path: str | Path) -> bool:
@@ -103,6 +111,21 @@ def save(model: "MetaEmbedModel", path: str | Path) -> None:
     model.adapter.save_processors(path / PROCESSOR_DIR)
     if model.peft_model is not None:
         model.peft_model.save_pretrained(str(path / ADAPTER_DIR))
+    write_sentence_transformers_files(path, model.config)
+
+
+def write_sentence_transformers_files(path: Path, config: MetaEmbedConfig) -> None:
+    """``modules.json`` (one module, :data:`SENTENCE_TRANSFORMERS_MODULE`) and the model-level config.
+
+    Plain JSON, so saving needs no sentence-transformers import; the module itself lives in the
+    integrations layer, which sentence-transformers imports when it loads the folder.
+    """
+    module = {"idx": 0, "name": "0", "path": "", "type": SENTENCE_TRANSFORMERS_MODULE,
+              "kwargs": list(SENTENCE_TRANSFORMERS_KWARGS)}
+    (path / "modules.json").write_text(json.dumps([module], indent=2))
+    settings = {"model_type": "MultiVectorEncoder", "similarity_fn_name": "maxsim",
+                "prompts": dict(config.prompts), "default_prompt_name": None}
+    (path / "config_sentence_transformers.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
 
 
 def load_config(path: str | Path, dtype: torch.dtype | None = None) -> MetaEmbedConfig:
