@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"training", "evaluation", "ingest"},
     {"retriever"},
     {"quickstart", "serving", "integrations"},
-    {"cli"},
+    {"cli", "distributed"},  # distributed serves the HTTP app on Ray, so it sits beside the CLI
     {"__init__"},  # the lazy public facade: ``import metaembed`` imports nothing eagerly
 ]
 
