@@ -335,16 +335,35 @@ class MultiVectorIndex(Searcher):
         """
         self._write(ids, embeddings, payloads, replace=False)
 
-    def upsert(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Sequence[dict | None] | None = None) -> None:
-        """Add candidates, replacing (vectors and payload) those whose id already exists. One commit."""
-        self._write(ids, embeddings, payloads, replace=True)
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: ArrayLike,
+        payloads: Sequence[dict | None] | None = None,
+        delete: Sequence[str] = (),
+    ) -> None:
+        """Add candidates, replacing (vectors and payload) those whose id already exists. One commit.
 
-    def _write(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Any, replace: bool) -> None:
+        ``delete``: ids (in the index, not among ``ids``) removed in the same commit, so a
+        collection can be brought up to date (edits, additions, removals) all at once.
+        """
+        self._write(ids, embeddings, payloads, replace=True, delete=delete)
+
+    def _write(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Any, replace: bool, delete: Sequence[str] = ()) -> None:
         ids = unique_ids(ids)
         values = self._check_embeddings(embeddings, len(ids))
         encoded = json_payloads(payloads, len(ids))
+        drop = list(dict.fromkeys(id_list(delete)))
+        if set(drop) & set(ids):
+            raise InputError(f"ids both upserted and deleted: {sorted(set(drop) & set(ids))[:5]}")
         if ids:
-            self._store.write(ids, values, encoded, replace)
+            self._store.write(ids, values, encoded, replace, drop)
+        elif drop:
+            self._store.delete(drop)
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove candidates by id. :class:`IndexStateError` naming them if any id is not in the index."""

@@ -253,12 +253,21 @@ class SegmentStore:
             for path in segment_files(self.folder, name):
                 path.unlink(missing_ok=True)
 
-    def write(self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool) -> None:
-        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert)."""
+    def write(
+        self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool, drop: Sequence[str] = ()
+    ) -> None:
+        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert).
+
+        ``drop``: further ids (not among ``ids``) removed in the same commit.
+        """
         with self._writing("add items"):
             existing = [i for i in ids if i in self.where]
             if existing and not replace:
                 raise IndexStateError(f"ids already in the index: {existing[:5]} (use upsert to replace them)")
+            unknown = [i for i in drop if i not in self.where]
+            if unknown:
+                raise IndexStateError(f"ids not in the index: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
+            existing += list(drop)
             config = self._metadata_update()
             blocks = encoded_blocks(values, self.num_vectors, self.fmt, check_finite)
             name, checks = write_segment(

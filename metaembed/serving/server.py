@@ -11,8 +11,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaembed.errors import MetaEmbedError
+
+if TYPE_CHECKING:
+    from metaembed.model import MetaEmbedModel
 
 API_KEY_ENV = "METAEMBED_API_KEY"
 
