@@ -82,6 +82,14 @@ class MetaEmbedModel(nn.Module):
             if config.pooling == "meta_tokens"
             else None
         )
+        if self.meta_tokens is not None and config.meta_token_init == "mean_embedding":
+            center = self.adapter.input_embeddings().weight.float().mean(dim=0)
+            self.meta_tokens.init_around(center, config.initializer_range)
+        if self.one_way and not adapter_class.supports_one_way:
+            raise InputError(
+                f"meta_attention 'one_way' is not implemented for the {config.family!r} backbone; "
+                "use 'bidirectional'"
+            )
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
         self.peft_model: Any = None  # set by add_lora / loading; not a submodule (it wraps self.backbone)
         #: Where :meth:`from_pretrained` loaded the model from (folder or Hub id); ``None`` for a
@@ -89,6 +97,11 @@ class MetaEmbedModel(nn.Module):
         self.name_or_path: str | None = None
 
     # ------------------------------------------------------------- properties
+    @property
+    def one_way(self) -> bool:
+        """Whether a bidirectional backbone runs with one-way Meta Token attention (see the config)."""
+        return self.config.meta_attention == "one_way" and not self.adapter.causal
+
     @property
     def num_query_tokens(self) -> int:
         """Vectors per query (1 for single-vector pooling)."""
@@ -127,7 +140,7 @@ class MetaEmbedModel(nn.Module):
         """
         if self.meta_tokens is None:
             return 0
-        return self.meta_tokens.num_appended(side, causal=self.adapter.causal)
+        return self.meta_tokens.num_appended(side, causal=self.adapter.causal, one_way=self.one_way)
 
     def num_vectors(self, side: Side) -> int:
         """``R`` for ``side``."""
@@ -137,14 +150,21 @@ class MetaEmbedModel(nn.Module):
     @classmethod
     def from_config(cls, config: MetaEmbedConfig) -> "MetaEmbedModel":
         """Build the backbone (id, folder or config object) and its processors; fresh Meta Tokens."""
+        from metaembed.model import builtin
+
         source = config.backbone
+        if builtin.is_package_reference(source):
+            source = builtin.package_model_path(source)
+        processor = config.processor
+        if builtin.is_package_reference(processor):
+            processor = builtin.package_model_path(processor)
         family = config.family
         if family is None:
             is_object = isinstance(source, PretrainedConfig)
             model_type = source.model_type if is_object else AutoConfig.from_pretrained(source).model_type
             family = config.family = detect_family(model_type)
         adapter_class = get_adapter(family)
-        processor_source = config.processor or (source if isinstance(source, str) else None)
+        processor_source = processor or (source if isinstance(source, str) else None)
         if processor_source is None:
             raise InputError("a backbone given as a config object needs config.processor (a tokenizer folder or id)")
         backbone = adapter_class.load_backbone(source, _resolve_dtype(config.torch_dtype))
@@ -216,11 +236,16 @@ class MetaEmbedModel(nn.Module):
 
         return official.load_official(cls, path, **options).eval()
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
+    def save_pretrained(self, path: str | Path, *, with_backbone: bool = True) -> None:
+        """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter.
+
+        ``with_backbone=False`` writes no backbone and processor copies: the config keeps naming
+        them (a ``"package:<module>"`` reference or a Hub id), so the folder holds only what
+        training changed (how the built-in models ship).
+        """
         from metaembed.model import saving
 
-        saving.save(self, path)
+        saving.save(self, path, with_backbone=with_backbone)
 
     def add_lora(
         self,
@@ -290,12 +315,15 @@ class MetaEmbedModel(nn.Module):
         batch = {key: value.to(device) for key, value in batch.items()}
         attention_mask = batch["attention_mask"]
         if self.meta_tokens is not None:
-            count = self.num_appended(side)
+            rows = self.meta_tokens.appended_rows(side, causal=self.adapter.causal, one_way=self.one_way)
+            count = rows.stop - rows.start
             slots = last_valid_mask(attention_mask, count)
-            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, count):
+            if self.one_way:
+                batch["meta_slots"] = slots
+            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, rows):
                 hidden = self.adapter.run(batch)
             meta_states = hidden[slots].view(hidden.shape[0], count, hidden.shape[-1])
-            vectors = self.meta_tokens.read_out(meta_states, side)
+            vectors = self.meta_tokens.read_out(meta_states, side, rows)
         else:
             hidden = self.adapter.run(batch)
             if self.config.pooling == "last_token":
