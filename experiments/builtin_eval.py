@@ -10,6 +10,7 @@ encoder once for all of them.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -41,31 +42,43 @@ def _sweep(model, folder: Path, target: Path, ladder: str, name: str):
     print(f"{name}: " + ", ".join(f"{b} {v:.3f}" for b, v in average.items()), flush=True)
 
 
-def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str]) -> None:
+def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_s: float = 0.0) -> None:
+    """Evaluate what is trained; with ``wait_s``, wait up to that long for runs still training."""
     from metaembed.model import MetaEmbedModel
     from metaembed.model.backbones.encoder import FrozenStateCache
-    from metaembed.quickstart.baselines import SentenceTransformerEncoder, TokenLevelEncoder
+    from metaembed.quickstart.baselines import MeanPooledStates, TokenLevelStates
     from metaembed.quickstart.recipe import Recipe, build_model
 
+    started = time.time()
     folder = heldout_folder(out)
     ladder = Recipe().ladder
     cache = FrozenStateCache(torch.float32)
     untrained = build_model(Recipe(), "mmr")
     untrained.adapter.state_cache = cache
     _sweep(untrained, folder, out / "eval" / "untrained", ladder, "untrained")
-    for seed in seeds:
-        for variant in variants:
-            name = f"{variant}-seed{seed}"
-            model = MetaEmbedModel.from_pretrained(out / "models" / name)
-            model.adapter.state_cache = cache
-            _sweep(model, folder, out / "eval" / name, "1,1" if variant == "single_vector" else ladder, name)
-    _sweep(SentenceTransformerEncoder(), folder, out / "eval" / "sentence-transformers", "1,1", "sentence-transformers")
-    tokens = TokenLevelEncoder(query_vectors=TOKEN_ROWS[0], candidate_vectors=TOKEN_ROWS[1])
-    _sweep(tokens, folder, out / "eval" / "token-level", f"{TOKEN_ROWS[0]},{TOKEN_ROWS[1]}", "token-level")
+    _sweep(MeanPooledStates(untrained), folder, out / "eval" / "sentence-transformers", "1,1", "sentence-transformers")
+    names = [f"{variant}-seed{seed}" for seed in seeds for variant in variants]
+    trained = lambda name: (out / "models" / name / "training.json").is_file()  # noqa: E731
+    # (d) is the most expensive to score (64 x 256 vectors per query-page pair): after the models
+    # trained so far, before waiting for the others
+    tokens = TokenLevelStates(untrained, query_vectors=TOKEN_ROWS[0], candidate_vectors=TOKEN_ROWS[1])
+    pending = [n for n in names if trained(n)] + ["token-level"] + [n for n in names if not trained(n)]
+    for name in pending:
+        if name == "token-level":
+            _sweep(tokens, folder, out / "eval" / name, f"{TOKEN_ROWS[0]},{TOKEN_ROWS[1]}", name)
+            continue
+        while not trained(name) and wait_s > 0 and time.time() < started + wait_s:
+            time.sleep(20)
+        if not trained(name):
+            print(f"{name}: not trained, skipped", flush=True)
+            continue
+        model = MetaEmbedModel.from_pretrained(out / "models" / name)
+        model.adapter.state_cache = cache
+        _sweep(model, folder, out / "eval" / name, "1,1" if name.startswith("single_vector") else ladder, name)
     lengths = out / "eval" / "token-level" / "lengths.json"
     if not lengths.is_file():
         corpus = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
-        tokenizer = tokens.model.tokenizer
+        tokenizer = untrained.tokenizer
         counts = [min(TOKEN_ROWS[1], len(tokenizer(row["text"])["input_ids"])) for row in corpus]
         lengths.write_text(json.dumps({"mean_vectors_per_page": sum(counts) / len(counts), "pages": len(counts)}))
 

@@ -71,6 +71,17 @@ def train_all(out: Path, data: Path, seeds: Sequence[int], variants: Sequence[st
             print(f"{name}: {info['seconds']:.0f}s, final loss {info['final_loss']}", flush=True)
 
 
+def ship(source: Path) -> None:
+    """Copy a trained model into the package (its model card ``README.md`` there is kept)."""
+    card = SHIPPED / "README.md"
+    kept = card.read_text() if card.is_file() else None
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(source, SHIPPED, ignore=shutil.ignore_patterns("README.md"))  # peft's generic card too
+    if kept is not None:
+        card.write_text(kept)
+    print(f"shipped {source} -> {SHIPPED}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from metaembed.quickstart.recipe import VARIANTS
 
@@ -81,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--phases", default="train,eval,report,ship")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-minutes", type=float, default=0.0,
+                        help="eval: wait this long for variants another process is still training")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out, phases = Path(args.out), args.phases.split(",")
@@ -92,16 +105,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "eval" in phases:
         from experiments.builtin_eval import evaluate_all
 
-        evaluate_all(out, seeds, variants)
+        evaluate_all(out, seeds, variants, wait_s=args.wait_minutes * 60)
     if "report" in phases:
         from experiments.builtin_report import write_report
 
         write_report(out, REPO / "docs" / "results")
     if "ship" in phases:
-        source = out / "models" / "mmr-seed0"
-        shutil.rmtree(SHIPPED, ignore_errors=True)
-        shutil.copytree(source, SHIPPED, ignore=shutil.ignore_patterns("README.md"))
-        print(f"shipped {source} -> {SHIPPED}")
+        ship(out / "models" / "mmr-seed0")
     print(f"done in {time.perf_counter() - started:.0f}s")
 
 

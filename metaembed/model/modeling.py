@@ -314,18 +314,12 @@ class MetaEmbedModel(nn.Module):
         device = self.device
         batch = {key: value.to(device) for key, value in batch.items()}
         attention_mask = batch["attention_mask"]
+        hidden, slots = self._hidden_states(batch, side)
         if self.meta_tokens is not None:
             rows = self.meta_tokens.appended_rows(side, causal=self.adapter.causal, one_way=self.one_way)
-            count = rows.stop - rows.start
-            slots = last_valid_mask(attention_mask, count)
-            if self.one_way:
-                batch["meta_slots"] = slots
-            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, rows):
-                hidden = self.adapter.run(batch)
-            meta_states = hidden[slots].view(hidden.shape[0], count, hidden.shape[-1])
+            meta_states = hidden[slots].view(hidden.shape[0], rows.stop - rows.start, hidden.shape[-1])
             vectors = self.meta_tokens.read_out(meta_states, side, rows)
         else:
-            hidden = self.adapter.run(batch)
             if self.config.pooling == "last_token":
                 vectors = pooling.last_token(hidden, attention_mask)
             elif self.config.pooling == "mean":
@@ -336,6 +330,41 @@ class MetaEmbedModel(nn.Module):
         if self.projection is not None:
             vectors = self.projection(vectors.to(self.projection.weight.dtype)).float()
         return F.normalize(vectors, p=2, dim=-1)
+
+    def _hidden_states(self, batch: dict[str, torch.Tensor], side: Side) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Last hidden states ``(B, L, H)`` of a batch on the model's device, and the Meta Token slots ``(B, L)``."""
+        if self.meta_tokens is None:
+            return self.adapter.run(batch), None
+        rows = self.meta_tokens.appended_rows(side, causal=self.adapter.causal, one_way=self.one_way)
+        slots = last_valid_mask(batch["attention_mask"], rows.stop - rows.start)
+        if self.one_way:
+            batch["meta_slots"] = slots
+        with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, rows):
+            return self.adapter.run(batch), slots
+
+    def token_states(
+        self, items: Sequence[ItemLike] | ItemLike, side: Side = "candidate", *, batch_size: int = 8
+    ) -> list[torch.Tensor]:
+        """The backbone's last-layer states of each item's own tokens: float32 CPU ``(L_i, H)`` each.
+
+        Every token of the formatted input (special tokens included), without the Meta Tokens.
+        With one-way Meta Token attention these are exactly the pretrained encoder's states, so
+        their mean is the plain encoder's mean-pooled embedding and the rows themselves are
+        token-level (ColBERT-style) vectors, from the same forward pass as the Meta Tokens.
+        """
+        self._check_side(side)
+        normalised = to_items(items)
+        states: list[torch.Tensor] = []
+        with self._evaluating(), torch.inference_mode():
+            for start in range(0, len(normalised), batch_size):
+                batch = self._build(normalised[start : start + batch_size], side)
+                batch = {key: value.to(self.device) for key, value in batch.items()}
+                hidden, slots = self._hidden_states(batch, side)
+                content = batch["attention_mask"].bool()
+                if slots is not None:
+                    content &= ~slots
+                states.extend(hidden[row][content[row]].float().cpu() for row in range(hidden.shape[0]))
+        return states
 
     # --------------------------------------------------------------- encoding
     def encode_queries(

