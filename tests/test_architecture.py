@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"training", "evaluation", "ingest"},
     {"retriever"},
     {"quickstart", "serving", "integrations", "client"},
+    {"distributed"},  # serves the HTTP app on Ray, so it sits above serving; the CLI's --ray options call it
     {"cli"},
     {"__init__"},  # the lazy public facade: ``import metaembed`` imports nothing eagerly
 ]

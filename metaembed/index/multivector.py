@@ -86,7 +86,8 @@ class MultiVectorIndex(Searcher):
             dim: vector dimension ``D``.
             num_vectors: vectors stored per candidate (the largest ``r_c``).
             dtype: storage precision, ``"float16"`` (default), ``"bfloat16"``,
-                ``"int8"`` (a scale per 64 values) or ``"float32"``.
+                ``"int8"`` (a scale per 64 values), ``"float32"`` or any codec registered
+                in :mod:`metaembed.index.codecs`.
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
@@ -231,7 +232,7 @@ class MultiVectorIndex(Searcher):
 
     @property
     def dtype(self) -> str:
-        """Storage precision: ``"float16"``, ``"bfloat16"``, ``"int8"`` or ``"float32"``."""
+        """The storage codec's name: ``"float16"``, ``"bfloat16"``, ``"int8"``, ``"float32"`` or a registered one."""
         return self._store.fmt.name
 
     @property
