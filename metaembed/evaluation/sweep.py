@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
+from metaembed.budget import Budget, BudgetLike, ladder_within
 from metaembed.errors import InputError
 from metaembed.evaluation.kinds import Benchmark, get_kind
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
@@ -296,20 +296,7 @@ def run_sweep(
 def _ladder_for(model: MultiVectorEncoder, ladder: str | Sequence[BudgetLike] | None) -> tuple[Budget, ...]:
     """The budgets to sweep: ``ladder`` checked against the model's Meta Tokens, or by
     default the paper's ladder cut to what the model has (plus its full budget)."""
-    max_r_q = getattr(model, "num_query_tokens", None)
-    max_r_c = getattr(model, "num_candidate_tokens", None)
-    if ladder is not None:
-        budgets = parse_ladder(ladder)
-        for budget in budgets:
-            budget.check_within(max_r_q, max_r_c, "the model")
-        return budgets
-    fitting = [
-        b for b in DEFAULT_LADDER
-        if (max_r_q is None or b.r_q <= max_r_q) and (max_r_c is None or b.r_c <= max_r_c)
-    ]
-    if max_r_q is not None and max_r_c is not None:
-        fitting.append(Budget(max_r_q, max_r_c))
-    return parse_ladder(fitting)
+    return ladder_within(ladder, getattr(model, "num_query_tokens", None), getattr(model, "num_candidate_tokens", None))
 
 
 def _task_info(task: Task, seconds: float) -> dict[str, Any]:
