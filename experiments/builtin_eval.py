@@ -21,12 +21,13 @@ import torch
 TOKEN_ROWS = (64, 256)
 
 
-def heldout_folder(out: Path) -> Path:
-    from metaembed.quickstart.collection import load_collection, write_beir_folder
+def heldout_folder(out: Path, max_pages: int | None = None) -> Path:
+    """The packaged held-out collection (or its ``max_pages`` subset) as a BEIR folder under ``out``."""
+    from metaembed.quickstart.collection import load_collection, subset, write_beir_folder
 
     folder = out / "heldout"
     if not (folder / "corpus.jsonl").is_file():
-        write_beir_folder(load_collection(), folder)
+        write_beir_folder(subset(load_collection(), max_pages), folder)
     return folder
 
 
@@ -42,7 +43,8 @@ def _sweep(model, folder: Path, target: Path, ladder: str, name: str):
     print(f"{name}: " + ", ".join(f"{b} {v:.3f}" for b, v in average.items()), flush=True)
 
 
-def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_s: float = 0.0) -> None:
+def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_s: float = 0.0,
+                 max_pages: int | None = None, models: Path | None = None) -> None:
     """Evaluate what is trained; with ``wait_s``, wait up to that long for runs still training."""
     from metaembed.model import MetaEmbedModel
     from metaembed.model.backbones.encoder import FrozenStateCache
@@ -50,7 +52,8 @@ def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_
     from metaembed.quickstart.recipe import Recipe, build_model
 
     started = time.time()
-    folder = heldout_folder(out)
+    folder = heldout_folder(out, max_pages)
+    models = models or out / "models"
     ladder = Recipe().ladder
     cache = FrozenStateCache(torch.float32)
     untrained = build_model(Recipe(), "mmr")
@@ -58,7 +61,7 @@ def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_
     _sweep(untrained, folder, out / "eval" / "untrained", ladder, "untrained")
     _sweep(MeanPooledStates(untrained), folder, out / "eval" / "sentence-transformers", "1,1", "sentence-transformers")
     names = [f"{variant}-seed{seed}" for seed in seeds for variant in variants]
-    trained = lambda name: (out / "models" / name / "training.json").is_file()  # noqa: E731
+    trained = lambda name: (models / name / "training.json").is_file()  # noqa: E731
     # (d) is the most expensive to score (64 x 256 vectors per query-page pair): after the models
     # trained so far, before waiting for the others
     tokens = TokenLevelStates(untrained, query_vectors=TOKEN_ROWS[0], candidate_vectors=TOKEN_ROWS[1])
@@ -72,7 +75,7 @@ def evaluate_all(out: Path, seeds: Sequence[int], variants: Sequence[str], wait_
         if not trained(name):
             print(f"{name}: not trained, skipped", flush=True)
             continue
-        model = MetaEmbedModel.from_pretrained(out / "models" / name)
+        model = MetaEmbedModel.from_pretrained(models / name)
         model.adapter.state_cache = cache
         _sweep(model, folder, out / "eval" / name, "1,1" if name.startswith("single_vector") else ladder, name)
     lengths = out / "eval" / "token-level" / "lengths.json"

@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--phases", default="train,eval,report,ship")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-pages", type=int, default=None, help="eval: a subset of the held-out pages")
+    parser.add_argument("--models", default=None, help="eval: where the trained models are (default <out>/models)")
     parser.add_argument("--wait-minutes", type=float, default=0.0,
                         help="eval: wait this long for variants another process is still training")
     args = parser.parse_args(argv)
@@ -105,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "eval" in phases:
         from experiments.builtin_eval import evaluate_all
 
-        evaluate_all(out, seeds, variants, wait_s=args.wait_minutes * 60)
+        evaluate_all(out, seeds, variants, wait_s=args.wait_minutes * 60, max_pages=args.max_pages,
+                     models=Path(args.models) if args.models else None)
     if "report" in phases:
         from experiments.builtin_report import write_report
 

@@ -97,7 +97,11 @@ def retrieval_metrics(
 
     Returns ``{"ndcg@5": ..., "recall@5": ..., "mrr": ...}``.
     """
-    per_query = per_query_metrics(qrels, run, k_values)
+    return mean_metrics(per_query_metrics(qrels, run, k_values))
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the queries of :func:`per_query_metrics`' output."""
     names = next(iter(per_query.values())).keys()
     return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
 
@@ -174,6 +178,7 @@ __all__ = [
     "DEFAULT_K_VALUES",
     "precision_at_1",
     "per_query_metrics",
+    "mean_metrics",
     "retrieval_metrics",
     "rows_to_keep",
     "run_from_ranked_rows",

@@ -23,6 +23,7 @@ from metaembed.evaluation.cache import EmbeddingCache, model_identity
 from metaembed.evaluation.metrics import (
     DEFAULT_K_VALUES,
     mean,
+    mean_metrics,
     per_query_metrics,
     precision_at_1,
     rows_to_keep,
@@ -120,9 +121,7 @@ def score_retrieval(
 ) -> dict[str, float]:
     """nDCG@k, recall@k and MRR of ``task`` at ``budget``: exhaustive MaxSim over the
     corpus, each query's top ``depth`` documents judged by trec_eval (means over queries)."""
-    per_query = score_retrieval_per_query(task, queries, corpus, budget, k_values, depth)
-    names = next(iter(per_query.values())).keys()
-    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
+    return mean_metrics(score_retrieval_per_query(task, queries, corpus, budget, k_values, depth))
 
 
 def score_retrieval_per_query(
@@ -270,11 +269,10 @@ def run_sweep(
                 per_budget[str(budget)] = {"precision@1": score_candidate_lists(task, queries, candidates, budget)}
             else:
                 scored = score_retrieval_per_query(task, queries, candidates, budget, k_values)
-                names_ = next(iter(scored.values())).keys()
-                per_budget[str(budget)] = {n: sum(v[n] for v in scored.values()) / len(scored) for n in names_}
+                per_budget[str(budget)] = mean_metrics(scored)
                 if per_query:
                     result.per_query.setdefault(name, {})[str(budget)] = {
-                        metric: {qid: values[metric] for qid, values in scored.items()} for metric in names_
+                        metric: {qid: values[metric] for qid, values in scored.items()} for metric in per_budget[str(budget)]
                     }
         result.datasets[name] = per_budget
         result.info[name] = _task_info(task, time.perf_counter() - started)

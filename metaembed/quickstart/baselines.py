@@ -74,6 +74,20 @@ class _StatesEncoder:
     def _states(self, items: Sequence[Any], side: str, batch_size: int, instruction: str | None) -> list[torch.Tensor]:
         return self.model.token_states(to_items(items, instruction=instruction), side, batch_size=batch_size)
 
+    def _encode(self, items: Sequence[Any], side: str, batch_size: int, instruction: str | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_queries(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
+                       instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
+        """``(N, R_q, H)`` float32 (see the class)."""
+        return self._encode(items, "query", batch_size, instruction)
+
+    def encode_candidates(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
+                          instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
+        """``(N, R_c, H)`` float32 (see the class)."""
+        return self._encode(items, "candidate", batch_size, instruction)
+
+
 
 class MeanPooledStates(_StatesEncoder):
     """Baseline (a) from the same forward pass: the mean of MiniLM's token states, L2-normalised.
@@ -94,16 +108,6 @@ class MeanPooledStates(_StatesEncoder):
     def _encode(self, items: Sequence[Any], side: str, batch_size: int, instruction: str | None) -> torch.Tensor:
         states = self._states(items, side, batch_size, instruction)
         return F.normalize(torch.stack([s.mean(dim=0) for s in states]), dim=-1).unsqueeze(1)
-
-    def encode_queries(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
-                       instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
-        """``(N, 1, H)``."""
-        return self._encode(items, "query", batch_size, instruction)
-
-    def encode_candidates(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
-                          instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
-        """``(N, 1, H)``."""
-        return self._encode(items, "candidate", batch_size, instruction)
 
 
 class TokenLevelStates(_StatesEncoder):
@@ -132,16 +136,6 @@ class TokenLevelStates(_StatesEncoder):
             if side == "candidate":
                 output[index, len(vectors):] = vectors[0]
         return output
-
-    def encode_queries(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
-                       instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
-        """``(N, query_vectors, H)``: each token's normalised state, then zero rows."""
-        return self._encode(items, "query", batch_size, instruction)
-
-    def encode_candidates(self, items: Sequence[Any], *, batch_size: int = 32, budget: Any = None,
-                          instruction: str | None = None, show_progress: bool | None = None) -> torch.Tensor:
-        """``(N, candidate_vectors, H)``: each token's normalised state, then copies of the first."""
-        return self._encode(items, "candidate", batch_size, instruction)
 
 
 __all__ = ["SentenceTransformerEncoder", "MeanPooledStates", "TokenLevelStates"]
