@@ -9,7 +9,13 @@ index path.
 Concurrency: the index itself is thread-safe (a search works on the snapshot it started with, a
 write commits atomically), so searches run in parallel and never see a half-applied add or
 delete; this module adds one lock around writes so that "check the ids are new, then add" is
-atomic. Encoding, the expensive part, runs outside any lock.
+atomic. Encoding, the expensive part, runs outside that lock. Query encodes take no lock at all
+(the model's Meta Token hook is per thread), so a search never waits behind another request's
+encoding; candidate encodes take turns, so concurrent large adds do not pile up in memory.
+
+Other processes (``metaembed index add`` while ``metaembed serve`` runs): every read and write
+first calls :meth:`Retriever.refresh`, which costs one SQLite pragma when nothing changed and
+otherwise reloads the index's committed state, so a long-lived retriever serves what others commit.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from metaembed.ingest import Record, iter_records
 from metaembed.model.items import ItemLike
 
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
+    import torch
+
     from metaembed.index import MultiVectorIndex
+    from metaembed.index.filters import FilterLike
     from metaembed.model import MetaEmbedModel
 
 #: Keys this module writes into the index metadata.
@@ -82,9 +91,8 @@ class Retriever:
         self.index = index
         self.model = model
         self._write_lock = threading.Lock()
-        # MetaEmbedModel injects its Meta Tokens through a forward hook on the shared embedding
-        # module, so two encodes running at once would see each other's hooks: one at a time.
-        self._encode_lock = threading.Lock()
+        # Candidate encodes one at a time (bounded memory); query encodes never wait for them.
+        self._candidate_lock = threading.Lock()
         if model.embedding_dim != self._index_dim:
             raise IndexStateError(
                 f"the model embeds into {model.embedding_dim} dimensions but the index holds "
@@ -141,11 +149,17 @@ class Retriever:
             ladder = " ".join(str(b) for b in self.ladder)
             raise BudgetError(f"{error} (the index's ladder: {ladder})") from None
 
+    def refresh(self) -> bool:
+        """Catch up with commits made by other processes; whether anything changed (see module doc)."""
+        return self.index.refresh()
+
     def __len__(self) -> int:
+        self.refresh()
         return len(self.index)
 
     def info(self) -> dict[str, Any]:
         """Model, budgets, size and memory/FLOPs per budget of the ladder, as a JSON-ready dict."""
+        self.refresh()
         size = len(self.index)
         per_budget = [
             {
@@ -167,25 +181,79 @@ class Retriever:
 
     # --- search ------------------------------------------------------------------------------
     def search(
-        self, query: ItemLike, k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
+        self,
+        query: ItemLike,
+        k: int = 10,
+        budget: BudgetLike | None = None,
+        mode: str = "exact",
+        filter: FilterLike | None = None,
     ) -> list[Hit]:
-        """Search with one query item (text, image or both); return up to ``k`` hits, best first."""
-        return self.search_many([query], k=k, budget=budget, mode=mode)[0]
+        """Search with one query item (text, image or both); return up to ``k`` hits, best first.
+
+        ``filter`` keeps only candidates whose payload matches (``{"field": value}`` or
+        ``{"field": {"in": [values]}}``, see :mod:`metaembed.index.filters`), before top-k.
+        """
+        return self.search_many([query], k=k, budget=budget, mode=mode, filter=filter)[0]
 
     def search_many(
-        self, queries: Sequence[ItemLike], k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
+        self,
+        queries: Sequence[ItemLike],
+        k: int = 10,
+        budget: BudgetLike | None = None,
+        mode: str = "exact",
+        filter: FilterLike | None = None,
     ) -> list[list[Hit]]:
         """Search a batch of query items; one list of hits per query."""
+        chosen = self.check_budget(budget)
+        return self.search_vectors(self.encode_queries(queries, chosen), k=k, budget=chosen, mode=mode, filter=filter)
+
+    def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
+        """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""
+        chosen = self.check_budget(budget)
+        return self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
+
+    def search_vectors(
+        self,
+        queries: "torch.Tensor",
+        k: int = 10,
+        budget: BudgetLike | None = None,
+        mode: str = "exact",
+        filter: FilterLike | None = None,
+    ) -> list[list[Hit]]:
+        """Search with precomputed query embeddings ``(Q, R_q, D)`` (``R_q >= r_q``); one list of hits per query.
+
+        The embeddings are what :meth:`encode_queries` (or ``MetaEmbedModel.encode_queries``) returns:
+        L2-normalised Meta Token vectors, of which the first ``r_q`` are used.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
-        with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
-        results = self.index.search(embeddings, k=k, budget=chosen, mode=mode)
+        self.refresh()
+        results = self.index.search(queries, k=k, budget=chosen, mode=mode, filter=filter)
         return [
             [Hit(rank, r.id, float(r.score), dict(r.payload or {})) for rank, r in enumerate(hits, start=1)]
             for hits in results
         ]
+
+    # --- items -------------------------------------------------------------------------------
+    def get(self, item_id: str, vectors: bool = False) -> dict[str, Any] | None:
+        """``{"id", "payload"}`` of a stored item (with ``"vectors"``, fp32 ``(num_vectors, D)`` as
+        nested lists, if asked), or ``None`` when it is not in the index."""
+        self.refresh()
+        if item_id not in self.index:
+            return None
+        found: dict[str, Any] = {"id": item_id, "payload": self.index.payloads([item_id]).get(item_id) or {}}
+        if vectors:
+            try:
+                found["vectors"] = self.index.vectors([item_id])[0].tolist()
+            except IndexStateError:  # deleted between the check and the read
+                return None
+        return found
+
+    def contains(self, item_id: str) -> bool:
+        """Whether ``item_id`` is in the index."""
+        self.refresh()
+        return item_id in self.index
 
     # --- updates -----------------------------------------------------------------------------
     def add(
@@ -199,17 +267,40 @@ class Retriever:
 
         Raises :class:`IndexStateError` naming the ids already in the index (nothing is added).
         """
+        self._write(ids, items, payloads, batch_size, replace=False)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        items: Sequence[ItemLike],
+        payloads: Sequence[dict] | None = None,
+        batch_size: int = 8,
+    ) -> list[str]:
+        """Encode ``items`` and store them under ``ids``, replacing the vectors and payload of ids
+        already present, in one commit. Returns the ids that were replaced (the others are new)."""
+        return self._write(ids, items, payloads, batch_size, replace=True)
+
+    def _write(
+        self, ids: Sequence[str], items: Sequence[ItemLike], payloads: Sequence[dict] | None, batch_size: int,
+        replace: bool,
+    ) -> list[str]:
         if len(ids) != len(items):
             raise InputError(f"got {len(ids)} ids for {len(items)} items")
         if not ids:
-            return
+            return []
         payloads = list(payloads) if payloads is not None else [{} for _ in ids]
-        self._check_new(ids)  # fail before paying for the encoding
-        with self._encode_lock:
+        if not replace:
+            self.refresh()
+            self._check_new(ids)  # fail before paying for the encoding
+        with self._candidate_lock:
             embeddings = self.model.encode_candidates(list(items), batch_size=batch_size, show_progress=False)
         with self._write_lock:
-            self._check_new(ids)  # another writer may have added them meanwhile
-            self.index.add(list(ids), embeddings, payloads)
+            self.refresh()
+            if not replace:
+                self._check_new(ids)  # another writer may have added them meanwhile
+            replaced = [i for i in ids if i in self.index]
+            (self.index.upsert if replace else self.index.add)(list(ids), embeddings, payloads)
+        return replaced
 
     def _check_new(self, ids: Sequence[str]) -> None:
         present = [i for i in ids if i in self.index]
@@ -219,11 +310,7 @@ class Retriever:
     def delete(self, ids: Sequence[str]) -> None:
         """Remove ``ids`` from the index; unknown ids raise :class:`IndexStateError`."""
         with self._write_lock:
-            self.index.delete(list(ids))
-
-    def contains(self, item_id: str) -> bool:
-        """Whether ``item_id`` is in the index."""
-        return item_id in self.index
+            self.index.delete(list(ids))  # the index refreshes first: ids others added are known
 
 
 def build_index(

@@ -125,6 +125,14 @@ class Catalog:
                 found[item_id] = None if payload is None else json.loads(payload)
         return found
 
+    def ids_where(self, condition: str, params: Sequence[Any]) -> list[str]:
+        """Ids of the items whose row satisfies the SQL ``condition`` (over ``items``; see ``index.filters``)."""
+        return [row[0] for row in self._db.execute(f"SELECT id FROM items WHERE {condition}", list(params))]
+
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: changes when *another* connection (process) commits; own commits leave it."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def _next_seq(self, db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM segments").fetchone()[0])
 

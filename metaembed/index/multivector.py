@@ -31,6 +31,7 @@ from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import IndexStateError, InputError
 from metaembed.index.ann import FirstVectorANN
 from metaembed.index.catalog import Catalog
+from metaembed.index.filters import FilterLike, PayloadFilter
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
 from metaembed.index.quantize import storage_format
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
@@ -273,6 +274,19 @@ class MultiVectorIndex:
         """Remove candidates by id. :class:`IndexStateError` naming them if any id is not in the index."""
         self._store.delete(list(dict.fromkeys(id_list(ids))))
 
+    def refresh(self) -> bool:
+        """Catch up with commits other processes made since this index was opened (or last refreshed).
+
+        Cheap when nothing changed (one SQLite pragma); otherwise reloads the catalog's committed state.
+        Writes refresh first on their own; a long-lived reader (a server) calls this before serving.
+        Returns whether anything was reloaded.
+        """
+        return self._store.refresh()
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payload of each of ``ids`` that is in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
+
     def compact(self) -> None:
         """Reclaim deleted rows and merge segments (also done by :meth:`save`)."""
         self._store.compact()
@@ -286,6 +300,7 @@ class MultiVectorIndex:
         mode: str = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
+        filter: PayloadFilter | FilterLike | None = None,
     ) -> list[list[SearchResult]]:
         """Top-``k`` candidates of each query by MaxSim at ``budget``.
 
@@ -302,6 +317,9 @@ class MultiVectorIndex:
                 so search stays sub-linear in the index size.
             shortlist: candidates kept by the first stage (at least ``k``).
             first_stage_budget: the cheap budget of the first stage.
+            filter: only candidates whose payload matches compete (see :mod:`metaembed.index.filters`:
+                ``{"field": value}`` or ``{"field": {"in": [values]}}``), applied before top-k in
+                every mode, so ``k`` hits come back whenever ``k`` candidates match.
 
         Returns:
             One list per query of :class:`SearchResult`, best first (fewer than ``k``
@@ -325,7 +343,8 @@ class MultiVectorIndex:
             raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {first}")
         shortlist = positive_int(shortlist, "shortlist")
         values = values.to(torch.float32)
-        views = self._store.views  # the snapshot this search works on
+        # the snapshot this search works on; a filter kills the rows it rejects, as a delete would
+        views = self._store.views if filter is None else self._store.filtered_views(PayloadFilter.parse(filter))
         if not views:
             return [[] for _ in range(values.shape[0])]
         results: list[list[SearchResult]] = []

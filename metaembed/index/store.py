@@ -31,6 +31,7 @@ import torch
 
 from metaembed.errors import IndexStateError
 from metaembed.index.catalog import CATALOG_NAME, Catalog
+from metaembed.index.filters import PayloadFilter, restrict
 from metaembed.index.inputs import check_finite, json_dict
 from metaembed.index.quantize import decode, storage_format
 from metaembed.index.search import SegmentView
@@ -60,6 +61,7 @@ class SegmentStore:
         self.state_lock = threading.RLock()  # the catalog connection and snapshot swaps
         self.views: tuple[SegmentView, ...] = ()
         self.where: dict[str, tuple[str, int]] = {}  # id -> (segment name, row)
+        self._version = catalog.data_version()  # read before loading: a commit during the load is seen later
         self._load()
 
     def _open(self, name: str, rows: int):
@@ -85,10 +87,39 @@ class SegmentStore:
             self.views = tuple(views)
             self.where = {item_id: (name, row) for name, pairs in rows_of.items() for row, item_id in pairs}
 
+    def refresh(self) -> bool:
+        """Reload the committed state if another process committed since it was loaded; whether it did.
+
+        Never waits for this process's writer (they keep the snapshot current themselves): with a write
+        in flight it returns ``False`` and the next call reloads.
+        """
+        if not self.write_lock.acquire(blocking=False):
+            return False
+        try:
+            version = self.catalog.data_version()
+            if version == self._version:
+                return False
+            for attempt in range(3):
+                try:
+                    self._load()
+                    break
+                except IndexStateError:
+                    # a segment named by the state just read was merged away meanwhile: read again
+                    newer = self.catalog.data_version()
+                    if attempt == 2 or newer == version:
+                        raise
+                    version = newer
+            self.metadata = dict(self.catalog.config().get("metadata") or {})
+            self._version = version
+            return True
+        finally:
+            self.write_lock.release()
+
     # ----------------------------------------------------------------- writes
     def write(self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool) -> None:
         """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert)."""
         with self.write_lock:
+            self.refresh()  # ids another process committed count as existing
             existing = [i for i in ids if i in self.where]
             if existing and not replace:
                 raise IndexStateError(f"ids already in the index: {existing[:5]} (use upsert to replace them)")
@@ -113,6 +144,7 @@ class SegmentStore:
     def delete(self, ids: list[str]) -> None:
         """Commit the removal of ``ids``; :class:`IndexStateError` naming any that are not present."""
         with self.write_lock:
+            self.refresh()
             unknown = [i for i in ids if i not in self.where]
             if unknown:
                 raise IndexStateError(f"ids not in the index: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
@@ -191,6 +223,7 @@ class SegmentStore:
     def compact(self) -> None:
         """Rewrite segments with deleted rows, merge tiers, and delete files no commit references."""
         with self.write_lock:
+            self.refresh()
             dirty = [view for view in self.views if not view.all_alive]
             if dirty:
                 self._merge(dirty)
@@ -222,6 +255,15 @@ class SegmentStore:
                 raise
 
     # ----------------------------------------------------------------- reads
+    def filtered_views(self, payload_filter: PayloadFilter) -> tuple[SegmentView, ...]:
+        """The current snapshot with only the rows whose payload matches ``payload_filter`` alive."""
+        condition, params = payload_filter.sql()
+        with self.state_lock:
+            views, where = self.views, self.where
+            ids = self.catalog.ids_where(condition, params)
+            places = [where[i] for i in ids if i in where]  # the catalog may hold commits not loaded yet
+        return restrict(views, places)
+
     def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
         with self.state_lock:
             return self.catalog.payloads(ids)
