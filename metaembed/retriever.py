@@ -197,15 +197,41 @@ class Retriever:
 
     def search_many(
         self,
-        queries: Sequence[ItemLike],
+        queries: Sequence["ItemLike | torch.Tensor"],
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: str = "exact",
         filter: FilterLike | None = None,
     ) -> list[list[Hit]]:
-        """Search a batch of query items; one list of hits per query."""
+        """Search a batch of queries; one list of hits per query.
+
+        Each query is an item to encode (text, image or both) or an already encoded query, a
+        ``torch.Tensor`` ``(R_q, D)`` with ``R_q >= r_q`` (as :meth:`encode_queries` returns); the
+        items are encoded together in one call.
+        """
+        import torch
+
         chosen = self.check_budget(budget)
-        return self.search_vectors(self.encode_queries(queries, chosen), k=k, budget=chosen, mode=mode, filter=filter)
+        queries = list(queries)
+        embeddings = torch.empty(len(queries), chosen.r_q, self._index_dim)
+        encoded = [i for i, query in enumerate(queries) if isinstance(query, torch.Tensor)]
+        to_encode = [i for i, query in enumerate(queries) if not isinstance(query, torch.Tensor)]
+        for i in encoded:
+            embeddings[i] = self._check_query_vectors(queries[i], chosen, i)
+        if to_encode:
+            embeddings[to_encode] = self.encode_queries([queries[i] for i in to_encode], chosen)
+        return self.search_vectors(embeddings, k=k, budget=chosen, mode=mode, filter=filter)
+
+    def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
+        import torch
+
+        if vectors.ndim != 2 or vectors.shape[1] != self._index_dim:
+            raise InputError(f"query {number}: vectors must have shape (R_q, {self._index_dim}), got {tuple(vectors.shape)}")
+        if vectors.shape[0] < budget.r_q:
+            raise BudgetError(f"query {number}: budget {budget} uses {budget.r_q} query vectors but {vectors.shape[0]} were given")
+        if not torch.isfinite(vectors).all():
+            raise InputError(f"query {number}: vectors contain NaN or inf")
+        return vectors[: budget.r_q]
 
     def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
         """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""
