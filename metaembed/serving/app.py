@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -33,11 +34,13 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from metaembed.errors import (
     IndexBusyError,
     IndexCorruptError,
     IndexStateError,
+    InputError,
     MetaEmbedError,
     StorageFullError,
 )
@@ -71,6 +74,7 @@ logger = logging.getLogger(__name__)
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 _STATUS_TEXT = {
+    400: "The body is not UTF-8 JSON.",
     401: "Missing or wrong X-API-Key header (when the server has a key).",
     404: "No item with this id.",
     409: "An id is already in the index, or the index refused the change.",
@@ -85,8 +89,8 @@ def _documented(*codes: int) -> dict[Union[int, str], dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}
 
 
-_READ = (401, 422, 500)
-_WRITE = (401, 409, 422, 500, 503, 507)
+_READ = (400, 401, 422, 500)
+_WRITE = (400, 401, 409, 422, 500, 503, 507)
 
 
 class SafeJSONResponse(JSONResponse):
@@ -116,6 +120,25 @@ def _validation_summary(errors: Sequence[dict[str, Any]]) -> tuple[str, list[dic
     parts = [f"{'.'.join(str(p) for p in e['loc'][1:] or e['loc'])}: {e['msg']}" for e in cleaned[:3]]
     more = f" (and {len(cleaned) - 3} more)" if len(cleaned) > 3 else ""
     return "; ".join(parts) + more, cleaned
+
+
+def _number_pattern(largest: int) -> str:
+    """A regex for the integers 1..largest (leading zeros allowed)."""
+    return "0*(?:" + "|".join(str(n) for n in range(largest, 0, -1)) + ")"
+
+
+def _fit_schema_to_index(schema: dict[str, Any], retriever: Retriever) -> None:
+    """State this index's limits in the OpenAPI schema, so that every schema-valid request is one
+    the server accepts: budgets up to (max r_q, max r_c), query vectors of all r_q rows of dimension D."""
+    budget = rf"^\s*{_number_pattern(retriever.max_r_q)}\s*,\s*{_number_pattern(retriever.max_r_c)}\s*$"
+    dim = int(retriever.index.dim)
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        properties = component.get("properties", {})
+        if "budget" in properties:
+            properties["budget"]["pattern"] = budget
+        if "vectors" in properties and properties["vectors"].get("type") == "array":
+            properties["vectors"]["minItems"] = retriever.max_r_q
+            properties["vectors"]["items"].update(minItems=dim, maxItems=dim)
 
 
 def _open_retriever(
@@ -169,6 +192,14 @@ def create_app(
     )
     app.state.retriever = retriever
     guarded = [Depends(check_key)]
+    generic_openapi = app.openapi
+
+    def openapi_for_this_index() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _fit_schema_to_index(generic_openapi(), retriever)
+        return app.openapi_schema
+
+    app.openapi = openapi_for_this_index  # type: ignore[method-assign]
 
     # --- errors ---------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -177,9 +208,14 @@ def create_app(
         return _error(422, detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)  # also the router's own 404 / 405
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         response = _error(error.status_code, str(error.detail))
         response.headers.update(error.headers or {})
+        if error.status_code == 405:
+            # the router names only the first route of the path; a path served by several lists all
+            allowed = {method for route in app.router.routes if isinstance(route, Route)
+                       and route.matches(request.scope)[0] is not Match.NONE for method in route.methods or ()}
+            response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
 
     @app.exception_handler(MetaEmbedError)
@@ -232,6 +268,10 @@ def create_app(
         import torch
 
         budget = retriever.check_budget(options.budget)
+        for number, query in enumerate(queries):
+            if query.vectors is not None and len(query.vectors) < retriever.max_r_q:
+                raise InputError(f"query {number}: send all {retriever.max_r_q} query vectors the model makes "
+                                 f"(got {len(query.vectors)}); the budget picks the first r_q")
         prepared = [
             torch.tensor(q.vectors, dtype=torch.float32) if q.vectors is not None else q.to_item() for q in queries
         ]
@@ -261,9 +301,13 @@ def create_app(
     @app.post("/items", status_code=201, response_model=AddItemsResponse, dependencies=guarded,
               responses=_documented(*_WRITE))
     def add_items(request: AddItemsRequest) -> dict[str, Any]:
-        """Encode and add items; every id must be new (409 otherwise, and nothing is added)."""
+        """Encode and add items; every id must be new and appear once (409 otherwise, and nothing is added)."""
+        ids = [item.id for item in request.items]
+        repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
+        if repeated:
+            raise HTTPException(status_code=409, detail=f"ids repeated within the request: {repeated[:5]}")
         retriever.add(
-            [item.id for item in request.items],
+            ids,
             [item.to_item() for item in request.items],
             [item.payload for item in request.items],
         )

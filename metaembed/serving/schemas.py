@@ -34,6 +34,8 @@ MAX_VECTOR_DIM = 8_192
 MAX_FILTER_FIELDS = 32
 MAX_FILTER_VALUES = 1_024
 
+#: The OpenAPI ``format`` of base64 image fields (a PNG/JPEG/WebP/GIF file, aspect ratio below 200).
+IMAGE_FORMAT = "base64-image"
 #: "r_q,r_c" in ASCII digits (checked against the index's limits by the service).
 BUDGET_PATTERN = r"^\s*[0-9]+\s*,\s*[0-9]+\s*$"
 
@@ -98,7 +100,10 @@ class _Body(_Strict):
         return data
 
 
+#: Query vectors are L2-normalised; a bound keeps every MaxSim score finite in fp32.
+MAX_VECTOR_VALUE = 1e6
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+VectorValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE)]
 FilterScalar = Union[Annotated[str, Field(max_length=MAX_TEXT_CHARS)], bool, int, FiniteFloat, None]
 
 
@@ -129,14 +134,27 @@ def filter_spec(body: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return {field: {"in": list(value.in_)} if isinstance(value, InFilter) else value for field, value in body.items()}
 
 
-class Content(_Strict):
-    """What to embed: text, an image, or both."""
+def _no_default(schema: dict[str, Any], **extra: Any) -> None:
+    """Drop ``default: null`` from a field's schema: the field is left out, never sent as null."""
+    schema.pop("default", None)
+    schema.update(extra)
 
-    text: Optional[str] = Field(
-        None, max_length=MAX_TEXT_CHARS, pattern=r"\S", description="Text of the item (not blank)."
+
+def _present(*fields: str) -> list[dict[str, Any]]:
+    return [{"required": [field]} for field in fields]
+
+
+class Content(_Strict):
+    """What to embed: text, an image, or both. A field is left out rather than sent as null."""
+
+    # Typed without None: a field is left out, never sent as null (pydantic does not validate defaults).
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"\S")] = Field(  # type: ignore[assignment]
+        None, description="Text of the item (not blank).", json_schema_extra=_no_default
     )
-    image: Optional[str] = Field(
-        None, max_length=MAX_IMAGE_B64_CHARS, description="An image file encoded as base64 (or a data: URL)."
+    image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)] = Field(  # type: ignore[assignment]
+        None, description="An image file encoded as base64 (or a data: URL).",
+        json_schema_extra=lambda schema: _no_default(schema, contentEncoding="base64", contentMediaType="image/*",
+                                                  format=IMAGE_FORMAT),
     )
 
     @field_validator("image")
@@ -162,14 +180,19 @@ class Content(_Strict):
 class Query(Content):
     """One query: text and/or an image to encode, or precomputed query ``vectors``."""
 
-    vectors: Optional[
-        list[Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_VECTOR_DIM)]]
-    ] = Field(
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"anyOf": _present("text", "image"), "not": {"required": ["vectors"]}},
+        {"required": ["vectors"], "not": {"anyOf": _present("text", "image")}},
+    ]})
+
+    vectors: Annotated[
+        list[Annotated[list[VectorValue], Field(min_length=1, max_length=MAX_VECTOR_DIM)]],
+        Field(min_length=1, max_length=MAX_QUERY_VECTORS),
+    ] = Field(  # type: ignore[assignment]
         None,
-        min_length=1,
-        max_length=MAX_QUERY_VECTORS,
         description="Precomputed query embedding (R_q, D), e.g. from 'metaembed encode' or "
         "MetaEmbedModel.encode_queries; its first r_q rows are used. Instead of text/image.",
+        json_schema_extra=_no_default,
     )
 
     @model_validator(mode="after")
@@ -234,6 +257,8 @@ class BatchSearchResponse(BaseModel):
 
 
 class ItemBody(Content):
+    model_config = ConfigDict(json_schema_extra={"anyOf": _present("text", "image")})
+
     payload: dict[str, Any] = Field(default_factory=dict, description="Stored with the item, returned with hits.")
 
     @model_validator(mode="after")
@@ -250,15 +275,9 @@ class NewItem(ItemBody):
 
 
 class AddItemsRequest(_Body):
-    items: list[NewItem] = Field(..., min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+    """``POST /items``: new items; an id repeated within the request conflicts like an id already stored (409)."""
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> "AddItemsRequest":
-        ids = [item.id for item in self.items]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"ids must be unique within a request; repeated: {duplicates}")
-        return self
+    items: list[NewItem] = Field(..., min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
 
 
 class ReplaceItemRequest(ItemBody, _Body):
