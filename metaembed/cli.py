@@ -216,8 +216,10 @@ def search(
       metaembed search ./docs.index "quarterly revenue table" --budget 4,8 -k 5
       metaembed search ./photos.index --image cat.jpg --json
     """
+    from metaembed.budget import Budget
     from metaembed.retriever import Retriever
 
+    chosen = Budget.parse(budget) if budget is not None else None  # read at the edge, checked by the retriever
     if query is None and image is None:
         raise MetaEmbedError("give query text, --image PATH, or both")
     if image is not None and not image.is_file():
@@ -228,8 +230,8 @@ def search(
     if image is not None:
         item["image"] = image
     retriever = Retriever.open(index)
-    chosen = retriever.check_budget(budget)
     hits = retriever.search(item, k=k, budget=chosen, mode=mode)
+    chosen = chosen or retriever.default_budget
     if as_json:
         _echo_json({"budget": str(chosen), "results": [h.as_dict() for h in hits]})
         return

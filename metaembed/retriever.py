@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -34,27 +33,13 @@ from metaembed.model.items import ItemLike
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
     import torch
 
-    from metaembed.index import MultiVectorIndex
+    from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.index.filters import FilterLike
     from metaembed.model import MetaEmbedModel
 
 #: Keys this module writes into the index metadata.
 MODEL_KEY = "model"
 LADDER_KEY = "budgets"
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: 1-based ``rank``, candidate ``id``, MaxSim ``score`` and stored ``payload``."""
-
-    rank: int
-    id: str
-    score: float
-    payload: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The hit as a plain JSON-serialisable dict."""
-        return {"rank": self.rank, "id": self.id, "score": self.score, "payload": self.payload}
 
 
 def load_model(path: str | Path) -> "MetaEmbedModel":
@@ -135,14 +120,22 @@ class Retriever:
         ladder = parse_ladder(recorded) if recorded else parse_ladder(None)
         return tuple(b for b in ladder if b.r_q <= self.max_r_q and b.r_c <= self.max_r_c)
 
-    def check_budget(self, budget: BudgetLike | None) -> Budget:
-        """Parse ``budget`` (``None`` = the largest of the ladder) and check it fits.
+    @property
+    def default_budget(self) -> Budget:
+        """The budget of a search that names none: the largest of the ladder."""
+        ladder = self.ladder
+        return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
 
+    def check_budget(self, budget: BudgetLike | None) -> Budget:
+        """Parse ``budget`` (``None`` = :attr:`default_budget`) and check it fits the model and the index.
+
+        This is the one check of a search's budget: here both limits (the model's query
+        vectors, the index's stored vectors) are known, so the model encodes and the index
+        searches with the checked budget without checking it again.
         Raises :class:`~metaembed.errors.BudgetError` naming what is available.
         """
         if budget is None:
-            ladder = self.ladder
-            return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
+            return self.default_budget
         try:
             return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
         except BudgetError as error:
@@ -182,17 +175,13 @@ class Retriever:
     # --- search ------------------------------------------------------------------------------
     def search(
         self,
-        query: ItemLike,
+        query: "ItemLike | torch.Tensor",
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: str = "exact",
-        filter: FilterLike | None = None,
-    ) -> list[Hit]:
-        """Search with one query item (text, image or both); return up to ``k`` hits, best first.
-
-        ``filter`` keeps only candidates whose payload matches (``{"field": value}`` or
-        ``{"field": {"in": [values]}}``, see :mod:`metaembed.index.filters`), before top-k.
-        """
+        filter: "FilterLike | None" = None,
+    ) -> list["SearchResult"]:
+        """Search with one query (see :meth:`search_many`); return up to ``k`` hits, best first."""
         return self.search_many([query], k=k, budget=budget, mode=mode, filter=filter)[0]
 
     def search_many(
@@ -201,65 +190,57 @@ class Retriever:
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: str = "exact",
-        filter: FilterLike | None = None,
-    ) -> list[list[Hit]]:
-        """Search a batch of queries; one list of hits per query.
+        filter: "FilterLike | None" = None,
+    ) -> list[list["SearchResult"]]:
+        """Search a batch of queries; one list of hits per query, best first.
 
-        Each query is an item to encode (text, image or both) or an already encoded query, a
-        ``torch.Tensor`` ``(R_q, D)`` with ``R_q >= r_q`` (as :meth:`encode_queries` returns); the
-        items are encoded together in one call.
+        Each query is an item to encode (text, image or both) or an already encoded query: a
+        ``torch.Tensor`` ``(R_q, D)`` with ``R_q >= r_q``, as :meth:`encode_queries` or
+        ``MetaEmbedModel.encode_queries`` return; the items are encoded together, in one call.
+        ``filter`` keeps only candidates whose payload matches (``{"field": value}`` or
+        ``{"field": {"in": [values]}}``, see :mod:`metaembed.index.filters`), before top-k.
+
+        ``budget`` and ``filter`` are checked once, here; the ``(Q, r_q, D)`` queries go to the
+        index's :meth:`~MultiVectorIndex.search_batch`.
         """
         import torch
 
+        from metaembed.index.filters import PayloadFilter
+
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
+        payload_filter = None if filter is None else PayloadFilter.parse(filter)
         queries = list(queries)
         embeddings = torch.empty(len(queries), chosen.r_q, self._index_dim)
-        encoded = [i for i, query in enumerate(queries) if isinstance(query, torch.Tensor)]
         to_encode = [i for i, query in enumerate(queries) if not isinstance(query, torch.Tensor)]
-        for i in encoded:
-            embeddings[i] = self._check_query_vectors(queries[i], chosen, i)
+        for i, query in enumerate(queries):
+            if isinstance(query, torch.Tensor):
+                embeddings[i] = self._check_query_vectors(query, chosen, i)
         if to_encode:
             embeddings[to_encode] = self.encode_queries([queries[i] for i in to_encode], chosen)
-        return self.search_vectors(embeddings, k=k, budget=chosen, mode=mode, filter=filter)
-
-    def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
-        import torch
-
-        if vectors.ndim != 2 or vectors.shape[1] != self._index_dim:
-            raise InputError(f"query {number}: vectors must have shape (R_q, {self._index_dim}), got {tuple(vectors.shape)}")
-        if vectors.shape[0] < budget.r_q:
-            raise BudgetError(f"query {number}: budget {budget} uses {budget.r_q} query vectors but {vectors.shape[0]} were given")
-        if not torch.isfinite(vectors).all():
-            raise InputError(f"query {number}: vectors contain NaN or inf")
-        return vectors[: budget.r_q]
+        self.refresh()
+        return self.index.search_batch(embeddings, k, chosen, mode, filter=payload_filter)
 
     def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
         """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""
         chosen = self.check_budget(budget)
         return self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
 
-    def search_vectors(
-        self,
-        queries: "torch.Tensor",
-        k: int = 10,
-        budget: BudgetLike | None = None,
-        mode: str = "exact",
-        filter: FilterLike | None = None,
-    ) -> list[list[Hit]]:
-        """Search with precomputed query embeddings ``(Q, R_q, D)`` (``R_q >= r_q``); one list of hits per query.
+    def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
+        import torch
 
-        The embeddings are what :meth:`encode_queries` (or ``MetaEmbedModel.encode_queries``) returns:
-        L2-normalised Meta Token vectors, of which the first ``r_q`` are used.
-        """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        chosen = self.check_budget(budget)
-        self.refresh()
-        results = self.index.search(queries, k=k, budget=chosen, mode=mode, filter=filter)
-        return [
-            [Hit(rank, r.id, float(r.score), dict(r.payload or {})) for rank, r in enumerate(hits, start=1)]
-            for hits in results
-        ]
+        if vectors.ndim != 2 or vectors.shape[1] != self._index_dim:
+            raise InputError(
+                f"query {number}: vectors must have shape (R_q, {self._index_dim}), got {tuple(vectors.shape)}"
+            )
+        if vectors.shape[0] < budget.r_q:
+            raise BudgetError(
+                f"query {number}: budget {budget} uses {budget.r_q} query vectors but {vectors.shape[0]} were given"
+            )
+        if not torch.isfinite(vectors).all():
+            raise InputError(f"query {number}: vectors contain NaN or inf")
+        return vectors[: budget.r_q]
 
     # --- items -------------------------------------------------------------------------------
     def get(self, item_id: str, vectors: bool = False) -> dict[str, Any] | None:

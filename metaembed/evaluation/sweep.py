@@ -34,7 +34,9 @@ from metaembed.evaluation.result import SweepResult
 from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask, Task
 from metaembed.evaluation.vidore import VIDORE_V2_PAPER_AVERAGE
 from metaembed.model.items import Item
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.index.topk import blocked_topk
+from metaembed.scoring import maxsim, maxsim_flops
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +107,8 @@ def top_rows(
     """
     num_queries, num_rows = queries.shape[0], corpus.shape[0]
     block = max(keep, block_bytes // (4 * max(1, num_queries)))
-    best_values = torch.empty(num_queries, 0)
-    best_rows = torch.empty(num_queries, 0, dtype=torch.long)
-    for start in range(0, num_rows, block):
-        scores = maxsim(queries, corpus[start : start + block], budget)
-        values, rows = scores.topk(min(keep, scores.shape[1]), dim=1)
-        merged_values = torch.cat([best_values, values], dim=1)
-        merged_rows = torch.cat([best_rows, rows + start], dim=1)
-        best_values, order = merged_values.topk(min(keep, merged_values.shape[1]), dim=1)
-        best_rows = merged_rows.gather(1, order)
-    return best_values, best_rows
+    blocks = ((maxsim(queries, corpus[start : start + block], budget), start) for start in range(0, num_rows, block))
+    return blocked_topk(blocks, num_queries, keep)
 
 
 def score_retrieval(

@@ -21,7 +21,6 @@ immutable snapshot of the segments, so it never waits for a write to finish.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,29 +28,20 @@ import torch
 
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import IndexStateError, InputError
-from metaembed.index.ann import FirstVectorANN
 from metaembed.index.catalog import Catalog
-from metaembed.index.filters import FilterLike, PayloadFilter
+from metaembed.index.filters import PayloadFilter
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
-from metaembed.index.quantize import storage_format
+from metaembed.index.codecs import embedding_bytes, get_codec
+from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
+from metaembed.index.searcher import SearchMode, SearchResult, Searcher
 from metaembed.index.store import SegmentStore
-from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, int8_groups, maxsim_flops
+from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 _QUERY_BATCH = 256
-SEARCH_MODES = ("exact", "coarse", "ann")
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """One hit: the candidate's ``id``, its MaxSim ``score`` at the search budget, and its ``payload`` (or ``None``)."""
-
-    id: str
-    score: float
-    payload: dict[str, Any] | None
-
-
-class MultiVectorIndex:
+class MultiVectorIndex(Searcher):
     """A persistent multi-vector index with budgeted MaxSim search.
 
     Create with :meth:`create`, reopen with :meth:`open`. Candidates are
@@ -62,7 +52,7 @@ class MultiVectorIndex:
     def __init__(self, store: SegmentStore, scratch: tempfile.TemporaryDirectory | None = None) -> None:
         self._store = store
         self._scratch = scratch  # owns the folder of an index created without a path
-        self._ann: FirstVectorANN | None = None
+        self._first_stages: dict[str, FirstStage] = {}  # by mode, made on first use (the ANN graph lives here)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -87,7 +77,7 @@ class MultiVectorIndex:
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
-        storage_format(dtype)
+        codec = get_codec(dtype)
         json_dict(metadata, "metadata")
         scratch = None
         if path is None:
@@ -98,8 +88,8 @@ class MultiVectorIndex:
             _check_empty(folder, "create an index")
             folder.mkdir(parents=True, exist_ok=True)
         config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
-        if dtype == "int8":
-            config["scale_groups"] = int8_groups(dim)
+        if codec.has_scale:
+            config["scale_groups"] = codec.scale_groups(dim)
         return cls(SegmentStore(folder, Catalog.create(folder, config)), scratch)
 
     @classmethod
@@ -142,7 +132,7 @@ class MultiVectorIndex:
             store.copy_to(target)
             store.close()
             self._store = SegmentStore(target, Catalog.open(target))
-            self._ann = None
+            self._first_stages = {}
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
@@ -200,19 +190,12 @@ class MultiVectorIndex:
 
         ``None`` counts all ``num_vectors`` (the stored size). Budgets are checked against ``num_vectors``.
         """
-        r_c = self._budget(budget, None).r_c
+        r_c = self.check_budget(budget).r_c
         return embedding_bytes(r_c, self.dim, self.dtype, num_candidates=len(self))
 
     def flops(self, budget: BudgetLike | None = None, num_queries: int = 1) -> int:
         """Multiply-add FLOPs of an exact search of ``num_queries`` queries at ``budget`` (``2 r_q r_c D`` per pair)."""
-        return maxsim_flops(self._budget(budget, None), self.dim, num_candidates=len(self), num_queries=num_queries)
-
-    def _budget(self, budget: BudgetLike | None, max_r_q: int | None) -> Budget:
-        """``budget`` checked against the index (r_c) and, if given, the queries (r_q); ``None`` = everything."""
-        if budget is None:
-            return Budget(max_r_q or 1, self.num_vectors)
-        chosen = Budget.parse(budget).check_within(None, self.num_vectors, "the index")
-        return chosen.check_within(max_r_q, None, "the queries")
+        return maxsim_flops(self.check_budget(budget), self.dim, num_candidates=len(self), num_queries=num_queries)
 
     # ----------------------------------------------------------------- reads and writes
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
@@ -225,7 +208,7 @@ class MultiVectorIndex:
         ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
         the memory-mapped segments sequentially, one batch at a time.
         """
-        r_c = self._budget((1, r_c or self.num_vectors), None).r_c
+        r_c = self.check_budget((1, r_c or self.num_vectors)).r_c
         return self._store.export(r_c, positive_int(batch, "batch"))
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
@@ -292,88 +275,58 @@ class MultiVectorIndex:
         self._store.compact()
 
     # ----------------------------------------------------------------- search
-    def search(
+    def search_batch(
         self,
-        queries: ArrayLike,
-        k: int = 10,
-        budget: BudgetLike | None = None,
-        mode: str = "exact",
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
         shortlist: int = 1000,
-        first_stage_budget: BudgetLike = (1, 1),
-        filter: PayloadFilter | FilterLike | None = None,
+        first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:
-        """Top-``k`` candidates of each query by MaxSim at ``budget``.
-
-        Args:
-            queries: ``(Q, R_q, D)`` or one query ``(R_q, D)``; float32/16/bf16, torch or numpy.
-            k: results per query.
-            budget: ``(r_q, r_c)``, ``"r_q,r_c"`` or a :class:`Budget`; ``None`` uses
-                all query vectors and all stored candidate vectors.
-            mode: ``"exact"`` scores every candidate at ``budget``.
-                ``"coarse"`` scores every candidate at ``first_stage_budget``, keeps
-                the best ``shortlist`` and re-ranks them exactly at ``budget``.
-                ``"ann"`` takes the shortlist from a FAISS HNSW graph over the
-                candidates' first vector (``first_stage_budget`` must have ``r_c == 1``),
-                so search stays sub-linear in the index size.
-            shortlist: candidates kept by the first stage (at least ``k``).
-            first_stage_budget: the cheap budget of the first stage.
-            filter: only candidates whose payload matches compete (see :mod:`metaembed.index.filters`:
-                ``{"field": value}`` or ``{"field": {"in": [values]}}``), applied before top-k in
-                every mode, so ``k`` hits come back whenever ``k`` candidates match.
-
-        Returns:
-            One list per query of :class:`SearchResult`, best first (fewer than ``k``
-            if the index is smaller). Scores are exact MaxSim at ``budget`` in fp32.
-        """
-        values = as_tensor(queries, "queries")
-        if values.ndim == 2:
-            values = values[None]
-        if values.ndim != 3 or values.shape[1] == 0:
-            raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
-        if values.shape[2] != self.dim:
-            raise InputError(f"queries have dimension D={values.shape[2]} but the index stores D={self.dim}")
-        if not torch.isfinite(values).all():
-            raise InputError("queries contain NaN or inf")
-        k = positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise InputError(f"unknown search mode {mode!r}; expected one of {list(SEARCH_MODES)}")
-        chosen = self._budget(budget, values.shape[1])
-        first = self._budget(first_stage_budget, values.shape[1])
-        if mode == "ann" and first.r_c != 1:
-            raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {first}")
-        shortlist = positive_int(shortlist, "shortlist")
-        values = values.to(torch.float32)
+        """:meth:`~metaembed.index.searcher.Searcher.search` on checked inputs: fp32 ``(Q, R_q, D)``
+        queries and budgets that fit them and the index (see :meth:`check_budget`)."""
+        stage = self._first_stage(mode)
+        if stage is not None:
+            stage.check_budget(first_stage_budget)
         # the snapshot this search works on; a filter kills the rows it rejects, as a delete would
-        views = self._store.views if filter is None else self._store.filtered_views(PayloadFilter.parse(filter))
+        views = self._store.views if filter is None else self._store.filtered_views(filter)
         if not views:
-            return [[] for _ in range(values.shape[0])]
+            return [[] for _ in range(queries.shape[0])]
         results: list[list[SearchResult]] = []
-        for start in range(0, values.shape[0], _QUERY_BATCH):
-            batch = values[start : start + _QUERY_BATCH]
-            if mode == "exact":
-                scores, refs = exact_topk(views, batch, chosen.r_q, chosen.r_c, k)
+        for start in range(0, queries.shape[0], _QUERY_BATCH):
+            batch = queries[start : start + _QUERY_BATCH]
+            if stage is None:
+                scores, refs = exact_topk(views, batch, budget.r_q, budget.r_c, k)
             else:
-                width = max(shortlist, k)
-                if mode == "coarse":
-                    _, candidates = exact_topk(views, batch, first.r_q, first.r_c, width)
-                else:
-                    candidates = self._first_stage_ann().search(views, batch, first.r_q, width)
-                scores, refs = rerank(views, batch, candidates, chosen.r_q, chosen.r_c, k)
+                candidates = stage.shortlist(views, batch, first_stage_budget, max(shortlist, k))
+                scores, refs = rerank(views, batch, candidates, budget.r_q, budget.r_c, k)
             results.extend(self._results(views, scores, refs))
         return results
 
-    def _first_stage_ann(self) -> FirstVectorANN:
+    def _first_stage(self, mode: SearchMode) -> FirstStage | None:
+        """The first stage ``mode`` selects (``None`` for exact search); one instance per index and mode."""
+        if isinstance(mode, FirstStage):
+            return mode
+        if mode == EXACT:
+            return None
+        if not isinstance(mode, str) or mode not in FIRST_STAGES:
+            raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         with self._store.state_lock:
-            if self._ann is None:
-                self._ann = FirstVectorANN(self.dim)
-            return self._ann
+            if mode not in self._first_stages:
+                self._first_stages[mode] = FIRST_STAGES.get(mode)(self.dim)
+            return self._first_stages[mode]
 
     def _results(self, views: tuple[SegmentView, ...], scores: torch.Tensor, refs: torch.Tensor) -> list[list[SearchResult]]:
         ids = resolve(views, refs)
         wanted = sorted({i for row in ids for i in row})
         payloads = self._store.payloads(wanted)
         return [
-            [SearchResult(item_id, float(score), payloads.get(item_id)) for item_id, score in zip(row, row_scores)]
+            [
+                SearchResult(item_id, float(score), payloads.get(item_id) or {}, rank)
+                for rank, (item_id, score) in enumerate(zip(row, row_scores), start=1)
+            ]
             for row, row_scores in zip(ids, scores.tolist())
         ]
 
@@ -383,4 +336,4 @@ def _check_empty(folder: Path, action: str) -> None:
         raise IndexStateError(f"cannot {action} at {str(folder)!r}: it exists and is not empty")
 
 
-__all__ = ["MultiVectorIndex", "SearchResult", "SEARCH_MODES"]
+__all__ = ["MultiVectorIndex"]

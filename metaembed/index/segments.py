@@ -5,7 +5,7 @@ array of shape ``(R, rows, D)``: position-major, so a budget prefix ``r_c``
 reads exactly the first ``r_c`` contiguous slabs and the cheap first stage of
 coarse-to-fine search (``r_c = 1``) reads one ``rows * D`` slab. int8 segments
 keep a second file of fp32 scales ``(R, rows, G)``, one per group of ``D / G``
-values (:func:`metaembed.scoring.int8_groups`).
+values (the int8 codec of :mod:`metaembed.index.codecs`).
 
 Segments are written once to a temporary name, flushed and fsynced, then
 renamed; they are never modified afterwards. A segment only becomes part of an
@@ -24,7 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from metaembed.index.quantize import StorageFormat, as_torch, encode
+from metaembed.index.codecs import Codec
+from metaembed.scoring import CandidateSource
 
 VECTOR_SUFFIX = ".vec"
 SCALE_SUFFIX = ".scale"
@@ -39,7 +40,8 @@ class Segment:
 
     Attributes:
         name: file stem, unique in the index.
-        codes: ``(R, rows, D)`` array (memmap) in the storage's file dtype.
+        codes: ``(R, rows, W)`` array (memmap) in the codec's file dtype (``W = D`` but for a
+            compressed codec).
         scales: ``(R, rows, G)`` fp32 array for int8 storage (a scale per group of
             ``D / G`` values), else ``None``.
     """
@@ -47,21 +49,19 @@ class Segment:
     name: str
     codes: np.ndarray
     scales: np.ndarray | None
-    fmt: StorageFormat
+    fmt: Codec
 
     @property
     def rows(self) -> int:
         return int(self.codes.shape[1])
 
-    def positions(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
-        """The first ``r_c`` position slabs of rows ``[start, stop)``: ``r_c`` tensors ``(n, D)``, no copy."""
-        return [as_torch(self.codes[j, start:stop], self.fmt) for j in range(r_c)]
+    def source(self, r_c: int, start: int, stop: int, column: int) -> CandidateSource:
+        """The first ``r_c`` vectors of rows ``[start, stop)`` for the kernel, at output ``column`` on.
 
-    def position_scales(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor] | None:
-        """Scales ``(n, G)`` matching :meth:`positions` (int8), else ``None``."""
-        if self.scales is None:
-            return None
-        return [torch.from_numpy(np.ascontiguousarray(self.scales[j, start:stop])) for j in range(r_c)]
+        The codec decides how: views of the stored codes where the kernel reads them, no copy.
+        """
+        scales = None if self.scales is None else self.scales[:r_c, start:stop]
+        return self.fmt.source(self.codes[:r_c, start:stop], scales, column)
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
@@ -105,7 +105,7 @@ def write_segment(
     rows: int,
     num_vectors: int,
     dim: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     blocks: Iterable[tuple[int, np.ndarray, np.ndarray | None]],
     groups: int = 1,
 ) -> str:
@@ -119,7 +119,7 @@ def write_segment(
     vec_path, scale_path = segment_files(folder, name)
     tmp_vec, tmp_scale = vec_path.with_suffix(".tmp"), scale_path.with_suffix(".stmp")
     try:
-        out = np.memmap(tmp_vec, dtype=fmt.file_dtype, mode="w+", shape=(num_vectors, rows, dim))
+        out = np.memmap(tmp_vec, dtype=fmt.file_dtype, mode="w+", shape=(num_vectors, rows, fmt.code_width(dim)))
         out_scale = (
             np.memmap(tmp_scale, dtype=np.float32, mode="w+", shape=(num_vectors, rows, groups))
             if fmt.has_scale
@@ -144,7 +144,7 @@ def write_segment(
 def encoded_blocks(
     embeddings: torch.Tensor,
     num_vectors: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     check: Callable[[torch.Tensor, int], None],
 ) -> Iterable[tuple[int, np.ndarray, np.ndarray | None]]:
     """Encode ``(N, R, D)`` embeddings block by block into position-major ``(R, n, D)`` codes.
@@ -155,7 +155,7 @@ def encoded_blocks(
     for start in range(0, embeddings.shape[0], _WRITE_ROWS):
         block = embeddings[start : start + _WRITE_ROWS, :num_vectors].to(torch.float32)
         check(block, start)
-        codes, scales = encode(block.transpose(0, 1), fmt)
+        codes, scales = fmt.encode(block.transpose(0, 1))
         yield start, codes, scales
 
 
@@ -171,11 +171,11 @@ def merged_blocks(parts: list[tuple[Segment, np.ndarray]]) -> Iterable[tuple[int
 
 
 def open_segment(
-    folder: Path, name: str, rows: int, num_vectors: int, dim: int, fmt: StorageFormat, groups: int = 1
+    folder: Path, name: str, rows: int, num_vectors: int, dim: int, fmt: Codec, groups: int = 1
 ) -> Segment:
     """Memory-map a committed segment read-only (``groups`` int8 scales per vector)."""
     vec_path, scale_path = segment_files(folder, name)
-    codes = np.memmap(vec_path, dtype=fmt.file_dtype, mode="r", shape=(num_vectors, rows, dim))
+    codes = np.memmap(vec_path, dtype=fmt.file_dtype, mode="r", shape=(num_vectors, rows, fmt.code_width(dim)))
     scale_shape = (num_vectors, rows, groups)
     scales = np.memmap(scale_path, dtype=np.float32, mode="r", shape=scale_shape) if fmt.has_scale else None
     return Segment(name, codes, scales, fmt)

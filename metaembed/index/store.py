@@ -33,7 +33,7 @@ from metaembed.errors import IndexStateError
 from metaembed.index.catalog import CATALOG_NAME, Catalog
 from metaembed.index.filters import PayloadFilter, restrict
 from metaembed.index.inputs import check_finite, json_dict
-from metaembed.index.quantize import decode, storage_format
+from metaembed.index.codecs import get_codec
 from metaembed.index.search import SegmentView
 from metaembed.index.segments import encoded_blocks, merged_blocks, open_segment, segment_files, write_segment
 
@@ -53,7 +53,7 @@ class SegmentStore:
         config = catalog.config()
         self.dim = int(config["dim"])
         self.num_vectors = int(config["num_vectors"])
-        self.fmt = storage_format(config["dtype"])
+        self.fmt = get_codec(config["dtype"])
         # int8 scales per vector; indexes written before grouped scales (format 1) have one.
         self.scale_groups = int(config.get("scale_groups", 1))
         self.metadata: dict[str, Any] = dict(config.get("metadata") or {})
@@ -279,7 +279,7 @@ class SegmentStore:
         out = torch.empty(len(ids), self.num_vectors, self.dim)
         for position, (name, row) in enumerate(places):
             codes, scales = segments[name].gather(np.array([row]), self.num_vectors)
-            out[position] = decode(codes[:, 0], None if scales is None else scales[:, 0], self.fmt)
+            out[position] = self.fmt.decode(codes[:, 0], None if scales is None else scales[:, 0])
         return out
 
     def export(self, r_c: int, batch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -292,7 +292,7 @@ class SegmentStore:
                 if not alive.any():
                     continue
                 scales = None if segment.scales is None else segment.scales[:r_c, start:stop]
-                values = decode(segment.codes[:r_c, start:stop], scales, self.fmt).transpose(0, 1)
+                values = self.fmt.decode(segment.codes[:r_c, start:stop], scales).transpose(0, 1)
                 yield list(view.ids[start:stop][alive]), values[torch.from_numpy(alive)].contiguous()
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
+from metaembed.budget import Budget
 from metaembed.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -44,7 +45,7 @@ from metaembed.errors import (
     MetaEmbedError,
     StorageFullError,
 )
-from metaembed.retriever import Hit, Retriever
+from metaembed.retriever import Retriever
 from metaembed.serving.schemas import (
     MAX_ID_CHARS,
     AddItemsRequest,
@@ -66,7 +67,7 @@ from metaembed.serving.schemas import (
 )
 
 if TYPE_CHECKING:
-    from metaembed.index import MultiVectorIndex
+    from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.model import MetaEmbedModel
 
 logger = logging.getLogger(__name__)
@@ -264,10 +265,11 @@ def create_app(
         return retriever.info()
 
     # --- search ---------------------------------------------------------------------------------
-    def run_search(queries: list[Query], options: SearchOptions) -> tuple[str, list[list[Hit]]]:
+    def run_search(queries: list[Query], options: SearchOptions) -> tuple[str, list[list[SearchResult]]]:
         import torch
 
-        budget = retriever.check_budget(options.budget)
+        # read at the edge (the schema has checked that it parses), checked once by the retriever
+        budget = Budget.parse(options.budget) if options.budget is not None else retriever.default_budget
         for number, query in enumerate(queries):
             if query.vectors is not None and len(query.vectors) < retriever.max_r_q:
                 raise InputError(f"query {number}: send all {retriever.max_r_q} query vectors the model makes "

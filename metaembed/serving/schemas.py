@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from metaembed.index import SEARCH_MODES
+from metaembed.index import search_modes
 
 MAX_TEXT_CHARS = 8_192
 #: Base64 text of at most ~12 MB, i.e. an image file of at most ~9 MB.
@@ -214,7 +214,7 @@ class SearchOptions(_Body):
         json_schema_extra={"pattern": BUDGET_PATTERN},
         description="'r_q,r_c', e.g. '4,8'. Default: the largest budget recorded in the index.",
     )
-    mode: Literal[SEARCH_MODES] = Field(  # type: ignore[valid-type]
+    mode: Literal[tuple(search_modes())] = Field(  # type: ignore[valid-type]
         "exact",
         description="'exact': MaxSim over every item; 'coarse': every item at budget 1,1, the best 1000 "
         "re-ranked exactly; 'ann': the shortlist from a FAISS HNSW graph (sub-linear), re-ranked exactly.",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metaembed.errors import IndexStateError, InputError
-from metaembed.index import SEARCH_MODES, MultiVectorIndex
+from metaembed.index import MultiVectorIndex, search_modes
 
 from .conftest import brute_force, unit_vectors
 
@@ -65,7 +65,7 @@ SPECS = [
 ]
 
 
-@pytest.mark.parametrize("mode", SEARCH_MODES)
+@pytest.mark.parametrize("mode", search_modes())
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_filter_ranks_exactly_the_matching_items(filtered_corpus, spec, mode) -> None:
     ids, vectors, payloads, queries = filtered_corpus
@@ -91,7 +91,7 @@ def test_a_selective_filter_still_fills_k_where_over_fetching_would_not(filtered
     ids, vectors, payloads, queries = filtered_corpus
     with MultiVectorIndex.create(None, dim=16, num_vectors=4) as index:
         index.add(ids, vectors, [{"rare": i % 50 == 0} for i in range(300)])
-        for mode in SEARCH_MODES:
+        for mode in search_modes():
             rows = index.search(queries, k=6, budget="2,4", mode=mode, shortlist=6, filter={"rare": True})
             assert [len(row) for row in rows] == [6, 6, 6]
             assert all(int(r.id.split("-")[1]) % 50 == 0 for row in rows for r in row)
