@@ -55,7 +55,7 @@ def test_the_server_sees_cli_adds_and_deletes_without_a_restart(tmp_path, collec
 
 def test_a_large_addition_does_not_hold_searches_behind_its_encoding(tmp_path, collection, monkeypatch):
     retriever = Retriever.open(private_index(collection, tmp_path / "busy.index"))
-    encoding_time = 6.0  # an artificially slow candidate encode: the whole addition's encoding
+    encoding_time = 8.0  # an artificially slow candidate encode: the whole addition's encoding
     real_encode = retriever.model.encode_candidates
     encoding = threading.Event()
 
