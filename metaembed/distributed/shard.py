@@ -29,6 +29,7 @@ import torch
 from metaembed.budget import Budget
 from metaembed.errors import MetaEmbedError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex, SearchResult
+from metaembed.index.filters import PayloadFilter
 from metaembed.scoring import maxsim
 
 # Queries re-ranked together: the union of their shortlist shares is decoded once.
@@ -69,14 +70,20 @@ class ShardServer:
         return self.index.vectors(list(ids)).numpy()
 
     # ----------------------------------------------------------------- search
-    def search(self, queries: np.ndarray, k: int, budget: Budget, mode: str, shortlist: int,
-               first_stage_budget: Budget) -> list[list[SearchResult]]:
-        """The shard's own top-``k`` of checked fp32 queries ``(Q, R_q, D)`` (see :meth:`MultiVectorIndex.search_batch`)."""
-        return self.index.search_batch(_tensor(queries), k, budget, mode, shortlist, first_stage_budget)
+    def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The stored payloads of those of ``ids`` that the shard holds."""
+        return self.index.payloads(list(ids))
 
-    def first_stage(self, queries: np.ndarray, budget: Budget, width: int) -> list[list[tuple[str, float]]]:
+    def search(self, queries: np.ndarray, k: int, budget: Budget, mode: str, shortlist: int,
+               first_stage_budget: Budget, filter: PayloadFilter | None = None) -> list[list[SearchResult]]:
+        """The shard's own top-``k`` of checked fp32 queries ``(Q, R_q, D)`` among the candidates that
+        match ``filter`` (see :meth:`MultiVectorIndex.search_batch`)."""
+        return self.index.search_batch(_tensor(queries), k, budget, mode, shortlist, first_stage_budget, filter)
+
+    def first_stage(self, queries: np.ndarray, budget: Budget, width: int,
+                    filter: PayloadFilter | None = None) -> list[list[tuple[str, float]]]:
         """Phase one of coarse-to-fine: each query's best ``width`` ``(id, score)`` at the cheap ``budget``."""
-        hits = self.index.search_batch(_tensor(queries), width, budget, "exact")
+        hits = self.index.search_batch(_tensor(queries), width, budget, "exact", filter=filter)
         return [[(hit.id, hit.score) for hit in row] for row in hits]
 
     def rerank(self, queries: np.ndarray, ids: Sequence[Sequence[str]], budget: Budget, k: int) -> list[list[SearchResult]]:

@@ -59,6 +59,11 @@ class Searcher(ABC):
     def num_vectors(self) -> int:
         """Vectors stored per candidate: the largest ``r_c`` a search may use."""
 
+    def refresh(self) -> bool:
+        """Catch up with commits other processes made (a long-lived reader, such as a server, calls this
+        before serving); ``True`` if anything changed. A collection with no outside writers keeps this."""
+        return False
+
     def check_budget(self, budget: BudgetLike | None, num_query_vectors: int | None = None) -> Budget:
         """Parse ``budget`` and check it against the stored vectors (``r_c``) and, if given, the
         query vectors there are (``r_q``); ``None`` means everything: ``(num_query_vectors or 1, num_vectors)``.
