@@ -14,7 +14,7 @@ atomic. Encoding, the expensive part, runs outside that lock. Query encodes take
 encoding; candidate encodes take turns, so concurrent large adds do not pile up in memory.
 
 Other processes (``metaembed index add`` while ``metaembed serve`` runs): every read and write
-first calls :meth:`Retriever.refresh`, which costs one SQLite pragma when nothing changed and
+first calls :meth:`Retriever.refresh`, which costs one catalog read when nothing changed and
 otherwise reloads the index's committed state, so a long-lived retriever serves what others commit.
 """
 
