@@ -151,9 +151,13 @@ def _open_retriever(
     if isinstance(index_path_or_index, (str, Path)):
         return Retriever.open(index_path_or_index, model)
     if model is None:
-        model = index_path_or_index.metadata.get("model")
-        if not model:
+        recorded = index_path_or_index.metadata.get("model")
+        if not recorded:
             raise IndexStateError("the index does not record its model; pass model=")
+        from metaembed.retriever import resolve_reference
+
+        # recorded relative to the index folder (or as a built-in name)
+        model = resolve_reference(str(recorded), index_path_or_index.path or ".")
     if isinstance(model, (str, Path)):
         from metaembed.retriever import load_model
 
@@ -321,7 +325,7 @@ def create_app(
     def replace_item(request: ReplaceItemRequest, response: Response, item_id: str = item_id_param) -> dict[str, Any]:
         """Store the item under ``item_id``, replacing its vectors and payload if it exists (200)
         or creating it (201), in one commit."""
-        replaced = retriever.upsert([item_id], [request.to_item()], [request.payload])
+        replaced = retriever.upsert_items([item_id], [request.to_item()], [request.payload])
         response.status_code = 200 if replaced else 201
         return {"id": item_id, "created": not replaced, "size": len(retriever)}
 

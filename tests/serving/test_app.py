@@ -273,7 +273,7 @@ def test_get_put_items(served):
     assert replaced.status_code == 200 and replaced.json() == {"id": "notes.txt", "created": False, "size": 8}
     assert client.get("/items/notes.txt").json()["payload"] == {"v": 2}
     # the new vectors are those of the new text: the same as encoding it afresh
-    fresh = retriever.model.encode_candidates(["a violin sonata in G"], show_progress=False)[0]
+    fresh = retriever.model.encode_candidates(["a violin sonata in G"], show_progress_bar=False)[0]
     assert abs(retriever.index.vectors(["notes.txt"])[0] - fresh).max() < 1e-2  # float16 storage
     top = client.post("/search", json={"text": "a violin sonata in G", "k": 1}).json()["results"][0]
     assert top["id"] == "notes.txt"
