@@ -655,7 +655,8 @@ def serve(
 ) -> None:
     """Serve an index over HTTP (OpenAPI docs at /docs).
 
-    Endpoints: POST /search, POST /items, DELETE /items/{id}, GET /health, GET /info.
+    Endpoints: POST /search, POST /search/batch, POST /items, PUT/GET/DELETE /items/{id},
+    GET /health, GET /info. The server serves what other processes commit meanwhile.
 
     \b
     Examples:

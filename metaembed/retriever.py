@@ -18,7 +18,13 @@ records, new ones are added and, on request, vanished ones removed -- all in one
 Concurrency: the index itself is thread-safe (a search works on the snapshot it started with, a
 write commits atomically), so searches run in parallel and never see a half-applied add or
 delete; this module adds one lock around writes so that "check the ids are new, then add" is
-atomic. Encoding, the expensive part, runs outside any lock.
+atomic. Encoding, the expensive part, runs outside that lock. Query encodes take no lock at all
+(the model's Meta Token hook is per thread), so a search never waits behind another request's
+encoding; candidate encodes take turns, so concurrent large adds do not pile up in memory.
+
+Other processes (``metaembed index add`` while ``metaembed serve`` runs): every read and write
+first calls :meth:`Retriever.refresh`, which costs one catalog read when nothing changed and
+otherwise reloads the index's committed state, so a long-lived retriever serves what others commit.
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ from metaembed.model.builtin import DEFAULT_MODEL, PRETRAINED_DIR, is_builtin
 from metaembed.model.items import ItemLike
 
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
+    import torch
+
     from metaembed.index import MultiVectorIndex, SearchResult
+    from metaembed.index.filters import FilterLike
     from metaembed.model import MetaEmbedModel
 
 #: Keys this module writes into the index metadata.
@@ -194,9 +203,9 @@ class Retriever:
         # The metadata describes the recorded model; an explicit other model is asked instead.
         self._recorded = False
         self._write_lock = threading.Lock()
-        # MetaEmbedModel injects its Meta Tokens through a forward hook on the shared embedding
-        # module, so two encodes running at once would see each other's hooks: one at a time.
-        self._encode_lock = threading.Lock()
+        # Candidate encodes one at a time (bounded memory); query encodes never wait for them
+        # (the model's Meta Token hook acts per thread).
+        self._candidate_lock = threading.Lock()
         self._load_lock = threading.Lock()
         #: What the last :func:`build_index` / :func:`update_index` through this retriever did.
         self.last_update: UpdateReport | None = None
@@ -303,11 +312,17 @@ class Retriever:
             ladder = " ".join(str(b) for b in self.ladder)
             raise BudgetError(f"{error} (the index's ladder: {ladder})") from None
 
+    def refresh(self) -> bool:
+        """Catch up with commits made by other processes; whether anything changed (see module doc)."""
+        return self.index.refresh()
+
     def __len__(self) -> int:
+        self.refresh()
         return len(self.index)
 
     def info(self) -> dict[str, Any]:
         """Model, budgets, size and memory/FLOPs per budget of the ladder, as a JSON-ready dict."""
+        self.refresh()
         size = len(self.index)
         per_budget = [
             {
@@ -332,31 +347,98 @@ class Retriever:
 
     # --- search ------------------------------------------------------------------------------
     def search(
-        self, query: ItemLike, k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
+        self,
+        query: "ItemLike | torch.Tensor",
+        k: int = 10,
+        budget: BudgetLike | None = None,
+        mode: str = "exact",
+        filter: "FilterLike | None" = None,
     ) -> list["SearchResult"]:
-        """Search with one query item (text, image or both); return up to ``k`` hits, best first."""
-        return self.search_many([query], k=k, budget=budget, mode=mode)[0]
+        """Search with one query (see :meth:`search_many`); return up to ``k`` hits, best first."""
+        return self.search_many([query], k=k, budget=budget, mode=mode, filter=filter)[0]
 
     def search_many(
-        self, queries: Sequence[ItemLike], k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
+        self,
+        queries: Sequence["ItemLike | torch.Tensor"],
+        k: int = 10,
+        budget: BudgetLike | None = None,
+        mode: str = "exact",
+        filter: "FilterLike | None" = None,
     ) -> list[list["SearchResult"]]:
-        """Search a batch of query items; one list of hits per query, best first.
+        """Search a batch of queries; one list of hits per query, best first.
 
-        ``budget`` is checked once, by :meth:`check_budget`; the model's output (all its query
-        vectors, fp32, finite) goes to the index's :meth:`~MultiVectorIndex.search_batch`,
-        which reads the first ``r_q`` of them.
+        Each query is an item to encode (text, image or both) or an already encoded query: a
+        ``torch.Tensor`` ``(R_q, D)`` with ``R_q >= r_q``, as :meth:`encode_queries` or
+        ``MetaEmbedModel.encode_queries`` return; the items are encoded together, in one call.
+        ``filter`` keeps only candidates whose payload matches (``{"field": value}`` or
+        ``{"field": {"in": [values]}}``, see :mod:`metaembed.index.filters`), before top-k.
+
+        ``budget`` and ``filter`` are checked once, here; the ``(Q, r_q, D)`` queries go to the
+        index's :meth:`~MultiVectorIndex.search_batch`.
         """
+        import torch
+
+        from metaembed.index.filters import PayloadFilter
+
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
-        with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), show_progress_bar=False)
-        return self.index.search_batch(embeddings, k, chosen, mode)
+        payload_filter = None if filter is None else PayloadFilter.parse(filter)
+        queries = list(queries)
+        embeddings = torch.empty(len(queries), chosen.r_q, self._index_dim)
+        to_encode = [i for i, query in enumerate(queries) if not isinstance(query, torch.Tensor)]
+        for i, query in enumerate(queries):
+            if isinstance(query, torch.Tensor):
+                embeddings[i] = self._check_query_vectors(query, chosen, i)
+        if to_encode:
+            embeddings[to_encode] = self.encode_queries([queries[i] for i in to_encode], chosen)
+        self.refresh()
+        return self.index.search_batch(embeddings, k, chosen, mode, filter=payload_filter)
+
+    def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
+        """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""
+        chosen = self.check_budget(budget)
+        return self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress_bar=False)
+
+    def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
+        import torch
+
+        if vectors.ndim != 2 or vectors.shape[1] != self._index_dim:
+            raise InputError(
+                f"query {number}: vectors must have shape (R_q, {self._index_dim}), got {tuple(vectors.shape)}"
+            )
+        if vectors.shape[0] < budget.r_q:
+            raise BudgetError(
+                f"query {number}: budget {budget} uses {budget.r_q} query vectors but {vectors.shape[0]} were given"
+            )
+        if not torch.isfinite(vectors).all():
+            raise InputError(f"query {number}: vectors contain NaN or inf")
+        return vectors[: budget.r_q]
+
+    # --- items -------------------------------------------------------------------------------
+    def get(self, item_id: str, vectors: bool = False) -> dict[str, Any] | None:
+        """``{"id", "payload"}`` of a stored item (with ``"vectors"``, fp32 ``(num_vectors, D)`` as
+        nested lists, if asked), or ``None`` when it is not in the index."""
+        self.refresh()
+        if item_id not in self.index:
+            return None
+        found: dict[str, Any] = {"id": item_id, "payload": self.index.payloads([item_id]).get(item_id) or {}}
+        if vectors:
+            try:
+                found["vectors"] = self.index.vectors([item_id])[0].tolist()
+            except IndexStateError:  # deleted between the check and the read
+                return None
+        return found
+
+    def contains(self, item_id: str) -> bool:
+        """Whether ``item_id`` is in the index."""
+        self.refresh()
+        return item_id in self.index
 
     # --- updates -----------------------------------------------------------------------------
     def encode_candidates(self, items: Sequence[ItemLike], batch_size: int = 8) -> Any:
-        """``(N, r_c, D)`` float32 candidate embeddings of ``items`` (one encode at a time)."""
-        with self._encode_lock:
+        """``(N, r_c, D)`` float32 candidate embeddings of ``items`` (one candidate encode at a time)."""
+        with self._candidate_lock:
             return self.model.encode_candidates(list(items), batch_size=batch_size, show_progress_bar=False)
 
     def add(
@@ -370,16 +452,40 @@ class Retriever:
 
         Raises :class:`IndexStateError` naming the ids already in the index (nothing is added).
         """
+        self._write(ids, items, payloads, batch_size, replace=False)
+
+    def upsert_items(
+        self,
+        ids: Sequence[str],
+        items: Sequence[ItemLike],
+        payloads: Sequence[dict] | None = None,
+        batch_size: int = 8,
+    ) -> list[str]:
+        """Encode ``items`` and store them under ``ids``, replacing the vectors and payload of ids
+        already present, in one commit (:meth:`upsert` of their embeddings). Returns the ids that
+        were replaced (the others are new)."""
+        return self._write(ids, items, payloads, batch_size, replace=True)
+
+    def _write(
+        self, ids: Sequence[str], items: Sequence[ItemLike], payloads: Sequence[dict] | None, batch_size: int,
+        replace: bool,
+    ) -> list[str]:
         if len(ids) != len(items):
             raise InputError(f"got {len(ids)} ids for {len(items)} items")
         if not ids:
-            return
+            return []
         payloads = list(payloads) if payloads is not None else [{} for _ in ids]
-        self._check_new(ids)  # fail before paying for the encoding
+        if not replace:
+            self.refresh()
+            self._check_new(ids)  # fail before paying for the encoding
         embeddings = self.encode_candidates(items, batch_size=batch_size)
         with self._write_lock:
-            self._check_new(ids)  # another writer may have added them meanwhile
-            self.index.add(list(ids), embeddings, payloads)
+            self.refresh()
+            if not replace:
+                self._check_new(ids)  # another writer may have added them meanwhile
+            replaced = [i for i in ids if i in self.index]
+            (self.index.upsert if replace else self.index.add)(list(ids), embeddings, payloads)
+        return replaced
 
     def upsert(
         self, ids: Sequence[str], embeddings: Any, payloads: Sequence[dict] | None = None, delete: Sequence[str] = ()
@@ -396,11 +502,7 @@ class Retriever:
     def delete(self, ids: Sequence[str]) -> None:
         """Remove ``ids`` from the index; unknown ids raise :class:`IndexStateError`."""
         with self._write_lock:
-            self.index.delete(list(ids))
-
-    def contains(self, item_id: str) -> bool:
-        """Whether ``item_id`` is in the index."""
-        return item_id in self.index
+            self.index.delete(list(ids))  # the index refreshes first: ids others added are known
 
 
 # --- building and updating -------------------------------------------------------------------

@@ -30,6 +30,7 @@ from metaembed.budget import Budget
 from metaembed.errors import MetaEmbedError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex, SearchResult
 from metaembed.distributed.stages import GivenShortlist, RefMap, ScoredShortlist
+from metaembed.index.filters import PayloadFilter
 
 
 class ShardServer:
@@ -66,16 +67,22 @@ class ShardServer:
         """fp32 ``(N, num_vectors, D)`` stored vectors of ``ids``."""
         return self.index.vectors(list(ids)).numpy()
 
+    def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The stored payloads of those of ``ids`` that the shard holds."""
+        return self.index.payloads(list(ids))
+
     # ----------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, budget: Budget, mode: str, shortlist: int,
-               first_stage_budget: Budget) -> list[list[SearchResult]]:
-        """The shard's own top-``k`` of checked fp32 queries ``(Q, R_q, D)`` (see :meth:`MultiVectorIndex.search_batch`)."""
-        return self.index.search_batch(_tensor(queries), k, budget, mode, shortlist, first_stage_budget)
+               first_stage_budget: Budget, filter: PayloadFilter | None = None) -> list[list[SearchResult]]:
+        """The shard's own top-``k`` of checked fp32 queries ``(Q, R_q, D)`` among the candidates that
+        match ``filter`` (see :meth:`MultiVectorIndex.search_batch`)."""
+        return self.index.search_batch(_tensor(queries), k, budget, mode, shortlist, first_stage_budget, filter)
 
-    def first_stage(self, queries: np.ndarray, budget: Budget, width: int) -> list[list[tuple[str, float]]]:
+    def first_stage(self, queries: np.ndarray, budget: Budget, width: int,
+                    filter: PayloadFilter | None = None) -> list[list[tuple[str, float]]]:
         """Phase one of coarse-to-fine: each query's best ``width`` ``(id, score)`` at the cheap ``budget``."""
         stage = ScoredShortlist(self.index.dim)
-        self.index.search_batch(_tensor(queries), 1, budget, stage, width, budget)
+        self.index.search_batch(_tensor(queries), 1, budget, stage, width, budget, filter)
         return stage.found if stage.found else [[] for _ in range(len(queries))]
 
     def rerank(self, queries: np.ndarray, ids: Sequence[Sequence[str]], budget: Budget, k: int) -> list[list[SearchResult]]:

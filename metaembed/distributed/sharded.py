@@ -53,6 +53,7 @@ from metaembed.distributed.placement import shard_of, split_by_shard
 from metaembed.distributed.shard import LocalShards, RayShards, ShardBackend
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult, merge_results, search_modes
 from metaembed.index.searcher import SearchMode
+from metaembed.index.filters import FilterLike, PayloadFilter
 from metaembed.index.inputs import check_finite, id_list, json_dict, json_payloads, positive_int, unique_ids
 from metaembed.index.codecs import embedding_bytes
 from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
@@ -255,6 +256,13 @@ class ShardedIndex(Searcher):
             out[positions] = torch.from_numpy(np.array(answers[shard]))  # Ray's results are read-only
         return out
 
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the collection, from their shards."""
+        ids = id_list(ids)
+        groups = split_by_shard(ids, self.num_shards)
+        answers = self._call_each({s: ("payloads", [ids[p] for p in positions]) for s, positions in groups.items()})
+        return {item_id: payload for found in answers.values() for item_id, payload in found.items()}
+
     # ----------------------------------------------------------------- writes
     def add(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Sequence[dict | None] | None = None) -> None:
         """Add new candidates (see :meth:`MultiVectorIndex.add`), each to the shard that owns its id.
@@ -342,6 +350,7 @@ class ShardedIndex(Searcher):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
+        filter: PayloadFilter | FilterLike | None = None,
         *,
         timeout: float | None = None,
         allow_partial: bool | None = None,
@@ -360,7 +369,8 @@ class ShardedIndex(Searcher):
                    self.allow_partial if allow_partial is None else bool(allow_partial))
         token = _SEARCH_OPTIONS.set(options)
         try:
-            return super().search(queries, k, budget, mode, shortlist, first_stage_budget)  # checks, then search_batch
+            # checks, then search_batch
+            return super().search(queries, k, budget, mode, shortlist, first_stage_budget, filter)
         finally:
             _SEARCH_OPTIONS.reset(token)
 
@@ -372,8 +382,10 @@ class ShardedIndex(Searcher):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> ShardedResults:
-        """:meth:`search` on checked inputs (see :meth:`~metaembed.index.Searcher.search_batch`)."""
+        """:meth:`search` on checked inputs (see :meth:`~metaembed.index.Searcher.search_batch`);
+        each shard applies ``filter`` before its own top-k."""
         if isinstance(mode, str) and mode not in search_modes():
             raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         timeout, allow_partial = _SEARCH_OPTIONS.get() or (self.timeout, self.allow_partial)
@@ -381,11 +393,11 @@ class ShardedIndex(Searcher):
         deadline = time.monotonic() + timeout
         everyone = range(self.num_shards)
         if mode != "coarse":
-            args = (array, k, budget, mode, shortlist, first_stage_budget)
+            args = (array, k, budget, mode, shortlist, first_stage_budget, filter)
             answers, missing = self._fan_out({s: ("search", args) for s in everyone}, deadline, allow_partial, timeout)
             return ShardedResults(_merge(answers, len(array), k), sorted(answers), missing)
         width = max(shortlist, k)
-        stage, missing = self._fan_out({s: ("first_stage", (array, first_stage_budget, width)) for s in everyone},
+        stage, missing = self._fan_out({s: ("first_stage", (array, first_stage_budget, width, filter)) for s in everyone},
                                        deadline, allow_partial, timeout)
         owned: dict[int, list[list[str]]] = {s: [[] for _ in range(len(array))] for s in stage}
         for query, row in enumerate(_merge_pairs(stage, len(array), width)):

@@ -279,6 +279,11 @@ class Catalog:
                 raise IndexCorruptError(f"index catalog {str(self.path)!r} is damaged: it has no {key!r}")
         return config
 
+    def ids_where(self, condition: str, params: Sequence[Any]) -> list[str]:
+        """Ids of the items whose row satisfies the SQL ``condition`` over ``items`` (see ``index.filters``)."""
+        with self._reading("filtering payloads"):
+            return [row[0] for row in self._db.execute(f"SELECT id FROM items WHERE {condition}", list(params))]
+
     def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
         """The payloads of ``ids`` that exist (``None`` where none was stored), checked against their checksums."""
         found: dict[str, Any] = {}

@@ -43,6 +43,7 @@ from metaembed.errors import IndexCorruptError, IndexStateError, InputError
 from metaembed.index.catalog import Catalog, Damage
 from metaembed.index.files import new_staging_folder, publish_folder, storage_errors
 from metaembed.index.lock import DEFAULT_TIMEOUT
+from metaembed.index.filters import PayloadFilter
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
 from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
@@ -382,13 +383,16 @@ class MultiVectorIndex(Searcher):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:
         """:meth:`~metaembed.index.searcher.Searcher.search` on checked inputs: fp32 ``(Q, R_q, D)``
-        queries and budgets that fit them and the index (see :meth:`check_budget`)."""
+        queries and budgets that fit them and the index (see :meth:`check_budget`), among the
+        candidates whose payload matches ``filter``."""
         stage = self._first_stage(mode)
         if stage is not None:
             stage.check_budget(first_stage_budget)
-        views = self._store.views  # the snapshot this search works on
+        # the snapshot this search works on; a filter kills the rows it rejects, as a delete would
+        views = self._store.views if filter is None else self._store.filtered_views(filter)
         if not views:
             return [[] for _ in range(queries.shape[0])]
         results: list[list[SearchResult]] = []

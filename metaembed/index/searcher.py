@@ -19,6 +19,7 @@ import torch
 
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
+from metaembed.index.filters import FilterLike, PayloadFilter
 from metaembed.index.inputs import positive_int
 from metaembed.scoring import ArrayLike, as_tensor
 
@@ -58,6 +59,11 @@ class Searcher(ABC):
     def num_vectors(self) -> int:
         """Vectors stored per candidate: the largest ``r_c`` a search may use."""
 
+    def refresh(self) -> bool:
+        """Catch up with commits other processes made (a long-lived reader, such as a server, calls this
+        before serving); ``True`` if anything changed. A collection with no outside writers keeps this."""
+        return False
+
     def check_budget(self, budget: BudgetLike | None, num_query_vectors: int | None = None) -> Budget:
         """Parse ``budget`` and check it against the stored vectors (``r_c``) and, if given, the
         query vectors there are (``r_q``); ``None`` means everything: ``(num_query_vectors or 1, num_vectors)``.
@@ -77,6 +83,7 @@ class Searcher(ABC):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: BudgetLike = (1, 1),
+        filter: PayloadFilter | FilterLike | None = None,
     ) -> list[list[SearchResult]]:
         """Top-``k`` candidates of each query by MaxSim at ``budget``.
 
@@ -94,6 +101,9 @@ class Searcher(ABC):
                 so search stays sub-linear in the index size.
             shortlist: candidates kept by the first stage (at least ``k``).
             first_stage_budget: the cheap budget of the first stage.
+            filter: only candidates whose payload matches compete (see :mod:`metaembed.index.filters`:
+                ``{"field": value}`` or ``{"field": {"in": [values]}}``), applied before top-k in
+                every mode, so ``k`` hits come back whenever ``k`` candidates match.
 
         Returns:
             One list per query of :class:`SearchResult`, best first (fewer than ``k``
@@ -115,7 +125,8 @@ class Searcher(ABC):
         chosen = self.check_budget(budget, values.shape[1])
         first = self.check_budget(first_stage_budget, values.shape[1])
         shortlist = positive_int(shortlist, "shortlist")
-        return self.search_batch(values.to(torch.float32), k, chosen, mode, shortlist, first)
+        payload_filter = None if filter is None else PayloadFilter.parse(filter)
+        return self.search_batch(values.to(torch.float32), k, chosen, mode, shortlist, first, payload_filter)
 
     @abstractmethod
     def search_batch(
@@ -126,11 +137,13 @@ class Searcher(ABC):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:
-        """Top-``k`` of each fp32 query ``(Q, R_q, D)`` at a checked ``budget`` (see :meth:`search`).
+        """Top-``k`` of each fp32 query ``(Q, R_q, D)`` at a checked ``budget`` (see :meth:`search`),
+        among the candidates whose payload matches ``filter`` (all when ``None``).
 
         The caller has checked the inputs: ``D == dim``, finite values, positive ``k`` and
-        ``shortlist``, budgets within ``(R_q, num_vectors)``. A sharded searcher runs this
+        ``shortlist``, budgets within ``(R_q, num_vectors)``, a parsed filter. A sharded searcher runs this
         on every shard and combines the lists with :func:`merge_results`.
         """
 

@@ -46,6 +46,7 @@ from metaembed.errors import IndexCorruptError, IndexStateError, MetaEmbedError
 from metaembed.index.catalog import CATALOG_NAME, Catalog, Damage, Snapshot
 from metaembed.index.checksum import ChunkHasher, encode_checks
 from metaembed.index.files import new_staging_folder, publish_folder, remove_stale_staging, storage_errors
+from metaembed.index.filters import PayloadFilter, restrict
 from metaembed.index.inputs import check_finite, json_dict
 from metaembed.index.codecs import get_codec
 from metaembed.index.lock import DEFAULT_TIMEOUT, WriterLock
@@ -486,6 +487,15 @@ class SegmentStore:
         return lost
 
     # ----------------------------------------------------------------- reads
+    def filtered_views(self, payload_filter: PayloadFilter) -> tuple[SegmentView, ...]:
+        """The current snapshot with only the rows whose payload matches ``payload_filter`` alive."""
+        condition, params = payload_filter.sql()
+        with self.state_lock:
+            views, where = self.views, self.where
+            ids = self.catalog.ids_where(condition, params)
+            places = [where[i] for i in ids if i in where]  # the catalog may hold commits not loaded yet
+        return restrict(views, places)
+
     def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
         with self.state_lock:
             return self.catalog.payloads(ids)

@@ -218,3 +218,13 @@ def test_search_checks_its_arguments_once(tmp_path):
         with pytest.raises(Exception, match="candidate vectors"):
             collection.search(torch.zeros(1, 2, 4), budget="1,3")
         assert collection.search(torch.ones(2, 2, 4), k=3) == [[], []]
+
+
+@pytest.mark.parametrize("mode", ["exact", "coarse"])
+def test_payload_filter_and_payloads_equal_one_index(pair, queries, mode):
+    single, collection = pair
+    spec = {"n": {"in": list(range(0, 300, 7))}}
+    got = collection.search(queries, k=9, budget="2,4", mode=mode, shortlist=20, filter=spec)
+    assert_same(got, single.search(queries, k=9, budget="2,4", mode=mode, shortlist=20, filter=spec))
+    assert all(h.payload["n"] % 7 == 0 for row in got for h in row) and all(len(row) == 9 for row in got)
+    assert collection.payloads(["doc-5", "doc-250", "nope"]) == {"doc-5": {"n": 5}, "doc-250": {"n": 250}}

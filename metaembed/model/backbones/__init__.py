@@ -65,7 +65,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from metaembed.errors import InputError
+from metaembed.errors import InputError, MetaEmbedError
 from metaembed.model.templates import PromptTemplate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,7 +202,13 @@ class BackboneAdapter:
         ids = self.tokenize(prompt)
         if not images:
             return EncodedItem(ids)
-        tensors, counts = self.process_images(images)
+        try:
+            tensors, counts = self.process_images(images)
+        except MetaEmbedError:
+            raise
+        except ValueError as error:  # the image processor's limits (e.g. Qwen2-VL: aspect ratio < 200)
+            sizes = ", ".join(f"{image.width}x{image.height}" for image in images)
+            raise InputError(f"the {self.family!r} backbone cannot read an image of {sizes}: {error}") from None
         image_id = self.image_token_id
         positions = [i for i, token in enumerate(ids) if token == image_id]
         if len(positions) != len(images):
