@@ -23,10 +23,12 @@ from transformers import AutoConfig, PretrainedConfig
 
 from metaembed.budget import Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.model import encode_options, pooling
+from metaembed.model import builtin, encode_options, pooling, saving
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.convert_official import convert_official, is_official_checkpoint
 from metaembed.model.items import Item, ItemLike, to_items
+from metaembed.model.lora import LoraMixin
 from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
 from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
@@ -55,7 +57,7 @@ def _size_hint(item: Item) -> tuple[int, int]:
     return (len(item.images), len(item.text or ""))
 
 
-class MetaEmbedModel(nn.Module):
+class MetaEmbedModel(LoraMixin, nn.Module):
     """MetaEmbed: learnable Meta Tokens appended to a Hugging Face backbone.
 
     Build one with :meth:`from_config`, :meth:`from_pretrained` or
@@ -88,7 +90,7 @@ class MetaEmbedModel(nn.Module):
             else None
         )
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
-        self.peft_model: Any = None  # set by add_lora / loading; not a submodule (it wraps self.backbone)
+        self.peft_model: Any = None  # set by LoraMixin's methods; not a submodule (it wraps self.backbone)
         #: Where :meth:`from_pretrained` loaded the model from (folder or Hub id); ``None`` for a
         #: model built in memory. Evaluation reports and caches name the model by it.
         self.name_or_path: str | None = None
@@ -171,14 +173,12 @@ class MetaEmbedModel(nn.Module):
 
         * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
         * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
-          :mod:`metaembed.model.official`): converted;
+          :mod:`metaembed.model.convert_official`): converted;
         * a Hugging Face Hub id of a model saved by :meth:`save_pretrained`: downloaded, then as above;
         * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
         """
-        from metaembed.model import builtin, official, saving
-
         dtype = _resolve_dtype(dtype)
         name_or_path = str(path_or_id)
         if builtin.is_builtin(path_or_id) and not Path(path_or_id).exists():
@@ -189,9 +189,13 @@ class MetaEmbedModel(nn.Module):
             # a Hub id: a MetaEmbed model there is downloaded as a folder
             path_or_id = saving.hub_folder(str(path_or_id)) or path_or_id
         if saving.is_saved_model(path_or_id):
-            model = saving.load(cls, path_or_id, dtype=dtype)
-        elif official.is_official_checkpoint(path_or_id):
-            model = official.load_official(cls, path_or_id, dtype=dtype)
+            model = cls.from_config(saving.load_config(path_or_id, dtype))
+            saving.load_own_weights(model, saving.read_own_weights(path_or_id))
+            adapter = saving.adapter_folder(path_or_id)
+            if adapter is not None:
+                model.load_lora(adapter)
+        elif is_official_checkpoint(path_or_id):
+            model = cls.from_official(path_or_id, dtype=dtype)
         elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
             raise InputError(
                 f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
@@ -215,33 +219,18 @@ class MetaEmbedModel(nn.Module):
 
         ``options``: ``base``, ``num_query_tokens`` (16), ``num_candidate_tokens`` (64),
         ``processor``, ``dtype``, ``max_visual_tokens`` (1024); see
-        :func:`metaembed.model.official.load_official`.
+        :func:`metaembed.model.convert_official.convert_official`.
         """
-        from metaembed.model import official
-
-        return official.load_official(cls, path, **options).eval()
+        converted = convert_official(path, **options)
+        model = cls.from_config(converted.config)
+        saving.load_own_weights(model, converted.own_weights)
+        if converted.lora_config is not None:
+            model.load_lora_weights(converted.lora_config, converted.lora_weights)
+        return model.eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
-        from metaembed.model import saving
-
         saving.save(self, path)
-
-    def add_lora(
-        self,
-        r: int = 32,
-        alpha: int = 32,
-        dropout: float = 0.1,
-        target_modules: str | Sequence[str] | None = None,
-    ) -> None:
-        """Wrap the language model with peft LoRA (paper: r=32, α=32, dropout 0.1 on q/k/v/o/gate/up/down).
-
-        Afterwards only the LoRA weights, the Meta Token table and the projection
-        are trainable; everything else is frozen.
-        """
-        from metaembed.model import lora
-
-        lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute backbone activations during backward (non-reentrant, as the official training).

@@ -1,6 +1,9 @@
-"""Save and load a MetaEmbed model folder.
+"""The MetaEmbed model folder: what :meth:`MetaEmbedModel.save_pretrained` writes and
+:meth:`MetaEmbedModel.from_pretrained` reads.
 
-Layout written by :func:`save`::
+This module knows the files, not the class: :func:`save` writes a model's parts,
+:func:`load_config`, :func:`read_own_weights` and :func:`adapter_folder` read them back for
+``from_pretrained`` to build the model. Layout::
 
     metaembed_config.json      MetaEmbedConfig (backbone -> "backbone", processor -> "processor")
     metaembed.safetensors      meta_tokens.weight (R_q+R_c, H), projection.weight/bias if any
@@ -125,10 +128,11 @@ def write_sentence_transformers_files(path: Path, config: MetaEmbedConfig) -> No
     (path / "config_sentence_transformers.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
 
 
-def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | None = None) -> "MetaEmbedModel":
-    """Read a folder written by :func:`save`."""
-    from metaembed.model import lora
+def load_config(path: str | Path, dtype: torch.dtype | None = None) -> MetaEmbedConfig:
+    """The config of the saved folder ``path``, its backbone and processor pointing into the folder.
 
+    ``dtype`` overrides the backbone's compute dtype.
+    """
     path = Path(path)
     config = MetaEmbedConfig.load(path)
     for field in ("backbone", "processor"):
@@ -137,11 +141,28 @@ def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | 
             setattr(config, field, str(path / value))
     if dtype is not None:
         config.torch_dtype = str(dtype).removeprefix("torch.")
-    model = cls.from_config(config)
-    load_own_weights(model, load_file(str(path / WEIGHTS_NAME)))
-    if (path / ADAPTER_DIR).is_dir():
-        lora.load_lora(model, path / ADAPTER_DIR)
-    return model
+    return config
 
 
-__all__ = ["save", "load", "is_saved_model", "hub_folder", "own_weights", "load_own_weights", "WEIGHTS_NAME"]
+def read_own_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Meta Token table and projection of the saved folder ``path`` (for :func:`load_own_weights`)."""
+    return load_file(str(Path(path) / WEIGHTS_NAME))
+
+
+def adapter_folder(path: str | Path) -> Path | None:
+    """The peft LoRA adapter folder inside the saved folder ``path``, ``None`` when the model has none."""
+    folder = Path(path) / ADAPTER_DIR
+    return folder if folder.is_dir() else None
+
+
+__all__ = [
+    "save",
+    "load_config",
+    "read_own_weights",
+    "adapter_folder",
+    "is_saved_model",
+    "hub_folder",
+    "own_weights",
+    "load_own_weights",
+    "WEIGHTS_NAME",
+]
