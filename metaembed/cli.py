@@ -286,7 +286,7 @@ def index_export(
       metaembed index export ./docs.index ./lance --to lancedb --budgets "1,1 4,8 16,64"
       metaembed index export ./docs.index http://localhost:6333 --to qdrant --name docs
     """
-    from metaembed.integrations.exporting import export_index
+    from metaembed.integrations.export import export_index
     from metaembed.retriever import open_index
 
     opened = open_index(index)
