@@ -98,6 +98,14 @@ def index_build(
     budgets: Optional[str] = typer.Option(None, "--budgets", help=LADDER_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch; each batch is saved before the next."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage type of the vectors: float16 (half the memory) or float32."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Encode on the Ray cluster at ADDRESS ('auto', 'ray://host:10001', or 'local' to start one "
+        "on this machine) into a sharded collection. Needs metaembed[ray].",
+    ),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="With --ray: shards of a new collection."),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", min=1, help="With --ray: model replicas (default: one per GPU, else one per 2 CPUs)."),
 ) -> None:
     """Embed a folder or JSONL into a new index, or resume an interrupted build.
 
@@ -105,9 +113,18 @@ def index_build(
     the index path. Ids already in the index are skipped: rerun the same command to resume.
 
     \b
-    Example:
+    Examples:
       metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
+      metaembed index build --ray auto -m ./my-model -i ./docs -o ./docs.collection --shards 8
     """
+    if ray is not None:
+        from metaembed.distributed.build import build_collection, connected
+
+        with connected(ray):
+            collection = build_collection(model, input, out, num_shards=shards, budgets=budgets,
+                                          batch_size=batch_size, dtype=dtype, replicas=replicas)
+            typer.echo(f"collection {out}: {len(collection)} items in {collection.num_shards} shards")
+        return
     from metaembed.retriever import build_index
 
     before = _size_if_exists(out)
@@ -479,15 +496,28 @@ def serve(
         help="If set, every request except GET /health must send this value in the X-API-Key header. "
         "Also read from $METAEMBED_API_KEY.",
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Serve a sharded collection (made by 'index build --ray') with Ray Serve on the cluster "
+        "at ADDRESS ('auto', 'ray://host:10001', or 'local'); same endpoints and API key.",
+    ),
 ) -> None:
     """Serve an index over HTTP (OpenAPI docs at /docs).
 
     Endpoints: POST /search, POST /items, DELETE /items/{id}, GET /health, GET /info.
 
     \b
-    Example:
+    Examples:
       metaembed serve ./docs.index --port 8080 --api-key secret
+      metaembed serve ./docs.collection --ray auto --host 0.0.0.0 --port 8080
     """
+    if ray is not None:
+        from metaembed.distributed.build import connected
+        from metaembed.distributed.serve import run
+
+        with connected(ray):
+            run(index, host=host, port=port, api_key=api_key, blocking=True)
+        return
     from metaembed.serving.server import serve
 
     serve(index, host=host, port=port, api_key=api_key)

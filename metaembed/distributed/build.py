@@ -18,9 +18,10 @@ the driver.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -33,7 +34,8 @@ from metaembed.retriever import LADDER_KEY, MODEL_KEY, load_model
 
 
 def connect(address: str | None = None, **init_options: Any) -> bool:
-    """Connect to the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``), or start a local one.
+    """Connect to the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``), or start a local one
+    (``None`` or ``"local"``).
 
     Does nothing if Ray is already initialised in this process. Returns whether this call
     started the connection (so the caller knows whether to ``ray.shutdown()``).
@@ -44,8 +46,21 @@ def connect(address: str | None = None, **init_options: Any) -> bool:
         raise InputError('Ray is not installed: pip install "metaembed[ray]"') from None
     if ray.is_initialized():
         return False
-    ray.init(address=address, **init_options)
+    ray.init(address=None if address in (None, "local") else address, **init_options)
     return True
+
+
+@contextlib.contextmanager
+def connected(address: str | None = None, **init_options: Any) -> Iterator[None]:
+    """:func:`connect` for the duration of a ``with`` block; disconnects (and stops a local cluster) if it connected."""
+    started = connect(address, **init_options)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _model_spec(model_path: str) -> dict[str, int]:
@@ -150,14 +165,12 @@ def build_collection(
     # The bar below is the build's progress; Ray Data's own per-operator bars and logs would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if replicas is None:
-        replicas = gpus or max(1, int(resources.get("CPU", 1)) // 2)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    replicas, cpus_each = _encoder_pool(replicas, gpus, ray.available_resources().get("CPU", 0.0))
     encoded = ray.data.from_items([{"record": r} for r in todo]).map_batches(
         _Encoder, fn_constructor_kwargs={"model_path": model_path, "batch_size": batch_size},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
-        num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+        num_gpus=1 if gpus else 0, num_cpus=cpus_each,
         batch_format="numpy",
     )
     written = encoded.map_batches(
@@ -170,4 +183,23 @@ def build_collection(
     return collection
 
 
-__all__ = ["build_collection", "connect"]
+def _encoder_pool(replicas: int | None, gpus: int, free_cpus: float) -> tuple[int, float]:
+    """How many encoder replicas, and the CPUs each reserves: one GPU each (no CPU reserved) where the
+    cluster has GPUs, else one CPU each, or an equal share of what the shard actors leave free.
+
+    Ray Data would wait for ever for replicas that cannot be placed, so that is refused here.
+
+    >>> _encoder_pool(None, 0, 8.0), _encoder_pool(None, 4, 0.0), _encoder_pool(3, 0, 1.5)
+    ((4, 1.0), (4, 0.0), (3, 0.5))
+    """
+    if gpus:
+        return replicas or gpus, 0.0
+    replicas = replicas or max(1, int(free_cpus) // 2)
+    if free_cpus < 0.1 * replicas:
+        raise InputError(
+            f"the cluster has {free_cpus:g} CPUs free for {replicas} encoder replicas (the shard actors reserve "
+            "the rest): add nodes, use fewer shards, or give the shards a smaller num_cpus")
+    return replicas, min(1.0, free_cpus / replicas)
+
+
+__all__ = ["build_collection", "connect", "connected"]

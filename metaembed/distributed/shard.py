@@ -29,10 +29,7 @@ import torch
 from metaembed.budget import Budget
 from metaembed.errors import MetaEmbedError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex, SearchResult
-from metaembed.scoring import maxsim
-
-# Queries re-ranked together: the union of their shortlist shares is decoded once.
-_RERANK_GROUP = 8
+from metaembed.distributed.stages import GivenShortlist, RefMap, ScoredShortlist
 
 
 class ShardServer:
@@ -45,6 +42,7 @@ class ShardServer:
     def __init__(self, path: str) -> None:
         self.path = str(path)
         self.index = MultiVectorIndex.open(path)
+        self._ref_map = RefMap()
 
     # ----------------------------------------------------------------- state
     def ping(self) -> int:
@@ -76,34 +74,19 @@ class ShardServer:
 
     def first_stage(self, queries: np.ndarray, budget: Budget, width: int) -> list[list[tuple[str, float]]]:
         """Phase one of coarse-to-fine: each query's best ``width`` ``(id, score)`` at the cheap ``budget``."""
-        hits = self.index.search_batch(_tensor(queries), width, budget, "exact")
-        return [[(hit.id, hit.score) for hit in row] for row in hits]
+        stage = ScoredShortlist(self.index.dim)
+        self.index.search_batch(_tensor(queries), 1, budget, stage, width, budget)
+        return stage.found if stage.found else [[] for _ in range(len(queries))]
 
     def rerank(self, queries: np.ndarray, ids: Sequence[Sequence[str]], budget: Budget, k: int) -> list[list[SearchResult]]:
         """Phase two: exact MaxSim at ``budget`` of each query ``(Q, R_q, D)`` against its ``ids`` of this shard.
 
-        Returns each query's best ``k`` of its ids (an empty list where it has none).
+        Returns each query's best ``k`` of its ids (an empty list where it has none), scored by the
+        index's own re-ranking, so the scores equal a single index's.
         """
-        out: list[list[SearchResult]] = [[] for _ in ids]
-        for start in range(0, len(ids), _RERANK_GROUP):
-            group = range(start, min(len(ids), start + _RERANK_GROUP))
-            union = sorted({item_id for q in group for item_id in ids[q]})
-            if not union:
-                continue
-            column = {item_id: c for c, item_id in enumerate(union)}
-            scores = maxsim(queries[group.start : group.stop], self.index.vectors(union), budget)
-            for q in group:
-                mine = [column[item_id] for item_id in ids[q]]
-                if not mine:
-                    continue
-                row = scores[q - start, mine]
-                top = row.topk(min(k, len(mine)))
-                picked = [union[mine[j]] for j in top.indices.tolist()]
-                out[q] = [SearchResult(item_id, float(s)) for item_id, s in zip(picked, top.values.tolist())]
-        wanted = sorted({hit.id for row in out for hit in row})
-        found = self.index.payloads(wanted) if wanted else {}
-        return [[SearchResult(hit.id, hit.score, found.get(hit.id) or {}, rank) for rank, hit in enumerate(row, start=1)]
-                for row in out]
+        width = max([len(row) for row in ids] + [1])
+        stage = GivenShortlist(self.index.dim, ids, self._ref_map)
+        return self.index.search_batch(_tensor(queries), k, budget, stage, width, budget)
 
     # ----------------------------------------------------------------- writes
     def add(self, ids: list[str], embeddings: np.ndarray, payloads: list[dict | None] | None) -> int:
@@ -238,14 +221,15 @@ class RayShards:
     Args:
         root: the collection folder (shard folders must be reachable at the same path on every node).
         paths: the shard folders.
-        num_cpus: CPUs Ray reserves for each shard actor (fractions allowed).
+        num_cpus: CPUs Ray reserves for each shard actor (fractions allowed). Half a CPU by default:
+            a shard's searches are short bursts, and a build's encoders need the cores more.
         max_restarts: restarts Ray attempts per actor (``-1``: unlimited).
         max_concurrency: calls one actor serves at once (searches run concurrently; writes are serialised).
         detached: keep the actors alive after this process exits (a service shared by several processes);
             :meth:`close` with ``terminate=True`` stops them.
     """
 
-    def __init__(self, root: Path, paths: Sequence[Path], *, num_cpus: float = 1.0, max_restarts: int = -1,
+    def __init__(self, root: Path, paths: Sequence[Path], *, num_cpus: float = 0.5, max_restarts: int = -1,
                  max_concurrency: int = 4, detached: bool = False) -> None:
         import ray
 

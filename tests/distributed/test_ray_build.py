@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from metaembed.cli import main
 from metaembed.distributed import ShardedIndex
 from metaembed.distributed.build import build_collection
 from metaembed.retriever import Retriever, build_index
@@ -13,7 +14,7 @@ from tests.frontdoor_helpers import BUDGETS, write_docs, write_jsonl
 pytestmark = pytest.mark.ray
 
 
-def test_ray_build_equals_the_single_process_build_and_resumes(ray_cluster, tmp_path):
+def test_ray_build_equals_the_single_process_build_and_resumes(ray_cluster, tmp_path, capsys):
     from metaembed.model.testing import tiny_model
 
     model_dir = tmp_path / "model"
@@ -39,8 +40,13 @@ def test_ray_build_equals_the_single_process_build_and_resumes(ray_cluster, tmp_
     # Resume: only the new records are encoded and stored; a repeated id in the input is refused.
     more = write_jsonl(tmp_path / "more.jsonl", [{"id": "notes.txt", "text": "already there"},
                                                   {"id": "new-1", "text": "cats and dogs"}])
-    collection = build_collection(model_dir, more, out, shard_options=options, progress=False)
+    collection.close()
+    assert main(["index", "build", "--ray", "local", "-m", str(model_dir), "-i", str(more), "-o", str(out)]) == 0
+    assert "8 items in 2 shards" in capsys.readouterr().out
+    collection = ShardedIndex.open(out, backend="ray", **options)  # the same actors, still running
     assert len(collection) == 8 and "new-1" in collection
+    assert main(["index", "build", "--ray", "local", "-m", str(model_dir), "-i", str(more), "-o", str(tmp_path / "new")]) == 2
+    assert "--shards" in capsys.readouterr().err
     assert collection.search(single.model.encode_queries(["x"]), k=8)[0]  # still searchable
     notes = [h for h in collection.search(single.index.vectors(["notes.txt"])[:, :4], k=1)[0]]
     assert notes[0].id == "notes.txt" and notes[0].payload["text"].startswith("Quarterly")
