@@ -33,7 +33,7 @@ from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult
 from metaembed.index.searcher import SearchMode
-from metaembed.integrations.columns import candidate_budgets, check_exported, vector_name
+from metaembed.integrations.exporting import candidate_budgets, check_exported, vector_name
 
 DEFAULT_COLLECTION = "metaembed"
 #: The payload key that holds the item id (Qdrant point ids must be integers or UUIDs).

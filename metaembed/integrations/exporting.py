@@ -1,4 +1,4 @@
-"""The multi-vector columns of a database export: which budget prefixes to write, their names, checks.
+"""What every export of an index shares: which budget prefixes to write, their names, query checks.
 
 A MetaEmbed index serves every budget from one stored set of vectors; a vector database
 does not, so an export writes one multi-vector column (LanceDB) or named vector (Qdrant)

@@ -1,8 +1,8 @@
-"""``metaembed index export --to``: one call that writes an index to a file or a vector database.
+"""``metaembed index export --to``: write an index to a file (safetensors, npz) or a vector database.
 
-The targets are :data:`EXPORT_TARGETS`; each is a module of this package
-(:mod:`~metaembed.integrations.files`, :mod:`~metaembed.integrations.lancedb`,
-:mod:`~metaembed.integrations.qdrant`), imported only when it is chosen.
+One entry point over the exports of this package: :mod:`.files`, :mod:`.lancedb` and
+:mod:`.qdrant` (imported only when chosen, since each pulls in its own library). What the
+database exports share lives in :mod:`.exporting`.
 """
 
 from __future__ import annotations
