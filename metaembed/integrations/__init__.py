@@ -1,7 +1,7 @@
 """Bridges to the tools retrieval people already use; one module per system, each an optional extra.
 
 * :mod:`~metaembed.integrations.sentence_transformers` -- a MetaEmbed model as a
-  sentence-transformers 6 ``MultiVectorEncoder`` (``pip install metaembed[sentence-transformers]``);
+  sentence-transformers 6 ``MultiVectorEncoder`` (sentence-transformers is a core dependency);
 * :mod:`~metaembed.integrations.mteb` -- an MTEB encoder and search backend, one run per budget
   (``metaembed[mteb]``);
 * :mod:`~metaembed.integrations.lancedb` / :mod:`~metaembed.integrations.qdrant` -- export an index to

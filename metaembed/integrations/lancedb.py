@@ -54,6 +54,18 @@ def _multivectors(values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, n * r + 1, r, dtype=np.int32)), points)
 
 
+def _table_names(database: Any) -> list[str]:
+    """Every table of ``database`` (``list_tables`` pages through them)."""
+    names: list[str] = []
+    token = None
+    while True:
+        page = database.list_tables(page_token=token)
+        names.extend(page.tables)
+        token = page.page_token
+        if not token:
+            return names
+
+
 def export(
     index: MultiVectorIndex,
     uri: str | Path,
@@ -69,7 +81,7 @@ def export(
     """
     sizes = candidate_budgets(index, budgets)
     database = lancedb.connect(str(uri))
-    if table in database.table_names() and not overwrite:
+    if table in _table_names(database) and not overwrite:
         raise InputError(f"LanceDB table {table!r} already exists in {uri}; pass overwrite=True to replace it")
     info = {"dim": index.dim, "budgets": sizes, "model": str(index.metadata.get("model", ""))}
     schema = _schema(index.dim, sizes, info)
@@ -104,7 +116,7 @@ class LanceDBSearcher(Searcher):
     def open(cls, uri: str | Path, table: str = DEFAULT_TABLE) -> "LanceDBSearcher":
         """Open the table ``table`` of the database at ``uri``."""
         database = lancedb.connect(str(uri))
-        names = database.table_names()
+        names = _table_names(database)
         if table not in names:
             raise InputError(f"no LanceDB table {table!r} in {uri} (tables: {', '.join(names) or 'none'})")
         return cls(database.open_table(table))

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import torch
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ApiException
 
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
@@ -46,15 +47,24 @@ def point_id(item_id: str) -> str:
 
 
 def connect(location: str | Path | QdrantClient) -> QdrantClient:
-    """A client for a URL, ``":memory:"``, a local-mode folder, or ``location`` itself if it is one."""
+    """A client for a URL, ``":memory:"``, a local-mode folder, or ``location`` itself if it is one.
+
+    A server that does not answer, or a local folder another client holds, is an
+    :class:`~metaembed.errors.InputError` naming the location.
+    """
     if isinstance(location, QdrantClient):
         return location
     text = str(location)
-    if text == ":memory:":
-        return QdrantClient(location=":memory:")
-    if text.startswith(("http://", "https://")):
-        return QdrantClient(url=text)
-    return QdrantClient(path=text)
+    try:
+        if text == ":memory:":
+            return QdrantClient(location=":memory:")
+        if text.startswith(("http://", "https://")):
+            client = QdrantClient(url=text, check_compatibility=False)
+            client.get_collections()  # fail here, with the URL, rather than deep inside the export
+            return client
+        return QdrantClient(path=text)
+    except (ApiException, RuntimeError) as error:
+        raise InputError(f"cannot use Qdrant at {text}: {error}") from None
 
 
 def export(

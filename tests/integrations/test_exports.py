@@ -115,4 +115,6 @@ def test_cli_index_export(index, tmp_path, capsys):
     assert main(["index", "export", folder, str(tmp_path / "y"), "--to", "parquet"]) == 2
     assert "unknown export target 'parquet'" in capsys.readouterr().err
     assert main(["index", "export", folder, str(tmp_path / "z.npz"), "--to", "npz", "--budget", "99"]) == 2
+    assert main(["index", "export", folder, "http://127.0.0.1:9", "--to", "qdrant"]) == 2  # nothing listens there
+    assert "cannot use Qdrant at http://127.0.0.1:9" in capsys.readouterr().err
     assert export_index(index, "safetensors", tmp_path / "w.safetensors", budget=8) == N - 2

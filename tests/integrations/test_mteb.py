@@ -41,8 +41,11 @@ def test_mteb_scores_match_metaembed_eval_at_every_budget(tiny_qwen2_vl, beir_fo
     from metaembed.cli import main
     from metaembed.integrations.mteb import evaluate
 
-    results = evaluate(tiny_qwen2_vl, [local_task(DOCS, QUERIES, QRELS)], LADDER, cache=None, encode_kwargs={"batch_size": 4},
-                       show_progress_bar=False, co2_tracker=False)
+    from mteb.cache import ResultCache
+
+    cache = ResultCache(tmp_path / "mteb-cache")
+    results = evaluate(tiny_qwen2_vl, [local_task(DOCS, QUERIES, QRELS)], LADDER, cache=cache,
+                       encode_kwargs={"batch_size": 4}, show_progress_bar=False, co2_tracker=False)
     tiny_qwen2_vl.save_pretrained(tmp_path / "model")
     assert main(["eval", "-m", str(tmp_path / "model"), "-b", str(beir_folder), "-o", str(tmp_path / "out"),
                  "--ladder", LADDER, "--batch-size", "4"]) == 0
@@ -55,6 +58,14 @@ def test_mteb_scores_match_metaembed_eval_at_every_budget(tiny_qwen2_vl, beir_fo
             assert theirs[their_name] == pytest.approx(ours[str(budget)][our_name], abs=1e-5), (budget, our_name)
     # the budgets differ on this random model, so each run really used its own budget
     assert len({result.task_results[0].scores["test"][0]["ndcg_at_10"] for result in results.values()}) > 1
+    # MTEB's cache keeps one result per budget (an experiment each) and a rerun reads them back
+    saved = sorted(p.parent.name for p in (tmp_path / "mteb-cache").rglob("MetaEmbedLocalRetrieval.json"))
+    assert len(saved) == 3, saved
+    again = evaluate(tiny_qwen2_vl, [local_task(DOCS, QUERIES, QRELS)], LADDER, cache=cache, overwrite_strategy="only-cache",
+                     encode_kwargs={"batch_size": 4}, show_progress_bar=False, co2_tracker=False)
+    for budget in results:
+        first, second = (r[budget].task_results[0].scores["test"][0] for r in (results, again))
+        assert {m: second[m] for m in METRICS.values()} == {m: first[m] for m in METRICS.values()}
 
 
 def test_search_backend_is_exact_maxsim_and_reranks(tiny_qwen2_vl):
