@@ -40,7 +40,7 @@ def test_ray_build_equals_the_single_process_build_and_resumes(ray_cluster, tmp_
     # Resume: only the new records are encoded and stored; a repeated id in the input is refused.
     more = write_jsonl(tmp_path / "more.jsonl", [{"id": "notes.txt", "text": "already there"},
                                                   {"id": "new-1", "text": "cats and dogs"}])
-    collection.close()
+    # (the collection stays open: its shard actors keep running and the CLI's build finds them by name)
     assert main(["index", "build", "--ray", "local", "-m", str(model_dir), "-i", str(more), "-o", str(out)]) == 0
     assert "8 items in 2 shards" in capsys.readouterr().out
     collection = ShardedIndex.open(out, backend="ray", **options)  # the same actors, still running

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from metaembed.distributed import ShardedIndex
-from metaembed.retriever import Retriever, build_index
+from metaembed.retriever import build_index
 
 from tests.frontdoor_helpers import BUDGETS, write_docs
 

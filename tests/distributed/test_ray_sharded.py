@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from metaembed.distributed import ShardedIndex, shard_of
 from metaembed.errors import ShardUnavailableError
