@@ -7,19 +7,31 @@ search picks its budget ``(r_q, r_c)``. On disk an index is a folder::
     seg-<uuid>.vec        (num_vectors, rows, dim) vectors, position-major, storage dtype
     seg-<uuid>.scale      (num_vectors, rows, G) fp32 scales, one per group of dim/G values (int8 only)
 
+    writer.lock           held by the process committing a write (see :mod:`metaembed.index.lock`)
+
 Every ``add`` / ``upsert`` writes one new segment file and commits it with its
 ids in one SQLite transaction; ``delete`` commits tombstones; ``save`` merges
 segments (reclaiming tombstones) and commits the swap. Files are fsynced before
 the commit that references them, so a writer killed at any point leaves the
-index at its last commit (see :mod:`metaembed.index.store`).
+index at its last commit (see :mod:`metaembed.index.store`); ``create`` builds
+the folder under a temporary name and renames it into place.
 
-Thread safety: one writer at a time (writes are serialised by a lock) and any
-number of concurrent searches in the same process. A search works on an
-immutable snapshot of the segments, so it never waits for a write to finish.
+Integrity: segment files and catalog rows carry checksums, checked when read
+(a chunk of a segment the first time a search reads it);
+:meth:`MultiVectorIndex.check` reads everything and :meth:`MultiVectorIndex.repair`
+drops what is damaged. Damage is an :class:`~metaembed.errors.IndexCorruptError`
+naming the file, a full disk a :class:`~metaembed.errors.StorageFullError`.
+
+Concurrency: one writer at a time across processes (a second one waits for the
+lock, then gets :class:`~metaembed.errors.IndexBusyError`) and any number of
+readers, here or in other processes. A search works on an immutable snapshot of
+the segments, so it never waits for a write to finish; :meth:`MultiVectorIndex.refresh`
+moves a long-lived reader to the newest commit.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,8 +39,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from metaembed.budget import Budget, BudgetLike
-from metaembed.errors import IndexStateError, InputError
-from metaembed.index.catalog import Catalog
+from metaembed.errors import IndexCorruptError, IndexStateError, InputError
+from metaembed.index.catalog import Catalog, Damage
+from metaembed.index.files import new_staging_folder, publish_folder, storage_errors
+from metaembed.index.lock import DEFAULT_TIMEOUT
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
 from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
@@ -78,24 +92,88 @@ class MultiVectorIndex(Searcher):
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
         codec = get_codec(dtype)
         json_dict(metadata, "metadata")
-        scratch = None
-        if path is None:
-            scratch = tempfile.TemporaryDirectory(prefix="metaembed-index-")
-            folder = Path(scratch.name)
-        else:
-            folder = Path(path)
-            _check_empty(folder, "create an index")
-            folder.mkdir(parents=True, exist_ok=True)
         config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
         if codec.has_scale:
             config["scale_groups"] = codec.scale_groups(dim)
-        return cls(SegmentStore(folder, Catalog.create(folder, config)), scratch)
+        if path is None:
+            scratch = tempfile.TemporaryDirectory(prefix="metaembed-index-")
+            folder = Path(scratch.name)
+            Catalog.create(folder, config)
+            return cls(SegmentStore(folder, Catalog.open(folder)), scratch)
+        folder = Path(path)
+        _check_empty(folder, "create an index")
+        # Built under a temporary name and renamed into place: a create killed at any
+        # moment leaves no folder (or a complete empty index), and creating again works.
+        with storage_errors(folder.parent, "create the index"):
+            staging = new_staging_folder(folder)
+            try:
+                Catalog.create(staging, config)
+                publish_folder(staging, folder)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return cls.open(folder)
 
     @classmethod
-    def open(cls, path: str | Path) -> "MultiVectorIndex":
-        """Open an index folder at its last committed state; :class:`IndexStateError` if it is not one."""
+    def open(cls, path: str | Path, *, lock_timeout: float = DEFAULT_TIMEOUT) -> "MultiVectorIndex":
+        """Open an index folder at its last committed state; :class:`IndexStateError` if it is not one.
+
+        Opening reads the catalog and checks its rows and the sizes of the segment files
+        (:class:`~metaembed.errors.IndexCorruptError` naming the file if one is damaged);
+        segment contents are checked chunk by chunk as searches first read them.
+        ``lock_timeout``: seconds a write waits for another process's commit to finish
+        before :class:`~metaembed.errors.IndexBusyError`.
+        """
         folder = Path(path)
-        return cls(SegmentStore(folder, Catalog.open(folder)))
+        return cls(SegmentStore(folder, Catalog.open(folder), lock_timeout))
+
+    @staticmethod
+    def check(path: str | Path) -> list[Damage]:
+        """Read every byte of the index at ``path`` and list what is damaged (empty: the index is sound).
+
+        Checks SQLite's pages, every catalog row and payload against its checksum, and
+        every chunk of every segment file (NaN/inf for an index written before checksums).
+        A damaged configuration (dimension, precision) raises :class:`IndexCorruptError`:
+        nothing else can be read without it.
+        """
+        folder = Path(path)
+        store = SegmentStore(folder, Catalog.open(folder), tolerate=True)
+        try:
+            return store.find_damage()
+        finally:
+            store.close()
+
+    @staticmethod
+    def repair(path: str | Path) -> list[str]:
+        """Drop the damaged segments and catalog rows :meth:`check` finds, in one commit.
+
+        Returns the ids that were dropped (sorted): add them again from their source
+        (``metaembed index repair --input`` does). Everything else is kept as it was.
+        """
+        folder = Path(path)
+        store = SegmentStore(folder, Catalog.open(folder), tolerate=True)
+        try:
+            damage = store.find_damage()
+            return store.repair(damage) if damage else []
+        finally:
+            store.close()
+
+    def verify(self) -> None:
+        """Read every byte of this index; :class:`IndexCorruptError` naming each damaged file if any."""
+        damage = self._store.find_damage()
+        if damage:
+            listed = "; ".join(f"{d.file}: {d.message}" for d in damage[:5])
+            raise IndexCorruptError(f"index {str(self._store.folder)!r} is damaged ({len(damage)} problems): {listed}")
+
+    def refresh(self) -> bool:
+        """Move to the newest committed state (commits by other processes); ``True`` if it changed.
+
+        Cheap when nothing changed (one catalog read); searches running meanwhile keep their snapshot.
+        """
+        changed = self._store.refresh()
+        if changed:
+            self._first_stages = {}
+        return changed
 
     def close(self) -> None:
         """Release the catalog and memory maps; a scratch (``path=None``) index is deleted."""
@@ -120,8 +198,8 @@ class MultiVectorIndex(Searcher):
         """
         store = self._store
         with store.write_lock:
-            store.compact()
             store.persist_metadata()
+            store.compact()
             if path is None or (self.path is not None and Path(path).resolve() == store.folder.resolve()):
                 if self._scratch is not None:
                     raise IndexStateError("this index was created without a path: give save() a folder")
@@ -130,7 +208,7 @@ class MultiVectorIndex(Searcher):
             _check_empty(target, "save the index")
             store.copy_to(target)
             store.close()
-            self._store = SegmentStore(target, Catalog.open(target))
+            self._store = SegmentStore(target, Catalog.open(target), store.lock.timeout)
             self._first_stages = {}
         if self._scratch is not None:
             self._scratch.cleanup()
@@ -205,14 +283,25 @@ class MultiVectorIndex(Searcher):
         """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
         return self._store.payloads(id_list(ids))
 
-    def export(self, r_c: int | None = None, batch: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
+    def export(
+        self, r_c: int | None = None, batch: int = 4096, payloads: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor]] | Iterator[tuple[list[str], torch.Tensor, list[dict | None]]]:
         """Every live candidate in storage order, in batches: ``(ids, vectors)`` with fp32 ``(n, r_c, D)``.
 
         ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
-        the memory-mapped segments sequentially, one batch at a time.
+        the memory-mapped segments sequentially, one batch at a time. With
+        ``payloads=True`` each batch is ``(ids, vectors, payloads)``, the payloads
+        (dicts, ``None`` where none was stored) in the order of ``ids``.
         """
         r_c = self.check_budget((1, r_c or self.num_vectors)).r_c
-        return self._store.export(r_c, positive_int(batch, "batch"))
+        batches = self._store.export(r_c, positive_int(batch, "batch"))
+        if not payloads:
+            return batches
+        return ((ids, vectors, self._payloads_of(ids)) for ids, vectors in batches)
+
+    def _payloads_of(self, ids: list[str]) -> list[dict | None]:
+        found = self.payloads(ids)
+        return [found.get(item_id) for item_id in ids]
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
         values = as_tensor(embeddings, "embeddings")

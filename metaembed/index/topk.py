@@ -33,7 +33,7 @@ def select_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
     Why not torch's own threads: after an OpenMP parallel region its threads spin-wait for
     the next one, and on a small machine they then take the cores from the kernel workers
-    of the next search.
+    of the next search (docs/results/lab-notes.md has the measurement).
     """
     workers = min(pool_size(), scores.shape[0])
     if workers <= 1:

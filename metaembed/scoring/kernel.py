@@ -5,8 +5,8 @@ MaxSim (late interaction) scores a query of ``r_q`` vectors against a candidate 
 makes every *prefix* useful, so a budget ``(r_q, r_c)`` simply keeps the first
 ``r_q`` query vectors and the first ``r_c`` candidate vectors.
 
-The kernel is written for a CPU where fp32 GEMM is fast (~150 GFLOP/s on the
-reference machine) and fp16/bf16 GEMM is a very slow fallback:
+The kernel is written for a CPU where fp32 GEMM is fast and fp16/bf16 GEMM is a
+very slow fallback (docs/results/lab-notes.md has the measurements):
 
 * Candidates are visited **position by position**: for a chunk of candidates and
   each position ``j < r_c`` one fp32 GEMM ``(chunk, D) @ (D, Q*r_q)`` is computed
@@ -22,8 +22,8 @@ reference machine) and fp16/bf16 GEMM is a very slow fallback:
   AVX2 + FMA + F16C; AVX-512 used where present), each chunk is scored by it
   instead: the same position-major walk, but the max over positions and the sum
   over query vectors are fused into the register tiles of the product, so nothing
-  is re-packed or written back per position (with AVX2 about 1.5x the BLAS path's
-  speed at the ladder's budgets). The BLAS path below remains for every other CPU
+  is re-packed or written back per position (faster than the BLAS path at the
+  ladder's budgets; see benchmarks/results/). The BLAS path below remains for every other CPU
   and layout, and ``METAEMBED_NATIVE=0`` selects it.
 * Chunks are spread over dedicated worker threads (:mod:`metaembed.workers`),
   one per torch intra-op thread, each running torch single-threaded: no
