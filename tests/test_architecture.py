@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"training", "evaluation", "ingest"},
     {"retriever"},
     {"quickstart", "serving", "integrations"},
+    {"distributed"},  # Ray: sharded collections, distributed encoding, the Serve app around serving's app
     {"cli"},
     {"__init__"},  # the lazy public facade: ``import metaembed`` imports nothing eagerly
 ]
