@@ -25,12 +25,14 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from metaembed.budget import BudgetLike, parse_ladder
+from metaembed.budget import BudgetLike, ladder_within
 from metaembed.errors import IndexStateError, InputError
-from metaembed.distributed.collection import is_collection
+from metaembed.distributed.collection import is_collection, shard_name
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.ingest import iter_records
-from metaembed.retriever import LADDER_KEY, MODEL_KEY, load_model
+from metaembed.model.builtin import is_builtin
+from metaembed.retriever import (IMAGES_KEY, LADDER_KEY, MODEL_KEY, QUERY_VECTORS_KEY, SOURCE_KEY, load_model,
+                                 model_reference, relative_to_index, resolve_reference)
 
 
 def connect(address: str | None = None, **init_options: Any) -> bool:
@@ -66,7 +68,7 @@ def connected(address: str | None = None, **init_options: Any) -> Iterator[None]
 def _model_spec(model_path: str) -> dict[str, int]:
     model = load_model(model_path)
     return {"dim": int(model.embedding_dim), "num_query_tokens": int(model.num_query_tokens),
-            "num_candidate_tokens": int(model.num_candidate_tokens)}
+            "num_candidate_tokens": int(model.num_candidate_tokens), "supports_images": bool(model.supports_images)}
 
 
 class _Encoder:
@@ -138,12 +140,15 @@ def build_collection(
         if record.id in seen:
             raise InputError(f"id {record.id!r} appears twice in the input")
         seen.add(record.id)
-    out, model_path = Path(out), str(Path(model).resolve())
+    out = Path(out)
+    # A built-in model is loaded by name on every node; a folder by its absolute path.
+    model_path = str(model) if is_builtin(str(model)) and not Path(model).exists() else str(Path(model).resolve())
     shard_options = dict(shard_options or {})
     if is_collection(out):
         collection = ShardedIndex.open(out, backend="ray", **shard_options)
         recorded = collection.metadata.get(MODEL_KEY)
-        if recorded and Path(recorded).resolve() != Path(model_path):
+        if recorded and str(resolve_reference(str(recorded), out / shard_name(0))) != model_path and Path(
+                resolve_reference(str(recorded), out / shard_name(0))).resolve() != Path(model_path).resolve():
             raise IndexStateError(f"collection {out} was built with model {recorded}, not {model_path}; "
                                   "use a new --out or the same model")
         if num_shards is not None and num_shards != collection.num_shards:
@@ -152,10 +157,13 @@ def build_collection(
         if num_shards is None:
             raise InputError("give the number of shards of the new collection (--shards)")
         spec = ray.get(ray.remote(_model_spec).remote(model_path))  # the driver never loads the model
-        ladder = parse_ladder(budgets)
-        for budget in ladder:
-            budget.check_within(spec["num_query_tokens"], spec["num_candidate_tokens"], "the model")
-        metadata = {MODEL_KEY: model_path, LADDER_KEY: [str(b) for b in ladder]}
+        ladder = ladder_within(budgets, spec["num_query_tokens"], spec["num_candidate_tokens"])
+        # Recorded as by build_index, relative to a shard folder (all are one level down), so a shard opens alone.
+        shard_folder = out / shard_name(0)
+        metadata = {MODEL_KEY: model_reference(model_path, shard_folder), LADDER_KEY: [str(b) for b in ladder],
+                    QUERY_VECTORS_KEY: spec["num_query_tokens"], IMAGES_KEY: spec["supports_images"]}
+        if Path(source).is_dir():
+            metadata[SOURCE_KEY] = relative_to_index(source, shard_folder)
         collection = ShardedIndex.create(out, num_shards=num_shards, dim=spec["dim"],
                                          num_vectors=spec["num_candidate_tokens"], dtype=dtype, metadata=metadata,
                                          backend="ray", **shard_options)
