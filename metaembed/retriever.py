@@ -48,6 +48,10 @@ if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
 MODEL_KEY = "model"
 LADDER_KEY = "budgets"
 SOURCE_KEY = "source"
+#: Absolute paths beside the relative ones: used when only the index moved (the relative path then
+#: points nowhere, the absolute one still does).
+MODEL_PATH_KEY = "model_path"
+SOURCE_PATH_KEY = "source_path"
 QUERY_VECTORS_KEY = "num_query_tokens"
 IMAGES_KEY = "supports_images"
 #: The folder inside an index that holds its own copy of the model (``--copy-model``).
@@ -98,6 +102,43 @@ def resolve_reference(recorded: str, index_folder: str | Path) -> str | Path:
         return recorded
     path = Path(recorded)
     return path if path.is_absolute() else Path(index_folder) / path
+
+
+def recorded_location(metadata: dict[str, Any], key: str, absolute_key: str, index_folder: str | Path) -> str | Path | None:
+    """Where ``metadata[key]`` points for the index at ``index_folder``: the relative path (or
+    built-in name) when it exists, else the absolute path recorded beside it when that exists."""
+    recorded = metadata.get(key)
+    if not recorded:
+        return None
+    resolved = resolve_reference(str(recorded), index_folder)
+    absolute = metadata.get(absolute_key)
+    if isinstance(resolved, Path) and not resolved.exists() and absolute and Path(absolute).exists():
+        return Path(absolute)
+    return resolved
+
+
+def index_metadata(
+    model_path: str | Path | None,
+    index_folder: str | Path,
+    ladder: Sequence[Budget],
+    num_query_tokens: int,
+    supports_images: bool,
+    source: str | Path | None = None,
+    copied_model: bool = False,
+) -> dict[str, Any]:
+    """The metadata a new index (or sharded collection) at ``index_folder`` records (see the module docstring)."""
+    metadata: dict[str, Any] = {
+        MODEL_KEY: COPIED_MODEL_DIR if copied_model else (model_reference(model_path, index_folder) if model_path else ""),
+        LADDER_KEY: [str(b) for b in ladder],
+        QUERY_VECTORS_KEY: int(num_query_tokens),
+        IMAGES_KEY: bool(supports_images),
+    }
+    if model_path and not copied_model and not is_builtin(metadata[MODEL_KEY]):
+        metadata[MODEL_PATH_KEY] = str(Path(model_path).resolve())
+    if source is not None and Path(source).is_dir():
+        metadata[SOURCE_KEY] = relative_to_index(source, index_folder)
+        metadata[SOURCE_PATH_KEY] = str(Path(source).resolve())
+    return metadata
 
 
 def open_index(path: str | Path) -> "MultiVectorIndex":
@@ -170,12 +211,12 @@ class Retriever:
         """
         index = open_index(index_path)
         if model is None:
-            recorded = index.metadata.get(MODEL_KEY)
+            recorded = recorded_location(index.metadata, MODEL_KEY, MODEL_PATH_KEY, index_path)
             if not recorded:
                 raise IndexStateError(
                     f"index {index_path} does not record its model; pass the model (--model) explicitly"
                 )
-            retriever = cls(index, resolve_reference(str(recorded), index_path))
+            retriever = cls(index, recorded)
             retriever._recorded = True
             return retriever
         return cls(index, model)
@@ -235,10 +276,10 @@ class Retriever:
     @property
     def source(self) -> Path | None:
         """The folder the index was built from (stored file paths are relative to it), if recorded."""
-        recorded = self.index.metadata.get(SOURCE_KEY)
-        if not recorded or self.index.path is None:
+        if self.index.path is None:
             return None
-        return Path(resolve_reference(str(recorded), self.index.path))
+        found = recorded_location(self.index.metadata, SOURCE_KEY, SOURCE_PATH_KEY, self.index.path)
+        return None if found is None else Path(found)
 
     @property
     def default_budget(self) -> Budget:
@@ -624,7 +665,9 @@ def build_index(
     if out.exists():
         index = open_index(out)
         recorded = index.metadata.get(MODEL_KEY)
-        if model_path is not None and recorded and not _same_model(resolve_reference(str(recorded), out), model_path):
+        if model_path is not None and recorded and not _same_model(
+            recorded_location(index.metadata, MODEL_KEY, MODEL_PATH_KEY, out) or recorded, model_path
+        ):
             raise IndexStateError(
                 f"index {out} was built with model {recorded}, not {model_path}; "
                 "use a new --out or the same model"
@@ -632,18 +675,9 @@ def build_index(
     loaded = load_model(model)
     if index is None:
         ladder = ladder_within(budgets, loaded.num_query_tokens, loaded.num_candidate_tokens)
-        if copy_model:
-            reference = COPIED_MODEL_DIR
-        else:
-            reference = model_reference(model_path, out) if model_path is not None else ""
-        metadata = {
-            MODEL_KEY: reference,
-            LADDER_KEY: [str(b) for b in ladder],
-            QUERY_VECTORS_KEY: int(loaded.num_query_tokens),
-            IMAGES_KEY: bool(loaded.supports_images),
-        }
-        if source.is_dir():
-            metadata[SOURCE_KEY] = relative_to_index(source, out)
+        metadata = index_metadata(
+            model_path, out, ladder, loaded.num_query_tokens, loaded.supports_images, source, copied_model=copy_model
+        )
         index = MultiVectorIndex.create(
             out, dim=loaded.embedding_dim, num_vectors=loaded.num_candidate_tokens, dtype=dtype, metadata=metadata
         )
@@ -663,6 +697,6 @@ def _same_model(recorded: str | Path, given: str | Path) -> bool:
 
 
 __all__ = [
-    "Retriever", "UpdateReport", "build_index", "load_model", "model_reference", "open_index",
+    "Retriever", "UpdateReport", "build_index", "index_metadata", "recorded_location", "load_model", "model_reference", "open_index",
     "passage_splitter", "resolve_reference", "update_index",
 ]

@@ -27,12 +27,10 @@ import numpy as np
 
 from metaembed.budget import BudgetLike, ladder_within
 from metaembed.errors import IndexStateError, InputError
-from metaembed.distributed.collection import is_collection, shard_name
+from metaembed.distributed.collection import is_collection
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.ingest import iter_records
-from metaembed.model.builtin import is_builtin
-from metaembed.retriever import (IMAGES_KEY, LADDER_KEY, MODEL_KEY, QUERY_VECTORS_KEY, SOURCE_KEY, load_model,
-                                 model_reference, relative_to_index, resolve_reference)
+from metaembed.retriever import MODEL_KEY, MODEL_PATH_KEY, index_metadata, load_model, recorded_location
 
 
 def connect(address: str | None = None, **init_options: Any) -> bool:
@@ -140,15 +138,12 @@ def build_collection(
         if record.id in seen:
             raise InputError(f"id {record.id!r} appears twice in the input")
         seen.add(record.id)
-    out = Path(out)
-    # A built-in model is loaded by name on every node; a folder by its absolute path.
-    model_path = str(model) if is_builtin(str(model)) and not Path(model).exists() else str(Path(model).resolve())
+    out, model_path = Path(out), str(Path(model).resolve())
     shard_options = dict(shard_options or {})
     if is_collection(out):
         collection = ShardedIndex.open(out, backend="ray", **shard_options)
-        recorded = collection.metadata.get(MODEL_KEY)
-        if recorded and str(resolve_reference(str(recorded), out / shard_name(0))) != model_path and Path(
-                resolve_reference(str(recorded), out / shard_name(0))).resolve() != Path(model_path).resolve():
+        recorded = recorded_location(collection.metadata, MODEL_KEY, MODEL_PATH_KEY, out)
+        if recorded and Path(recorded).resolve() != Path(model_path):
             raise IndexStateError(f"collection {out} was built with model {recorded}, not {model_path}; "
                                   "use a new --out or the same model")
         if num_shards is not None and num_shards != collection.num_shards:
@@ -158,12 +153,7 @@ def build_collection(
             raise InputError("give the number of shards of the new collection (--shards)")
         spec = ray.get(ray.remote(_model_spec).remote(model_path))  # the driver never loads the model
         ladder = ladder_within(budgets, spec["num_query_tokens"], spec["num_candidate_tokens"])
-        # Recorded as by build_index, relative to a shard folder (all are one level down), so a shard opens alone.
-        shard_folder = out / shard_name(0)
-        metadata = {MODEL_KEY: model_reference(model_path, shard_folder), LADDER_KEY: [str(b) for b in ladder],
-                    QUERY_VECTORS_KEY: spec["num_query_tokens"], IMAGES_KEY: spec["supports_images"]}
-        if Path(source).is_dir():
-            metadata[SOURCE_KEY] = relative_to_index(source, shard_folder)
+        metadata = index_metadata(model_path, out, ladder, spec["num_query_tokens"], spec["supports_images"], source)
         collection = ShardedIndex.create(out, num_shards=num_shards, dim=spec["dim"],
                                          num_vectors=spec["num_candidate_tokens"], dtype=dtype, metadata=metadata,
                                          backend="ray", **shard_options)

@@ -31,7 +31,7 @@ from metaembed.distributed.collection import Manifest
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.errors import IndexStateError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex
-from metaembed.retriever import MODEL_KEY, Retriever, load_model, resolve_reference
+from metaembed.retriever import MODEL_KEY, MODEL_PATH_KEY, Retriever, load_model, recorded_location
 
 #: Name of the Serve application (and prefix of its deployments).
 APP_NAME = "metaembed"
@@ -169,12 +169,10 @@ def build_app(
     root = Path(collection).resolve()
     manifest = Manifest.read(root)
     if model is None:
-        first_shard = manifest.shard_paths(root)[0]
-        with MultiVectorIndex.open(first_shard) as first:
-            recorded = first.metadata.get(MODEL_KEY)
-        if not recorded:
+        with MultiVectorIndex.open(manifest.shard_paths(root)[0]) as first:
+            model = recorded_location(first.metadata, MODEL_KEY, MODEL_PATH_KEY, root)  # relative to the collection
+        if not model:
             raise IndexStateError(f"collection {root} does not record its model; pass model=")
-        model = resolve_reference(str(recorded), first_shard)
     if encoder_options is None:
         encoder_options = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) else {"num_cpus": 1}
     encoder = QueryEncoder.options(num_replicas=encoder_replicas, ray_actor_options=encoder_options).bind(
