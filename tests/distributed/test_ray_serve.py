@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from metaembed.distributed import ShardedIndex
-from metaembed.retriever import build_index
+from metaembed.retriever import Retriever, build_index
 
 from tests.frontdoor_helpers import BUDGETS, write_docs
 
@@ -33,8 +33,7 @@ def test_serve_app_answers_like_the_single_index_service(ray_cluster, tmp_path):
     single = build_index(model_dir, write_docs(tmp_path / "docs"), tmp_path / "single.index", budgets=BUDGETS,
                          progress=False)
     root = tmp_path / "docs.collection"
-    metadata = dict(single.index.metadata, model="../../model")  # relative to a shard folder, as build_collection writes
-    with ShardedIndex.create(root, num_shards=2, dim=64, num_vectors=8, metadata=metadata) as local:
+    with ShardedIndex.create(root, num_shards=2, dim=64, num_vectors=8, metadata=dict(single.index.metadata)) as local:
         for ids, vectors in single.index.export():
             local.add(ids, vectors, [single.index.payloads([i])[i] for i in ids])
 
