@@ -110,7 +110,9 @@ def encode_rows(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
     source.write_text("".join(json.dumps({"id": f"t{i}", "text": f"item {i} " + "word " * (i % 40)}) + "\n"
                               for i in range(args.encode_items)))
     rows = []
-    seconds = _timed(lambda: build_index(model, source, root / "single.index", progress=False, batch_size=16))
+    ladder = "1,1 2,4 4,8"  # what the tiny model (4 query, 8 candidate vectors) can serve
+    seconds = _timed(lambda: build_index(model, source, root / "single.index", budgets=ladder, progress=False,
+                                         batch_size=16))
     rows.append({"method": "build_index, one process", "replicas": 1, "seconds": seconds,
                  "items_per_s": args.encode_items / seconds})
     print(rows[-1], flush=True)
@@ -118,7 +120,7 @@ def encode_rows(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
         out = root / f"collection-{replicas}"
         holder: list = []
         seconds = _timed(lambda: holder.append(build_collection(
-            model, source, out, num_shards=2, replicas=replicas, batch_size=16, progress=False,
+            model, source, out, num_shards=2, budgets=ladder, replicas=replicas, batch_size=16, progress=False,
             shard_options={"num_cpus": 0})))
         holder[0].close(terminate=True)
         rows.append({"method": "build_collection, Ray Data", "replicas": replicas, "seconds": seconds,
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--encode-items", type=int, default=256)
     parser.add_argument("--max-replicas", type=int, default=2)
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="Only the in-process methods.")
+    parser.add_argument("--no-search", dest="search", action="store_false", help="Only the encoding part.")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: checks the script runs.")
     parser.add_argument("--out", type=Path, default=None, help="Folder for distributed.json and distributed.md.")
     args = parser.parse_args(argv)
@@ -176,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="metaembed-bench-distributed-") as scratch:
             root = Path(scratch)
-            search = search_rows(args, root)
+            search = search_rows(args, root) if args.search else []
+            if args.out is not None:  # what is measured so far survives a failure of the encoding part
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "distributed-search.json").write_text(json.dumps(search, indent=2))
             encode = encode_rows(args, root) if args.ray else []
     finally:
         if started:

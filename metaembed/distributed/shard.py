@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from metaembed.budget import Budget
-from metaembed.errors import MetaEmbedError, ShardUnavailableError
+from metaembed.errors import IndexStateError, MetaEmbedError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex, SearchResult
 from metaembed.distributed.stages import GivenShortlist, RefMap, ScoredShortlist
 from metaembed.index.filters import PayloadFilter
@@ -203,7 +203,12 @@ class _RayCall:
             if isinstance(cause, (MetaEmbedError, ValueError, TypeError, KeyError)):
                 raise cause from None
             raise
-        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError) as error:
+        except exceptions.RayActorError as error:
+            if error.actor_init_failed:  # the shard cannot be opened: waiting for a restart would not help
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                raise IndexStateError(f"shard {self.shard} could not be opened: {lines[-1] if lines else error}") from None
+            raise ShardUnavailableError(f"shard {self.shard} is unavailable ({type(error).__name__})", [self.shard]) from None
+        except (exceptions.WorkerCrashedError, exceptions.ObjectLostError) as error:
             raise ShardUnavailableError(f"shard {self.shard} is unavailable ({type(error).__name__})", [self.shard]) from None
 
 

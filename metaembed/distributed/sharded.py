@@ -60,6 +60,8 @@ from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 #: Seconds a call waits for a shard that is restarting before it gives up.
 DEFAULT_TIMEOUT = 30.0
+#: Seconds opening a collection waits for its shards to start (a new actor is a new process).
+OPEN_TIMEOUT = 180.0
 # How often a write whose shard died is resolved and sent again before giving up.
 _WRITE_ATTEMPTS = 3
 # (timeout, allow_partial) of the search() call in progress in this thread or task, for search_batch.
@@ -108,7 +110,7 @@ class ShardedIndex(Searcher):
         self.manifest = manifest
         self.backend = backend
         self._scratch = scratch
-        info = self._call_all("info")
+        info = self._call_all("info", timeout=OPEN_TIMEOUT)  # new actors start a process and import torch
         first = info[0]
         for number, other in enumerate(info):
             if (other["dim"], other["num_vectors"], other["dtype"]) != (first["dim"], first["num_vectors"], first["dtype"]):
@@ -430,17 +432,20 @@ class ShardedIndex(Searcher):
                 else:
                     missing.append(shard)
         if missing and not allow_partial:
+            searching = any(method in ("search", "first_stage", "rerank") for method, _ in calls.values())
+            hint = (" (search with allow_partial=True to get the other shards' results, flagged partial)"
+                    if searching else "")
             raise ShardUnavailableError(
-                f"shards {sorted(missing)} did not answer within {timeout:.1f} s, so no result is returned "
-                "(search with allow_partial=True to get the other shards' results, flagged partial)", sorted(missing))
+                f"shards {sorted(missing)} did not answer within {timeout:.1f} s, so no result is returned{hint}",
+                sorted(missing))
         return answers, sorted(missing)
 
-    def _call_each(self, calls: dict[int, tuple]) -> dict[int, Any]:
+    def _call_each(self, calls: dict[int, tuple], timeout: float = DEFAULT_TIMEOUT) -> dict[int, Any]:
         pairs = {s: (call[0], call[1:]) for s, call in calls.items()}
-        return self._fan_out(pairs, time.monotonic() + DEFAULT_TIMEOUT, False, DEFAULT_TIMEOUT)[0]
+        return self._fan_out(pairs, time.monotonic() + timeout, False, timeout)[0]
 
-    def _call_all(self, method: str, *args: Any) -> list[Any]:
-        answers = self._call_each({s: (method, *args) for s in range(self.num_shards)})
+    def _call_all(self, method: str, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
+        answers = self._call_each({s: (method, *args) for s in range(self.num_shards)}, timeout)
         return [answers[s] for s in range(self.num_shards)]
 
 

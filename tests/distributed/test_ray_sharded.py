@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from metaembed.distributed import ShardedIndex, shard_of
 from metaembed.errors import ShardUnavailableError
@@ -96,3 +95,14 @@ def test_killed_actors_are_restarted_from_storage(served, ray_cluster):
         collection.search(queries, k=5, budget="2,4", timeout=1.0)
     partial = collection.search(queries, k=5, budget="2,4", timeout=1.0, allow_partial=True)
     assert partial.partial and partial.missing == (0,) and partial.answered == (1, 2)
+
+
+def test_a_shard_that_cannot_be_opened_fails_at_once(ray_cluster, tmp_path):
+    from metaembed.errors import IndexStateError
+
+    ShardedIndex.create(tmp_path / "c", num_shards=1, dim=4, num_vectors=1).close()
+    (tmp_path / "c" / "shard-0000" / "catalog.sqlite").unlink()  # the folder is there, the index is not
+    started = time.monotonic()
+    with pytest.raises(IndexStateError, match="shard 0 could not be opened: .*catalog.sqlite"):
+        ShardedIndex.open(tmp_path / "c", backend="ray", num_cpus=0.1)
+    assert time.monotonic() - started < 60  # not the 180 s a shard gets to start
