@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import torch
 
 from metaembed.index import MultiVectorIndex
-from metaembed.scoring import embedding_bytes
+from metaembed.index.codecs import embedding_bytes
 
 K = 10
 

@@ -56,7 +56,8 @@ from benchmarks.report import check_targets, markdown_report
 from metaembed import native
 from metaembed.budget import DEFAULT_LADDER, Budget, parse_ladder
 from metaembed.index import MultiVectorIndex
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.scoring import maxsim, maxsim_flops
 
 NUM_QUERIES = 16
 QUERY_VECTORS = 16

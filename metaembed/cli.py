@@ -17,7 +17,7 @@ from typing import Any, Optional
 import click
 import typer
 
-from metaembed.errors import MetaEmbedError
+from metaembed.errors import IndexCorruptError, MetaEmbedError
 
 app = typer.Typer(
     name="metaembed",
@@ -30,7 +30,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 index_app = typer.Typer(
-    help="Build and maintain a multi-vector index (build | add | delete | info).",
+    help="Build and maintain a multi-vector index (build | add | delete | info | check | repair | compact | export).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -80,7 +80,7 @@ def encode(
     records = list(iter_records(input))
     items = [r.item() for r in records]
     encode_fn = encoder.encode_queries if as_ == "query" else encoder.encode_candidates
-    embeddings = encode_fn(items, batch_size=batch_size, show_progress=True)
+    embeddings = encode_fn(items, batch_size=batch_size, show_progress_bar=True)
     np.savez(out, ids=np.array([r.id for r in records]), embeddings=embeddings.float().numpy())
     typer.echo(f"wrote {len(records)} embeddings of shape {tuple(embeddings.shape[1:])} to {out}")
 
@@ -98,6 +98,14 @@ def index_build(
     budgets: Optional[str] = typer.Option(None, "--budgets", help=LADDER_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch; each batch is saved before the next."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage type of the vectors: float16 (half the memory) or float32."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Encode on the Ray cluster at ADDRESS ('auto', 'ray://host:10001', or 'local' to start one "
+        "on this machine) into a sharded collection. Needs metaembed[ray].",
+    ),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="With --ray: shards of a new collection."),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", min=1, help="With --ray: model replicas (default: one per GPU, else one per 2 CPUs)."),
 ) -> None:
     """Embed a folder or JSONL into a new index, or resume an interrupted build.
 
@@ -105,9 +113,18 @@ def index_build(
     the index path. Ids already in the index are skipped: rerun the same command to resume.
 
     \b
-    Example:
+    Examples:
       metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
+      metaembed index build --ray auto -m ./my-model -i ./docs -o ./docs.collection --shards 8
     """
+    if ray is not None:
+        from metaembed.distributed.build import build_collection, connected
+
+        with connected(ray):
+            collection = build_collection(model, input, out, num_shards=shards, budgets=budgets,
+                                          batch_size=batch_size, dtype=dtype, replicas=replicas)
+            typer.echo(f"collection {out}: {len(collection)} items in {collection.num_shards} shards")
+        return
     from metaembed.retriever import build_index
 
     before = _size_if_exists(out)
@@ -189,6 +206,111 @@ def index_info(
         typer.echo(f"{row['budget']:>8}  {_human_bytes(row['memory_bytes']):>12}  {row['flops_per_query']:>14,}")
 
 
+@index_app.command("check", no_args_is_help=True)
+def index_check(index: Path = typer.Argument(..., help="Index folder.")) -> None:
+    """Read every byte of an index and list what is damaged (exit status 2 if anything is).
+
+    Checks the catalog's pages and rows and every chunk of every vector file against the
+    checksums written with them.
+
+    \b
+    Example:
+      metaembed index check ./docs.index
+    """
+    from metaembed.index import MultiVectorIndex
+
+    damage = MultiVectorIndex.check(index)
+    for found in damage:
+        lost = f" ({len(found.ids)} items)" if found.ids else ""
+        typer.echo(f"damaged: {found.file}: {found.message}{lost}")
+    if damage:
+        raise IndexCorruptError(f"index {index} has {len(damage)} damaged parts: 'metaembed index repair {index}' drops them")
+    with MultiVectorIndex.open(index) as opened:
+        typer.echo(f"index {index}: sound ({len(opened)} items, {_human_bytes(_segment_bytes(index))} of vectors)")
+
+
+@index_app.command("repair", no_args_is_help=True)
+def index_repair(
+    index: Path = typer.Argument(..., help="Index folder."),
+    input: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="The folder or JSONL the index was built from: re-embed the dropped items."
+    ),
+    batch_size: int = typer.Option(16, help="Items encoded at once when re-embedding."),
+) -> None:
+    """Drop the damaged parts of an index (and, with --input, embed the items they held again).
+
+    \b
+    Example:
+      metaembed index repair ./docs.index --input ./docs
+    """
+    from metaembed.index import MultiVectorIndex
+
+    lost = MultiVectorIndex.repair(index)
+    typer.echo(f"index {index}: dropped {len(lost)} damaged items" + (f": {', '.join(lost[:10])}" if lost else ""))
+    if input is None or not lost:
+        return
+    from metaembed.ingest import iter_records
+    from metaembed.retriever import Retriever
+
+    retriever = Retriever.open(index)
+    wanted = set(lost)
+    records = [record for record in iter_records(input) if record.id in wanted]
+    retriever.add([r.id for r in records], [r.item() for r in records], [r.payload for r in records],
+                  batch_size=batch_size)
+    missing = len(lost) - len(records)
+    typer.echo(f"re-embedded {len(records)} items from {input}" + (f"; {missing} are not in it" if missing else ""))
+
+
+@index_app.command("compact", no_args_is_help=True)
+def index_compact(index: Path = typer.Argument(..., help="Index folder.")) -> None:
+    """Reclaim the space of deleted items and merge small segment files.
+
+    \b
+    Example:
+      metaembed index compact ./docs.index
+    """
+    from metaembed.retriever import open_index
+
+    before = _segment_bytes(index)
+    with open_index(index) as opened:
+        opened.compact()
+    typer.echo(f"index {index}: vectors {_human_bytes(before)} -> {_human_bytes(_segment_bytes(index))}")
+
+
+def _segment_bytes(index: Path) -> int:
+    return sum(path.stat().st_size for path in Path(index).glob("seg-*"))
+
+
+@index_app.command("export", no_args_is_help=True)
+def index_export(
+    index: Path = typer.Argument(..., help="Index folder."),
+    target: str = typer.Argument(..., help="Where to write: a file (safetensors, npz), a LanceDB folder, or for "
+                                 "Qdrant a URL, ':memory:' or a local-mode folder."),
+    to: str = typer.Option(..., "--to", help="safetensors | npz | lancedb | qdrant"),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Files: keep the first r_c vectors "
+                                         "('r_c' or 'r_q,r_c'). Default: all stored vectors."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="LanceDB/Qdrant: one multi-vector column per r_c "
+                                          "of this ladder, e.g. '1,1 4,8 16,64'. Default: the index's ladder."),
+    name: Optional[str] = typer.Option(None, "--name", help="LanceDB table / Qdrant collection (default 'metaembed')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table or collection."),
+    dtype: str = typer.Option("float32", "--dtype", help="Files: float32 or float16 vectors."),
+) -> None:
+    """Export an index (ids, vectors, payloads) to a file or a vector database.
+
+    \b
+    Examples:
+      metaembed index export ./docs.index docs.safetensors --to safetensors --budget 16
+      metaembed index export ./docs.index ./lance --to lancedb --budgets "1,1 4,8 16,64"
+      metaembed index export ./docs.index http://localhost:6333 --to qdrant --name docs
+    """
+    from metaembed.integrations.exporting import export_index
+    from metaembed.retriever import open_index
+
+    opened = open_index(index)
+    count = export_index(opened, to, target, budget=budget, budgets=budgets, name=name, overwrite=overwrite, dtype=dtype)
+    typer.echo(f"exported {count} items from {index} to {to} {target}")
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -216,8 +338,10 @@ def search(
       metaembed search ./docs.index "quarterly revenue table" --budget 4,8 -k 5
       metaembed search ./photos.index --image cat.jpg --json
     """
+    from metaembed.budget import Budget
     from metaembed.retriever import Retriever
 
+    chosen = Budget.parse(budget) if budget is not None else None  # read at the edge, checked by the retriever
     if query is None and image is None:
         raise MetaEmbedError("give query text, --image PATH, or both")
     if image is not None and not image.is_file():
@@ -228,8 +352,8 @@ def search(
     if image is not None:
         item["image"] = image
     retriever = Retriever.open(index)
-    chosen = retriever.check_budget(budget)
     hits = retriever.search(item, k=k, budget=chosen, mode=mode)
+    chosen = chosen or retriever.default_budget
     if as_json:
         _echo_json({"budget": str(chosen), "results": [h.as_dict() for h in hits]})
         return
@@ -319,10 +443,12 @@ def bench(
     context: typer.Context,
     script: str = typer.Option("scoring", "--script", help="Which benchmarks/<name>.py to run."),
 ) -> None:
-    """Run a speed benchmark from the source checkout's benchmarks/ folder.
+    """Run a speed benchmark from a source checkout's benchmarks/ folder.
 
     Any further arguments are passed to the script (see 'metaembed bench -- --help'). The
     scripts print a table and write JSON, with peer implementations measured in the same run.
+    They live in the repository, not in the installed package: run this inside a clone (or
+    with metaembed installed from one with 'pip install -e .').
 
     \b
     Examples:
@@ -331,16 +457,32 @@ def bench(
     """
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = checkout_root(Path.cwd(), Path(__file__).resolve().parent)
+    if root is None:
+        raise MetaEmbedError(
+            "'metaembed bench' runs the speed benchmarks of a source checkout, and the installed package "
+            "does not include them: git clone the metaembed repository, 'pip install -e .' in it, and run "
+            "'metaembed bench' there"
+        )
     target = root / "benchmarks" / f"{script}.py"
     if not target.is_file():
-        raise MetaEmbedError(
-            f"benchmark script {target} not found: 'metaembed bench' runs from a source checkout "
-            "(git clone, then pip install -e .)"
-        )
+        available = sorted(p.stem for p in (root / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
+        raise MetaEmbedError(f"benchmark script {target} not found; the checkout has: {', '.join(available)}")
     completed = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *context.args], cwd=root)
     if completed.returncode:
         raise typer.Exit(completed.returncode)
+
+
+def checkout_root(start: Path, package_dir: Path) -> Path | None:
+    """The source checkout whose benchmarks/ 'metaembed bench' runs, or ``None`` outside one.
+
+    Looks in ``start`` and its parents (a user inside a clone), then beside ``package_dir``
+    (an editable install); a checkout holds both ``benchmarks/__init__.py`` and ``metaembed/``.
+    """
+    for folder in (start, *start.parents, package_dir.parent):
+        if (folder / "benchmarks" / "__init__.py").is_file() and (folder / "metaembed" / "__init__.py").is_file():
+            return folder
+    return None
 
 
 # --- serve -----------------------------------------------------------------------------------
@@ -354,20 +496,31 @@ def serve(
         help="If set, every request except GET /health must send this value in the X-API-Key header. "
         "Also read from $METAEMBED_API_KEY.",
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Serve a sharded collection (made by 'index build --ray') with Ray Serve on the cluster "
+        "at ADDRESS ('auto', 'ray://host:10001', or 'local'); same endpoints and API key.",
+    ),
 ) -> None:
     """Serve an index over HTTP (OpenAPI docs at /docs).
 
     Endpoints: POST /search, POST /items, DELETE /items/{id}, GET /health, GET /info.
 
     \b
-    Example:
+    Examples:
       metaembed serve ./docs.index --port 8080 --api-key secret
+      metaembed serve ./docs.collection --ray auto --host 0.0.0.0 --port 8080
     """
-    import uvicorn
+    if ray is not None:
+        from metaembed.distributed.build import connected
+        from metaembed.distributed.serve import run
 
-    from metaembed.serving import create_app
+        with connected(ray):
+            run(index, host=host, port=port, api_key=api_key, blocking=True)
+        return
+    from metaembed.serving.server import serve
 
-    uvicorn.run(create_app(index, api_key=api_key), host=host, port=port)
+    serve(index, host=host, port=port, api_key=api_key)
 
 
 # --- quickstart ------------------------------------------------------------------------------

@@ -41,6 +41,21 @@ class IndexBusyError(IndexStateError):
 class StorageFullError(IndexStateError):
     """The disk ran out of space during a write; the index keeps its last committed state."""
 
+
+class ShardUnavailableError(MetaEmbedError, RuntimeError):
+    """A shard of a sharded collection did not answer (its process died or is restarting).
+
+    ``shards`` lists the shard numbers that did not answer.
+    """
+
+    def __init__(self, message: str, shards: "list[int] | tuple[int, ...]" = ()) -> None:
+        super().__init__(message)
+        self.shards = tuple(shards)
+
+    def __reduce__(self):  # keep ``shards`` when pickled across processes
+        return (type(self), (str(self), self.shards))
+
+
 __all__ = [
     "MetaEmbedError",
     "BudgetError",
@@ -50,4 +65,5 @@ __all__ = [
     "IndexCorruptError",
     "IndexBusyError",
     "StorageFullError",
+    "ShardUnavailableError",
 ]

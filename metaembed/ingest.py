@@ -11,7 +11,8 @@ original files.
   folder, with ``#page=N`` (1-based) for PDF pages. Other files are skipped and counted.
 * A **JSONL** file holds one object per line with an ``"id"`` and at least one of ``"text"``,
   ``"image"`` (a path, relative to the JSONL file's folder) and ``"instruction"``; every other key
-  is kept in the payload.
+  is kept in the payload. BEIR's ``corpus.jsonl`` / ``queries.jsonl`` read as they are: ``"_id"``
+  stands for ``"id"``, and a ``"title"`` goes before the text with a space (BEIR's convention).
 
 Records are produced lazily (a PDF page is rendered only when its batch is encoded), so a large
 collection costs no memory up front.
@@ -118,9 +119,12 @@ def render_pdf_page(path: str | Path, page: int, dpi: int = PDF_DPI) -> Image.Im
 def _iter_jsonl(path: Path) -> Iterator[Record]:
     base = path.parent
     for number, row in iter_jsonl(path):
-        if "id" not in row:
-            raise InputError(f"{path}, line {number}: expected an object with an 'id' key")
+        id_key = "id" if "id" in row else "_id"
+        if id_key not in row:
+            raise InputError(f"{path}, line {number}: expected an object with an 'id' (or BEIR '_id') key")
         item_fields = {k: row[k] for k in ("text", "image", "instruction") if row.get(k) is not None}
+        if row.get("title") and id_key == "_id":
+            item_fields["text"] = " ".join(str(p) for p in (row["title"], row.get("text")) if p)
         if "image" in item_fields:
             image = Path(item_fields["image"])
             item_fields["image"] = image if image.is_absolute() else base / image
@@ -128,9 +132,9 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             item = to_item(item_fields)
         except (TypeError, ValueError) as error:
             raise InputError(f"{path}, line {number}: {error}") from None
-        payload = {k: v for k, v in row.items() if k not in ("id", "image", "text")}
+        payload = {k: v for k, v in row.items() if k not in (id_key, "image", "text")}
         if "image" in item_fields:
             payload["path"] = str(item_fields["image"])
         if item.text:
             payload["text"] = item.text[:SNIPPET_CHARS]
-        yield Record(str(row["id"]), (lambda it=item: it), payload)
+        yield Record(str(row[id_key]), (lambda it=item: it), payload)

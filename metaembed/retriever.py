@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -26,26 +25,12 @@ from metaembed.ingest import Record, iter_records
 from metaembed.model.items import ItemLike
 
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
-    from metaembed.index import MultiVectorIndex
+    from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.model import MetaEmbedModel
 
 #: Keys this module writes into the index metadata.
 MODEL_KEY = "model"
 LADDER_KEY = "budgets"
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: 1-based ``rank``, candidate ``id``, MaxSim ``score`` and stored ``payload``."""
-
-    rank: int
-    id: str
-    score: float
-    payload: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The hit as a plain JSON-serialisable dict."""
-        return {"rank": self.rank, "id": self.id, "score": self.score, "payload": self.payload}
 
 
 def load_model(path: str | Path) -> "MetaEmbedModel":
@@ -127,14 +112,22 @@ class Retriever:
         ladder = parse_ladder(recorded) if recorded else parse_ladder(None)
         return tuple(b for b in ladder if b.r_q <= self.max_r_q and b.r_c <= self.max_r_c)
 
-    def check_budget(self, budget: BudgetLike | None) -> Budget:
-        """Parse ``budget`` (``None`` = the largest of the ladder) and check it fits.
+    @property
+    def default_budget(self) -> Budget:
+        """The budget of a search that names none: the largest of the ladder."""
+        ladder = self.ladder
+        return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
 
+    def check_budget(self, budget: BudgetLike | None) -> Budget:
+        """Parse ``budget`` (``None`` = :attr:`default_budget`) and check it fits the model and the index.
+
+        This is the one check of a search's budget: here both limits (the model's query
+        vectors, the index's stored vectors) are known, so the model encodes and the index
+        searches with the checked budget without checking it again.
         Raises :class:`~metaembed.errors.BudgetError` naming what is available.
         """
         if budget is None:
-            ladder = self.ladder
-            return ladder[-1] if ladder else Budget(self.max_r_q, self.max_r_c)
+            return self.default_budget
         try:
             return Budget.parse(budget).check_within(self.max_r_q, self.max_r_c, "this index and model")
         except BudgetError as error:
@@ -168,24 +161,25 @@ class Retriever:
     # --- search ------------------------------------------------------------------------------
     def search(
         self, query: ItemLike, k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
-    ) -> list[Hit]:
+    ) -> list["SearchResult"]:
         """Search with one query item (text, image or both); return up to ``k`` hits, best first."""
         return self.search_many([query], k=k, budget=budget, mode=mode)[0]
 
     def search_many(
         self, queries: Sequence[ItemLike], k: int = 10, budget: BudgetLike | None = None, mode: str = "exact"
-    ) -> list[list[Hit]]:
-        """Search a batch of query items; one list of hits per query."""
+    ) -> list[list["SearchResult"]]:
+        """Search a batch of query items; one list of hits per query, best first.
+
+        ``budget`` is checked once, by :meth:`check_budget`; the model's output (all its query
+        vectors, fp32, finite) goes to the index's :meth:`~MultiVectorIndex.search_batch`,
+        which reads the first ``r_q`` of them.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
         with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress=False)
-        results = self.index.search(embeddings, k=k, budget=chosen, mode=mode)
-        return [
-            [Hit(rank, r.id, float(r.score), dict(r.payload or {})) for rank, r in enumerate(hits, start=1)]
-            for hits in results
-        ]
+            embeddings = self.model.encode_queries(list(queries), show_progress=False)
+        return self.index.search_batch(embeddings, k, chosen, mode)
 
     # --- updates -----------------------------------------------------------------------------
     def add(

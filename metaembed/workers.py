@@ -3,8 +3,8 @@
 Why not torch's own intra-op threads: the kernel issues many medium-sized ops
 (one GEMM and one max per candidate position and chunk). Each op is an OpenMP
 parallel region ending in a barrier; on a busy machine one descheduled thread
-stalls every barrier, and on the reference 2-core machine under load the kernel
-fell from ~150 to ~6 GFLOP/s. Giving each worker whole chunks of candidates
+stalls every barrier, and the kernel loses most of its speed (docs/results/lab-notes.md
+has the measurement). Giving each worker whole chunks of candidates
 instead (one worker per configured torch thread, chunks handed out dynamically)
 removes the per-op barriers: a slow worker only delays its own chunk.
 

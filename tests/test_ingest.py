@@ -61,3 +61,13 @@ def test_missing_or_unsupported_input(tmp_path):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(InputError, match="neither a folder nor a .jsonl"):
         iter_records(tmp_path / "x.csv")
+
+
+def test_beir_jsonl_reads_id_and_title(tmp_path):
+    """BEIR's corpus.jsonl as it is: '_id' for the id, the title before the text."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "d1", "title": "Cats", "text": "sit on mats"}\n{"_id": "d2", "text": "no title"}\n')
+    records = list(iter_records(path))
+    assert [r.id for r in records] == ["d1", "d2"]
+    assert [r.item().text for r in records] == ["Cats sit on mats", "no title"]
+    assert records[0].payload["title"] == "Cats" and "_id" not in records[0].payload

@@ -1,8 +1,9 @@
 """Evaluation as the paper reports it: MMEB and ViDoRe per budget, tables and plots.
 
-Loaders read local copies of the published files (:mod:`~metaembed.evaluation.mmeb`,
-:mod:`~metaembed.evaluation.vidore`, :mod:`~metaembed.evaluation.beir` for your
-own collection); :func:`run_sweep` encodes each data set once, caches the
+Benchmark kinds read local copies of the published files (:mod:`~metaembed.evaluation.kinds.mmeb`,
+:mod:`~metaembed.evaluation.kinds.vidore`, :mod:`~metaembed.evaluation.kinds.beir` for your
+own collection), each a registered :class:`~metaembed.evaluation.kinds.BenchmarkKind`;
+:func:`run_sweep` encodes each data set once, caches the
 embeddings and scores every budget of a ladder; :func:`write_report` writes the
 JSON, Markdown table and PNG plot.
 
@@ -13,7 +14,7 @@ Typical use::
     print(result.groups["Overall"])
 """
 
-from metaembed.evaluation.benchmarks import KINDS, Benchmark, detect_kind
+from metaembed.evaluation.kinds import BENCHMARK_KINDS, Benchmark, BenchmarkKind, detect_kind
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
 from metaembed.evaluation.metrics import build_run, precision_at_1, retrieval_metrics
 from metaembed.evaluation.report import markdown_table, plot, write_report
@@ -22,8 +23,9 @@ from metaembed.evaluation.sweep import MultiVectorEncoder, run_sweep
 from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask
 
 __all__ = [
-    "KINDS",
+    "BENCHMARK_KINDS",
     "Benchmark",
+    "BenchmarkKind",
     "detect_kind",
     "CandidateListTask",
     "RetrievalTask",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from metaembed.evaluation.kinds import get_kind
 from metaembed.evaluation.result import SweepResult
 
 RESULTS_JSON = "results.json"
@@ -41,7 +42,7 @@ def _budget_key(budget: str) -> tuple[int, int]:
 
 def _paper_table(result: SweepResult) -> list[str]:
     """Our headline average beside the published one, over our budgets and theirs."""
-    label = "Overall" if result.benchmark == "mmeb" else "Average"
+    label = get_kind(result.benchmark).headline_group
     budgets = sorted(set(result.ladder) | {b for values in result.paper.values() for b in values}, key=_budget_key)
     ours = result.groups.get(label, {})
     lines = [
@@ -62,13 +63,8 @@ def _budget_header(ladder: list[str]) -> str:
 
 
 def _dataset_order(result: SweepResult) -> list[tuple[str | None, list[str]]]:
-    """Data sets grouped by MMEB meta-task (one untitled group otherwise)."""
-    if result.benchmark != "mmeb":
-        return [(None, list(result.datasets))]
-    sections: dict[str | None, list[str]] = {}
-    for name in result.datasets:
-        sections.setdefault(result.info[name].get("meta_task"), []).append(name)
-    return list(sections.items())
+    """Data sets in the sections the benchmark kind defines (MMEB: by meta-task; one untitled otherwise)."""
+    return get_kind(result.benchmark).sections(result)
 
 
 def markdown_table(result: SweepResult) -> str:
@@ -96,8 +92,9 @@ def markdown_table(result: SweepResult) -> str:
     lines += ["", "## Averages over data sets", "", header.replace("Data set", "Group", 1), rule]
     for label, values in result.groups.items():
         lines.append(f"| **{label}** | " + " | ".join(_percent(values.get(b)) for b in ladder) + " |")
-    if result.benchmark == "mmeb" and len(result.datasets) < 36:
-        lines += ["", f"Averages cover the {len(result.datasets)} of 36 MMEB data sets evaluated here."]
+    notes = get_kind(result.benchmark).notes(result)
+    if notes:
+        lines += ["", *notes]
     other_metrics = sorted(
         {m for per_budget in result.datasets.values() for values in per_budget.values() for m in values} - {metric}
     )

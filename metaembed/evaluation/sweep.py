@@ -18,7 +18,7 @@ import torch
 
 from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
 from metaembed.errors import InputError
-from metaembed.evaluation.benchmarks import Benchmark
+from metaembed.evaluation.kinds import Benchmark, get_kind
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
 from metaembed.evaluation.metrics import (
     DEFAULT_K_VALUES,
@@ -28,13 +28,13 @@ from metaembed.evaluation.metrics import (
     rows_to_keep,
     run_from_ranked_rows,
 )
-from metaembed.evaluation.mmeb import MMEB_DATASETS, MMEB_PAPER_OVERALL
 from metaembed.evaluation.report import RESULTS_JSON, write_report
 from metaembed.evaluation.result import SweepResult
 from metaembed.evaluation.tasks import CandidateListTask, RetrievalTask, Task
-from metaembed.evaluation.vidore import VIDORE_V2_PAPER_AVERAGE
 from metaembed.model.items import Item
-from metaembed.scoring import embedding_bytes, maxsim, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.index.topk import blocked_topk
+from metaembed.scoring import maxsim, maxsim_flops
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class MultiVectorEncoder(Protocol):
 
 
 #: Query vectors (queries * r_q) scored per MaxSim call over candidate lists: wide
-#: enough that the kernel's GEMMs run near peak (one query at a time runs ~100x slower).
+#: enough that the kernel's GEMMs run near peak (one query at a time is far slower; see
+#: docs/results/lab-notes.md).
 _QUERY_ROWS_PER_BLOCK = 1024
 
 
@@ -105,16 +106,8 @@ def top_rows(
     """
     num_queries, num_rows = queries.shape[0], corpus.shape[0]
     block = max(keep, block_bytes // (4 * max(1, num_queries)))
-    best_values = torch.empty(num_queries, 0)
-    best_rows = torch.empty(num_queries, 0, dtype=torch.long)
-    for start in range(0, num_rows, block):
-        scores = maxsim(queries, corpus[start : start + block], budget)
-        values, rows = scores.topk(min(keep, scores.shape[1]), dim=1)
-        merged_values = torch.cat([best_values, values], dim=1)
-        merged_rows = torch.cat([best_rows, rows + start], dim=1)
-        best_values, order = merged_values.topk(min(keep, merged_values.shape[1]), dim=1)
-        best_rows = merged_rows.gather(1, order)
-    return best_values, best_rows
+    blocks = ((maxsim(queries, corpus[start : start + block], budget), start) for start in range(0, num_rows, block))
+    return blocked_topk(blocks, num_queries, keep)
 
 
 def score_retrieval(
@@ -150,25 +143,11 @@ def _encode_side(
 
 
 def group_averages(kind: str, result: SweepResult) -> dict[str, dict[str, float]]:
-    """Plain means of the headline metric over data sets, per budget.
-
-    MMEB: one row per meta-task present, then IND, OOD and Overall; the rest:
-    "Average". Data sets outside the published MMEB list count only in Overall.
-    """
+    """Plain means of the headline metric over data sets, per budget, for the groups the
+    benchmark ``kind`` defines (MMEB: each meta-task present, IND, OOD and Overall; the rest:
+    "Average")."""
     metric = result.headline_metric
-    groups: dict[str, list[str]] = {}
-    if kind == "mmeb":
-        for meta_task in MMEB_DATASETS:
-            members = [n for n in result.datasets if result.info[n].get("meta_task") == meta_task]
-            if members:
-                groups[meta_task] = members
-        for split in ("IND", "OOD"):
-            members = [n for n in result.datasets if result.info[n].get("split") == split]
-            if members:
-                groups[split] = members
-        groups["Overall"] = list(result.datasets)
-    else:
-        groups["Average"] = list(result.datasets)
+    groups = get_kind(kind).groups(result)
     return {
         label: {b: mean(result.datasets[n][b][metric] for n in members) for b in result.ladder}
         for label, members in groups.items()
@@ -250,7 +229,7 @@ def run_sweep(
         model=identity["name"],
         ladder=[str(b) for b in budgets],
         headline_metric=bench.headline_metric,
-        paper=_paper_numbers(bench.kind),
+        paper={model: dict(values) for model, values in get_kind(bench.kind).paper.items()},
         index_dtype=cache_dtype,
     )
     for name in names:
@@ -327,14 +306,6 @@ def _task_info(task: Task, seconds: float) -> dict[str, Any]:
         "num_judged_queries": sum(1 for docs in task.qrels.values() if docs),
         "seconds": round(seconds, 3),
     }
-
-
-def _paper_numbers(kind: str) -> dict[str, dict[str, float]]:
-    if kind == "mmeb":
-        return {model: dict(values) for model, values in MMEB_PAPER_OVERALL.items()}
-    if kind == "vidore-v2":
-        return {model: dict(values) for model, values in VIDORE_V2_PAPER_AVERAGE.items()}
-    return {}
 
 
 __all__ = [

@@ -10,6 +10,8 @@
 >>> index.close()
 """
 
-from metaembed.index.multivector import SEARCH_MODES, MultiVectorIndex, SearchResult
+from metaembed.index.first_stages import FirstStage, search_modes
+from metaembed.index.multivector import MultiVectorIndex
+from metaembed.index.searcher import Searcher, SearchResult, merge_results
 
-__all__ = ["MultiVectorIndex", "SearchResult", "SEARCH_MODES"]
+__all__ = ["MultiVectorIndex", "SearchResult", "Searcher", "FirstStage", "merge_results", "search_modes"]

@@ -7,50 +7,54 @@ search picks its budget ``(r_q, r_c)``. On disk an index is a folder::
     seg-<uuid>.vec        (num_vectors, rows, dim) vectors, position-major, storage dtype
     seg-<uuid>.scale      (num_vectors, rows, G) fp32 scales, one per group of dim/G values (int8 only)
 
+    writer.lock           held by the process committing a write (see :mod:`metaembed.index.lock`)
+
 Every ``add`` / ``upsert`` writes one new segment file and commits it with its
 ids in one SQLite transaction; ``delete`` commits tombstones; ``save`` merges
 segments (reclaiming tombstones) and commits the swap. Files are fsynced before
 the commit that references them, so a writer killed at any point leaves the
-index at its last commit (see :mod:`metaembed.index.store`).
+index at its last commit (see :mod:`metaembed.index.store`); ``create`` builds
+the folder under a temporary name and renames it into place.
 
-Thread safety: one writer at a time (writes are serialised by a lock) and any
-number of concurrent searches in the same process. A search works on an
-immutable snapshot of the segments, so it never waits for a write to finish.
+Integrity: segment files and catalog rows carry checksums, checked when read
+(a chunk of a segment the first time a search reads it);
+:meth:`MultiVectorIndex.check` reads everything and :meth:`MultiVectorIndex.repair`
+drops what is damaged. Damage is an :class:`~metaembed.errors.IndexCorruptError`
+naming the file, a full disk a :class:`~metaembed.errors.StorageFullError`.
+
+Concurrency: one writer at a time across processes (a second one waits for the
+lock, then gets :class:`~metaembed.errors.IndexBusyError`) and any number of
+readers, here or in other processes. A search works on an immutable snapshot of
+the segments, so it never waits for a write to finish; :meth:`MultiVectorIndex.refresh`
+moves a long-lived reader to the newest commit.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from metaembed.budget import Budget, BudgetLike
-from metaembed.errors import IndexStateError, InputError
-from metaembed.index.ann import FirstVectorANN
-from metaembed.index.catalog import Catalog
+from metaembed.errors import IndexCorruptError, IndexStateError, InputError
+from metaembed.index.catalog import Catalog, Damage
+from metaembed.index.files import new_staging_folder, publish_folder, storage_errors
+from metaembed.index.lock import DEFAULT_TIMEOUT
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
-from metaembed.index.quantize import storage_format
+from metaembed.index.codecs import embedding_bytes, get_codec
+from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
+from metaembed.index.searcher import SearchMode, SearchResult, Searcher
 from metaembed.index.store import SegmentStore
-from metaembed.scoring import ArrayLike, as_tensor, embedding_bytes, int8_groups, maxsim_flops
+from metaembed.scoring import ArrayLike, as_tensor, maxsim_flops
 
 _QUERY_BATCH = 256
-SEARCH_MODES = ("exact", "coarse", "ann")
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """One hit: the candidate's ``id``, its MaxSim ``score`` at the search budget, and its ``payload`` (or ``None``)."""
-
-    id: str
-    score: float
-    payload: dict[str, Any] | None
-
-
-class MultiVectorIndex:
+class MultiVectorIndex(Searcher):
     """A persistent multi-vector index with budgeted MaxSim search.
 
     Create with :meth:`create`, reopen with :meth:`open`. Candidates are
@@ -61,7 +65,7 @@ class MultiVectorIndex:
     def __init__(self, store: SegmentStore, scratch: tempfile.TemporaryDirectory | None = None) -> None:
         self._store = store
         self._scratch = scratch  # owns the folder of an index created without a path
-        self._ann: FirstVectorANN | None = None
+        self._first_stages: dict[str, FirstStage] = {}  # by mode, made on first use (the ANN graph lives here)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -86,26 +90,90 @@ class MultiVectorIndex:
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
-        storage_format(dtype)
+        codec = get_codec(dtype)
         json_dict(metadata, "metadata")
-        scratch = None
+        config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
+        if codec.has_scale:
+            config["scale_groups"] = codec.scale_groups(dim)
         if path is None:
             scratch = tempfile.TemporaryDirectory(prefix="metaembed-index-")
             folder = Path(scratch.name)
-        else:
-            folder = Path(path)
-            _check_empty(folder, "create an index")
-            folder.mkdir(parents=True, exist_ok=True)
-        config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
-        if dtype == "int8":
-            config["scale_groups"] = int8_groups(dim)
-        return cls(SegmentStore(folder, Catalog.create(folder, config)), scratch)
+            Catalog.create(folder, config)
+            return cls(SegmentStore(folder, Catalog.open(folder)), scratch)
+        folder = Path(path)
+        _check_empty(folder, "create an index")
+        # Built under a temporary name and renamed into place: a create killed at any
+        # moment leaves no folder (or a complete empty index), and creating again works.
+        with storage_errors(folder.parent, "create the index"):
+            staging = new_staging_folder(folder)
+            try:
+                Catalog.create(staging, config)
+                publish_folder(staging, folder)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return cls.open(folder)
 
     @classmethod
-    def open(cls, path: str | Path) -> "MultiVectorIndex":
-        """Open an index folder at its last committed state; :class:`IndexStateError` if it is not one."""
+    def open(cls, path: str | Path, *, lock_timeout: float = DEFAULT_TIMEOUT) -> "MultiVectorIndex":
+        """Open an index folder at its last committed state; :class:`IndexStateError` if it is not one.
+
+        Opening reads the catalog and checks its rows and the sizes of the segment files
+        (:class:`~metaembed.errors.IndexCorruptError` naming the file if one is damaged);
+        segment contents are checked chunk by chunk as searches first read them.
+        ``lock_timeout``: seconds a write waits for another process's commit to finish
+        before :class:`~metaembed.errors.IndexBusyError`.
+        """
         folder = Path(path)
-        return cls(SegmentStore(folder, Catalog.open(folder)))
+        return cls(SegmentStore(folder, Catalog.open(folder), lock_timeout))
+
+    @staticmethod
+    def check(path: str | Path) -> list[Damage]:
+        """Read every byte of the index at ``path`` and list what is damaged (empty: the index is sound).
+
+        Checks SQLite's pages, every catalog row and payload against its checksum, and
+        every chunk of every segment file (NaN/inf for an index written before checksums).
+        A damaged configuration (dimension, precision) raises :class:`IndexCorruptError`:
+        nothing else can be read without it.
+        """
+        folder = Path(path)
+        store = SegmentStore(folder, Catalog.open(folder), tolerate=True)
+        try:
+            return store.find_damage()
+        finally:
+            store.close()
+
+    @staticmethod
+    def repair(path: str | Path) -> list[str]:
+        """Drop the damaged segments and catalog rows :meth:`check` finds, in one commit.
+
+        Returns the ids that were dropped (sorted): add them again from their source
+        (``metaembed index repair --input`` does). Everything else is kept as it was.
+        """
+        folder = Path(path)
+        store = SegmentStore(folder, Catalog.open(folder), tolerate=True)
+        try:
+            damage = store.find_damage()
+            return store.repair(damage) if damage else []
+        finally:
+            store.close()
+
+    def verify(self) -> None:
+        """Read every byte of this index; :class:`IndexCorruptError` naming each damaged file if any."""
+        damage = self._store.find_damage()
+        if damage:
+            listed = "; ".join(f"{d.file}: {d.message}" for d in damage[:5])
+            raise IndexCorruptError(f"index {str(self._store.folder)!r} is damaged ({len(damage)} problems): {listed}")
+
+    def refresh(self) -> bool:
+        """Move to the newest committed state (commits by other processes); ``True`` if it changed.
+
+        Cheap when nothing changed (one catalog read); searches running meanwhile keep their snapshot.
+        """
+        changed = self._store.refresh()
+        if changed:
+            self._first_stages = {}
+        return changed
 
     def close(self) -> None:
         """Release the catalog and memory maps; a scratch (``path=None``) index is deleted."""
@@ -130,8 +198,8 @@ class MultiVectorIndex:
         """
         store = self._store
         with store.write_lock:
-            store.compact()
             store.persist_metadata()
+            store.compact()
             if path is None or (self.path is not None and Path(path).resolve() == store.folder.resolve()):
                 if self._scratch is not None:
                     raise IndexStateError("this index was created without a path: give save() a folder")
@@ -140,8 +208,8 @@ class MultiVectorIndex:
             _check_empty(target, "save the index")
             store.copy_to(target)
             store.close()
-            self._store = SegmentStore(target, Catalog.open(target))
-            self._ann = None
+            self._store = SegmentStore(target, Catalog.open(target), store.lock.timeout)
+            self._first_stages = {}
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
@@ -199,33 +267,41 @@ class MultiVectorIndex:
 
         ``None`` counts all ``num_vectors`` (the stored size). Budgets are checked against ``num_vectors``.
         """
-        r_c = self._budget(budget, None).r_c
+        r_c = self.check_budget(budget).r_c
         return embedding_bytes(r_c, self.dim, self.dtype, num_candidates=len(self))
 
     def flops(self, budget: BudgetLike | None = None, num_queries: int = 1) -> int:
         """Multiply-add FLOPs of an exact search of ``num_queries`` queries at ``budget`` (``2 r_q r_c D`` per pair)."""
-        return maxsim_flops(self._budget(budget, None), self.dim, num_candidates=len(self), num_queries=num_queries)
-
-    def _budget(self, budget: BudgetLike | None, max_r_q: int | None) -> Budget:
-        """``budget`` checked against the index (r_c) and, if given, the queries (r_q); ``None`` = everything."""
-        if budget is None:
-            return Budget(max_r_q or 1, self.num_vectors)
-        chosen = Budget.parse(budget).check_within(None, self.num_vectors, "the index")
-        return chosen.check_within(max_r_q, None, "the queries")
+        return maxsim_flops(self.check_budget(budget), self.dim, num_candidates=len(self), num_queries=num_queries)
 
     # ----------------------------------------------------------------- reads and writes
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
         """The stored vectors of ``ids`` as fp32 ``(N, num_vectors, D)``, decoded from the storage precision."""
         return self._store.vectors(id_list(ids))
 
-    def export(self, r_c: int | None = None, batch: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
+
+    def export(
+        self, r_c: int | None = None, batch: int = 4096, payloads: bool = False
+    ) -> Iterator[tuple[list[str], torch.Tensor]] | Iterator[tuple[list[str], torch.Tensor, list[dict | None]]]:
         """Every live candidate in storage order, in batches: ``(ids, vectors)`` with fp32 ``(n, r_c, D)``.
 
         ``r_c`` (default ``num_vectors``) keeps the first ``r_c`` vectors. Reads
-        the memory-mapped segments sequentially, one batch at a time.
+        the memory-mapped segments sequentially, one batch at a time. With
+        ``payloads=True`` each batch is ``(ids, vectors, payloads)``, the payloads
+        (dicts, ``None`` where none was stored) in the order of ``ids``.
         """
-        r_c = self._budget((1, r_c or self.num_vectors), None).r_c
-        return self._store.export(r_c, positive_int(batch, "batch"))
+        r_c = self.check_budget((1, r_c or self.num_vectors)).r_c
+        batches = self._store.export(r_c, positive_int(batch, "batch"))
+        if not payloads:
+            return batches
+        return ((ids, vectors, self._payloads_of(ids)) for ids, vectors in batches)
+
+    def _payloads_of(self, ids: list[str]) -> list[dict | None]:
+        found = self.payloads(ids)
+        return [found.get(item_id) for item_id in ids]
 
     def _check_embeddings(self, embeddings: ArrayLike, count: int) -> torch.Tensor:
         values = as_tensor(embeddings, "embeddings")
@@ -278,83 +354,56 @@ class MultiVectorIndex:
         self._store.compact()
 
     # ----------------------------------------------------------------- search
-    def search(
+    def search_batch(
         self,
-        queries: ArrayLike,
-        k: int = 10,
-        budget: BudgetLike | None = None,
-        mode: str = "exact",
+        queries: torch.Tensor,
+        k: int,
+        budget: Budget,
+        mode: SearchMode = "exact",
         shortlist: int = 1000,
-        first_stage_budget: BudgetLike = (1, 1),
+        first_stage_budget: Budget = Budget(1, 1),
     ) -> list[list[SearchResult]]:
-        """Top-``k`` candidates of each query by MaxSim at ``budget``.
-
-        Args:
-            queries: ``(Q, R_q, D)`` or one query ``(R_q, D)``; float32/16/bf16, torch or numpy.
-            k: results per query.
-            budget: ``(r_q, r_c)``, ``"r_q,r_c"`` or a :class:`Budget`; ``None`` uses
-                all query vectors and all stored candidate vectors.
-            mode: ``"exact"`` scores every candidate at ``budget``.
-                ``"coarse"`` scores every candidate at ``first_stage_budget``, keeps
-                the best ``shortlist`` and re-ranks them exactly at ``budget``.
-                ``"ann"`` takes the shortlist from a FAISS HNSW graph over the
-                candidates' first vector (``first_stage_budget`` must have ``r_c == 1``),
-                so search stays sub-linear in the index size.
-            shortlist: candidates kept by the first stage (at least ``k``).
-            first_stage_budget: the cheap budget of the first stage.
-
-        Returns:
-            One list per query of :class:`SearchResult`, best first (fewer than ``k``
-            if the index is smaller). Scores are exact MaxSim at ``budget`` in fp32.
-        """
-        values = as_tensor(queries, "queries")
-        if values.ndim == 2:
-            values = values[None]
-        if values.ndim != 3 or values.shape[1] == 0:
-            raise InputError(f"queries must have shape (Q, R_q, D) or (R_q, D), got shape {tuple(values.shape)}")
-        if values.shape[2] != self.dim:
-            raise InputError(f"queries have dimension D={values.shape[2]} but the index stores D={self.dim}")
-        if not torch.isfinite(values).all():
-            raise InputError("queries contain NaN or inf")
-        k = positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise InputError(f"unknown search mode {mode!r}; expected one of {list(SEARCH_MODES)}")
-        chosen = self._budget(budget, values.shape[1])
-        first = self._budget(first_stage_budget, values.shape[1])
-        if mode == "ann" and first.r_c != 1:
-            raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {first}")
-        shortlist = positive_int(shortlist, "shortlist")
-        values = values.to(torch.float32)
+        """:meth:`~metaembed.index.searcher.Searcher.search` on checked inputs: fp32 ``(Q, R_q, D)``
+        queries and budgets that fit them and the index (see :meth:`check_budget`)."""
+        stage = self._first_stage(mode)
+        if stage is not None:
+            stage.check_budget(first_stage_budget)
         views = self._store.views  # the snapshot this search works on
         if not views:
-            return [[] for _ in range(values.shape[0])]
+            return [[] for _ in range(queries.shape[0])]
         results: list[list[SearchResult]] = []
-        for start in range(0, values.shape[0], _QUERY_BATCH):
-            batch = values[start : start + _QUERY_BATCH]
-            if mode == "exact":
-                scores, refs = exact_topk(views, batch, chosen.r_q, chosen.r_c, k)
+        for start in range(0, queries.shape[0], _QUERY_BATCH):
+            batch = queries[start : start + _QUERY_BATCH]
+            if stage is None:
+                scores, refs = exact_topk(views, batch, budget.r_q, budget.r_c, k)
             else:
-                width = max(shortlist, k)
-                if mode == "coarse":
-                    _, candidates = exact_topk(views, batch, first.r_q, first.r_c, width)
-                else:
-                    candidates = self._first_stage_ann().search(views, batch, first.r_q, width)
-                scores, refs = rerank(views, batch, candidates, chosen.r_q, chosen.r_c, k)
+                candidates = stage.shortlist(views, batch, first_stage_budget, max(shortlist, k))
+                scores, refs = rerank(views, batch, candidates, budget.r_q, budget.r_c, k)
             results.extend(self._results(views, scores, refs))
         return results
 
-    def _first_stage_ann(self) -> FirstVectorANN:
+    def _first_stage(self, mode: SearchMode) -> FirstStage | None:
+        """The first stage ``mode`` selects (``None`` for exact search); one instance per index and mode."""
+        if isinstance(mode, FirstStage):
+            return mode
+        if mode == EXACT:
+            return None
+        if not isinstance(mode, str) or mode not in FIRST_STAGES:
+            raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         with self._store.state_lock:
-            if self._ann is None:
-                self._ann = FirstVectorANN(self.dim)
-            return self._ann
+            if mode not in self._first_stages:
+                self._first_stages[mode] = FIRST_STAGES.get(mode)(self.dim)
+            return self._first_stages[mode]
 
     def _results(self, views: tuple[SegmentView, ...], scores: torch.Tensor, refs: torch.Tensor) -> list[list[SearchResult]]:
         ids = resolve(views, refs)
         wanted = sorted({i for row in ids for i in row})
         payloads = self._store.payloads(wanted)
         return [
-            [SearchResult(item_id, float(score), payloads.get(item_id)) for item_id, score in zip(row, row_scores)]
+            [
+                SearchResult(item_id, float(score), payloads.get(item_id) or {}, rank)
+                for rank, (item_id, score) in enumerate(zip(row, row_scores), start=1)
+            ]
             for row, row_scores in zip(ids, scores.tolist())
         ]
 
@@ -364,4 +413,4 @@ def _check_empty(folder: Path, action: str) -> None:
         raise IndexStateError(f"cannot {action} at {str(folder)!r}: it exists and is not empty")
 
 
-__all__ = ["MultiVectorIndex", "SearchResult", "SEARCH_MODES"]
+__all__ = ["MultiVectorIndex"]

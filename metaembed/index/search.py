@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from metaembed.index.quantize import as_torch
 from metaembed.index.segments import Segment
+from metaembed.index.topk import blocked_topk
 from metaembed.scoring import CandidateSource, query_matrix, score_sources
-from metaembed.workers import pool_size, run_parallel
 
 # fp32 bytes of the (Q, block) score buffer of one step of exact search: a step scores
 # 64 MiB / (4 Q) rows, at least _BLOCK_ROWS (65,536 rows x 256 queries = 64 MiB). Fewer queries
@@ -67,40 +67,6 @@ def bases(views: tuple[SegmentView, ...]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([v.rows for v in views], dtype=np.int64)])
 
 
-def _merge_topk(
-    best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, refs: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if best[0].shape[1] == 0:  # the first block: nothing to merge with
-        return scores, refs
-    all_scores = torch.cat([best[0], scores], dim=1)
-    all_refs = torch.cat([best[1], refs], dim=1)
-    if all_scores.shape[1] <= k:
-        return all_scores, all_refs
-    top, where = all_scores.topk(k, dim=1)
-    return top, all_refs.gather(1, where)
-
-
-def _topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scores.topk(k, dim=1)`` with the rows split over the kernel's worker threads.
-
-    Why not torch's own threads: after an OpenMP parallel region its threads spin-wait for
-    the next one, and on a 2-core machine they then take the cores from the kernel workers
-    of the next search (exact (1,1) on 100k rows measured 6-7.5 ms instead of 4 ms).
-    """
-    workers = min(pool_size(), scores.shape[0])
-    if workers <= 1:
-        return scores.topk(k, dim=1)
-    top = torch.empty(scores.shape[0], k)
-    where = torch.empty(scores.shape[0], k, dtype=torch.long)
-    step = -(-scores.shape[0] // workers)
-
-    def select(start: int) -> None:
-        torch.topk(scores[start : start + step], k, dim=1, out=(top[start : start + step], where[start : start + step]))
-
-    run_parallel(select, range(0, scores.shape[0], step), workers)
-    return top, where
-
-
 def exact_topk(
     views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, r_c: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,24 +82,21 @@ def exact_topk(
     """
     rows = query_matrix(queries, r_q)
     num_queries = queries.shape[0]
-    best = (torch.empty(num_queries, 0), torch.empty(num_queries, 0, dtype=torch.long))
-    # Consecutive segments are scored together, a block of rows a pass: an index of many
-    # small segments then costs one parallel kernel call and one top-k per block, not per segment.
-    for block in _blocks(views, max(_BLOCK_ROWS, _SCORE_BYTES // (4 * num_queries))):
-        first = block[0][1] + block[0][2]  # the block's first ref; its refs are contiguous
-        sources = [
-            CandidateSource(view.segment.positions(r_c, start, stop),
-                            view.segment.position_scales(r_c, start, stop), base + start - first)
-            for view, base, start, stop in block
-        ]
-        scores = score_sources(rows, r_q, sources)
-        for view, base, start, stop in block:
-            if not view.all_alive:
-                column = base + start - first
-                scores[:, column : column + stop - start][:, ~view.alive[start:stop]] = -torch.inf
-        top, where = _topk_rows(scores, min(k, scores.shape[1]))
-        best = _merge_topk(best, top, where + first, k)
-    scores, refs = best
+
+    def scored_blocks() -> Iterator[tuple[torch.Tensor, int]]:
+        # Consecutive segments are scored together, a block of rows a pass: an index of many small
+        # segments then costs one parallel kernel call and one top-k per block, not per segment.
+        for block in _blocks(views, max(_BLOCK_ROWS, _SCORE_BYTES // (4 * num_queries))):
+            first = block[0][1] + block[0][2]  # the block's first ref; its refs are contiguous
+            sources = [view.segment.source(r_c, start, stop, base + start - first) for view, base, start, stop in block]
+            scores = score_sources(rows, r_q, sources)
+            for view, base, start, stop in block:
+                if not view.all_alive:
+                    column = base + start - first
+                    scores[:, column : column + stop - start][:, ~view.alive[start:stop]] = -torch.inf
+            yield scores, first
+
+    scores, refs = blocked_topk(scored_blocks(), num_queries, k)
     refs = torch.where(torch.isinf(scores), torch.full_like(refs, -1), refs)
     return scores, refs
 
@@ -167,10 +130,9 @@ def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> list[C
     sources = []
     for index in np.unique(owner):
         mine = np.flatnonzero(owner == index)  # contiguous: refs are sorted
-        codes, scales = views[index].segment.gather(refs[mine] - offsets[index], r_c)
-        positions = as_torch(codes, views[index].segment.fmt)  # (r_c, n, D), position-major
-        position_scales = None if scales is None else list(torch.from_numpy(scales))
-        sources.append(CandidateSource(list(positions), position_scales, int(mine[0])))
+        segment = views[index].segment
+        codes, scales = segment.gather(refs[mine] - offsets[index], r_c)  # (r_c, n, W), position-major
+        sources.append(segment.fmt.source(codes, scales, int(mine[0])))
     return sources
 
 

@@ -5,10 +5,13 @@ array of shape ``(R, rows, D)``: position-major, so a budget prefix ``r_c``
 reads exactly the first ``r_c`` contiguous slabs and the cheap first stage of
 coarse-to-fine search (``r_c = 1``) reads one ``rows * D`` slab. int8 segments
 keep a second file of fp32 scales ``(R, rows, G)``, one per group of ``D / G``
-values (:func:`metaembed.scoring.int8_groups`).
+values (the int8 codec of :mod:`metaembed.index.codecs`).
 
-Segments are written once to a temporary name, flushed and fsynced, then
-renamed; they are never modified afterwards. A segment only becomes part of an
+Segments are written once to a temporary name through file I/O into
+preallocated space (a full disk is ``ENOSPC``, not a ``SIGBUS``), fsynced, then
+renamed; they are never modified afterwards. Each carries chunk checksums
+(:mod:`metaembed.index.checksum`) that a read verifies the first time it touches
+a chunk. A segment only becomes part of an
 index when the catalog commits it (see :mod:`metaembed.index.catalog`), so a
 writer killed while writing leaves at most an unreferenced file behind.
 """
@@ -17,17 +20,24 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from metaembed.index.quantize import StorageFormat, as_torch, encode
+from metaembed.errors import IndexCorruptError
+from metaembed.index.checksum import CHUNK_ROWS, ChunkHasher, FileChecks, chunk_checksum, decode_checks, encode_checks
+from metaembed.index.codecs import Codec
+from metaembed.index.files import fsync_dir
+from metaembed.scoring import CandidateSource
 
 VECTOR_SUFFIX = ".vec"
 SCALE_SUFFIX = ".scale"
+# Names of files being written (renamed to the two above when complete).
+TMP_SUFFIX = ".tmp"
+SCALE_TMP_SUFFIX = ".stmp"
 # Candidates converted and written per step, so adding a large (memmapped)
 # batch never holds more than a few hundred MB of fp32 at once.
 _WRITE_ROWS = 4096
@@ -39,33 +49,43 @@ class Segment:
 
     Attributes:
         name: file stem, unique in the index.
-        codes: ``(R, rows, D)`` array (memmap) in the storage's file dtype.
+        codes: ``(R, rows, W)`` array (memmap) in the codec's file dtype (``W = D`` but for a
+            compressed codec).
         scales: ``(R, rows, G)`` fp32 array for int8 storage (a scale per group of
             ``D / G`` values), else ``None``.
+        paths: the vector file and the scale file (``None`` without scales), named in errors.
+        checks: chunk checksums of the two files (``None`` for an index written before
+            checksums: its chunks are checked for NaN/inf instead).
+        chunk_rows: rows per checksummed chunk.
     """
 
     name: str
     codes: np.ndarray
     scales: np.ndarray | None
-    fmt: StorageFormat
+    fmt: Codec
+    paths: tuple[Path, Path | None] = (Path(), None)
+    checks: tuple[FileChecks, FileChecks | None] | None = None
+    chunk_rows: int = CHUNK_ROWS
+    _legacy_verified: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
 
     @property
     def rows(self) -> int:
         return int(self.codes.shape[1])
 
-    def positions(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
-        """The first ``r_c`` position slabs of rows ``[start, stop)``: ``r_c`` tensors ``(n, D)``, no copy."""
-        return [as_torch(self.codes[j, start:stop], self.fmt) for j in range(r_c)]
+    def source(self, r_c: int, start: int, stop: int, column: int) -> CandidateSource:
+        """The first ``r_c`` vectors of rows ``[start, stop)`` for the kernel, at output ``column`` on.
 
-    def position_scales(self, r_c: int, start: int = 0, stop: int | None = None) -> list[torch.Tensor] | None:
-        """Scales ``(n, G)`` matching :meth:`positions` (int8), else ``None``."""
-        if self.scales is None:
-            return None
-        return [torch.from_numpy(np.ascontiguousarray(self.scales[j, start:stop])) for j in range(r_c)]
+        The codec decides how: views of the stored codes where the kernel reads them, no copy.
+        The chunks read are verified against their checksums the first time (:meth:`check`).
+        """
+        self.check(r_c, start, stop)
+        scales = None if self.scales is None else self.scales[:r_c, start:stop]
+        return self.fmt.source(self.codes[:r_c, start:stop], scales, column)
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
         order = np.sort(rows)  # sorted reads are sequential on a memmap
+        self.check_chunks(r_c, np.unique(order // self.chunk_rows))
         # np.take keeps the position-major order; fancy indexing codes[:r_c, order] would
         # return a (n, r_c, D)-ordered array and cost a transposing copy downstream.
         codes = np.take(self.codes[:r_c], order, axis=1)
@@ -76,20 +96,66 @@ class Segment:
             scales = None if scales is None else np.take(scales, back, axis=1)
         return codes, scales
 
+    # ------------------------------------------------------------- verification
+    def check(self, r_c: int, start: int, stop: int) -> None:
+        """Verify (once per process) the chunks of slabs ``< r_c`` holding rows ``[start, stop)``."""
+        if stop > start:
+            self.check_chunks(r_c, np.arange(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1))
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def check_chunks(self, r_c: int, chunks: np.ndarray) -> None:
+        """:class:`IndexCorruptError` naming the file if a chunk of slabs ``< r_c`` is damaged."""
+        done = self._legacy_verified if self.checks is None else self.checks[0].verified
+        if done.size and done[:r_c, chunks].all():
+            return
+        for j in range(r_c):
+            for chunk in chunks.tolist():
+                self._check_chunk(j, int(chunk))
+
+    def _check_chunk(self, j: int, chunk: int) -> None:
+        rows = slice(chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows)
+        arrays = ((self.codes, self.paths[0]), (self.scales, self.paths[1]))
+        if self.checks is None:  # written before checksums: at least refuse NaN/inf
+            if self._legacy_verified[j, chunk]:
+                return
+            for position, (array, path) in enumerate(arrays):
+                if array is not None and not finite_codes(array[j, rows], self.fmt, scales=position == 1):
+                    self._damaged(path, j, rows, "holds NaN, inf or negative scales")
+            self._legacy_verified[j, chunk] = True
+            return
+        for (array, path), checks in zip(arrays, self.checks):
+            if array is None or checks is None or checks.verified[j, chunk]:
+                continue
+            if chunk_checksum(array, j, chunk, self.chunk_rows) != int(checks.values[j, chunk]):
+                self._damaged(path, j, rows, "fails its checksum")
+            checks.verified[j, chunk] = True
+
+    def _damaged(self, path: Path | None, j: int, rows: slice, what: str) -> None:
+        last = min(rows.stop, self.rows) - 1
+        raise IndexCorruptError(
+            f"index file {str(path)!r} (segment {self.name}) {what} at vector {j}, rows {rows.start}-{last}: "
+            f"it is damaged; 'metaembed index check {str(path.parent) if path else ''}' lists the damage "
+            "and 'metaembed index repair' drops it"
+        )
+
+    def verify_all(self) -> None:
+        """Read every chunk of both files (checksums, or NaN/inf for an index written before checksums)."""
+        chunks = np.arange(max(1, -(-self.rows // self.chunk_rows)))
+        self.check_chunks(int(self.codes.shape[0]), chunks)
 
 
-def _finish(tmp: Path, final: Path, array: np.memmap) -> None:
-    array.flush()
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+def finite_codes(codes: np.ndarray, fmt: Codec, scales: bool = False) -> bool:
+    """Whether stored ``codes`` (or fp32 ``scales``, which must also be non-negative) hold only finite values.
+
+    Floating file dtypes are checked directly; bfloat16 (stored as raw 16-bit patterns) by its
+    exponent bits; integer codes (int8, packed codecs) cannot hold NaN or inf.
+    """
+    if scales:
+        return bool(np.isfinite(codes).all() and (codes >= 0).all())
+    if fmt.name == "bfloat16":  # exponent all ones is inf or NaN
+        return not bool(((codes & 0x7F80) == 0x7F80).any())
+    if np.dtype(fmt.file_dtype).kind == "f":
+        return bool(np.isfinite(codes).all())
+    return True
 
 
 def new_segment_name() -> str:
@@ -100,51 +166,90 @@ def segment_files(folder: Path, name: str) -> list[Path]:
     return [folder / f"{name}{VECTOR_SUFFIX}", folder / f"{name}{SCALE_SUFFIX}"]
 
 
+class _FileWriter:
+    """A ``(R, rows, width)`` file written block by block through ``pwrite`` into preallocated space.
+
+    No memory map is written: a full disk surfaces as ``ENOSPC`` from
+    ``posix_fallocate`` (before any data) or ``pwrite``, never as a ``SIGBUS``.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, num_vectors: int, rows: int, width: int) -> None:
+        self.path, self.dtype, self.rows, self.width = path, np.dtype(dtype), rows, width
+        self.hasher = ChunkHasher(num_vectors, rows)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        size = num_vectors * rows * width * self.dtype.itemsize
+        if size:
+            os.posix_fallocate(self.fd, 0, size)
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self.hasher.update(start, block)
+        row_bytes = self.width * self.dtype.itemsize
+        for j in range(block.shape[0]):
+            data = memoryview(block[j]).cast("B")
+            offset = (j * self.rows + start) * row_bytes
+            while data:  # pwrite may write less than asked
+                written = os.pwrite(self.fd, data, offset)
+                data, offset = data[written:], offset + written
+
+    def finish(self) -> None:
+        os.fsync(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def write_segment(
     folder: Path,
     rows: int,
     num_vectors: int,
     dim: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     blocks: Iterable[tuple[int, np.ndarray, np.ndarray | None]],
     groups: int = 1,
-) -> str:
-    """Write a new segment file from ``blocks`` and return its name.
+) -> tuple[str, str]:
+    """Write a new segment file from ``blocks``; return its name and its chunk checksums (catalog text).
 
     ``blocks`` yields ``(start, codes, scales)`` with ``codes`` of shape
     ``(R, n, D)`` already in the storage dtype and, for int8, ``scales`` of shape
-    ``(R, n, groups)``, covering rows ``0..rows``. If the iterator raises, the partial files are removed and the error propagates.
+    ``(R, n, groups)``, covering rows ``0..rows``. If anything fails (the iterator,
+    a full disk) the partial files are removed and the error propagates.
     """
     name = new_segment_name()
     vec_path, scale_path = segment_files(folder, name)
-    tmp_vec, tmp_scale = vec_path.with_suffix(".tmp"), scale_path.with_suffix(".stmp")
+    tmp_vec, tmp_scale = vec_path.with_suffix(TMP_SUFFIX), scale_path.with_suffix(SCALE_TMP_SUFFIX)
+    writers: list[_FileWriter] = []
     try:
-        out = np.memmap(tmp_vec, dtype=fmt.file_dtype, mode="w+", shape=(num_vectors, rows, dim))
-        out_scale = (
-            np.memmap(tmp_scale, dtype=np.float32, mode="w+", shape=(num_vectors, rows, groups))
-            if fmt.has_scale
-            else None
-        )
+        writers.append(_FileWriter(tmp_vec, fmt.file_dtype, num_vectors, rows, fmt.code_width(dim)))
+        if fmt.has_scale:
+            writers.append(_FileWriter(tmp_scale, np.dtype(np.float32), num_vectors, rows, groups))
         for start, block, block_scale in blocks:
-            stop = start + block.shape[1]
-            out[:, start:stop] = block
-            if out_scale is not None:
-                out_scale[:, start:stop] = block_scale
-        if out_scale is not None:
-            _finish(tmp_scale, scale_path, out_scale)
-        _finish(tmp_vec, vec_path, out)
-        _fsync_dir(folder)
+            writers[0].write(start, block)
+            if fmt.has_scale:
+                writers[1].write(start, block_scale)
+        for writer in writers:
+            writer.finish()
+        if fmt.has_scale:
+            os.replace(tmp_scale, scale_path)
+        os.replace(tmp_vec, vec_path)
+        fsync_dir(folder)
     except BaseException:
+        for writer in writers:
+            writer.close()
         for path in (tmp_vec, tmp_scale, vec_path, scale_path):
             path.unlink(missing_ok=True)
         raise
-    return name
+    scale_checks = writers[1].hasher.values if fmt.has_scale else None
+    return name, encode_checks(CHUNK_ROWS, writers[0].hasher.values, scale_checks)
 
 
 def encoded_blocks(
     embeddings: torch.Tensor,
     num_vectors: int,
-    fmt: StorageFormat,
+    fmt: Codec,
     check: Callable[[torch.Tensor, int], None],
 ) -> Iterable[tuple[int, np.ndarray, np.ndarray | None]]:
     """Encode ``(N, R, D)`` embeddings block by block into position-major ``(R, n, D)`` codes.
@@ -155,7 +260,7 @@ def encoded_blocks(
     for start in range(0, embeddings.shape[0], _WRITE_ROWS):
         block = embeddings[start : start + _WRITE_ROWS, :num_vectors].to(torch.float32)
         check(block, start)
-        codes, scales = encode(block.transpose(0, 1), fmt)
+        codes, scales = fmt.encode(block.transpose(0, 1))
         yield start, codes, scales
 
 
@@ -171,14 +276,62 @@ def merged_blocks(parts: list[tuple[Segment, np.ndarray]]) -> Iterable[tuple[int
 
 
 def open_segment(
-    folder: Path, name: str, rows: int, num_vectors: int, dim: int, fmt: StorageFormat, groups: int = 1
+    folder: Path,
+    name: str,
+    rows: int,
+    num_vectors: int,
+    dim: int,
+    fmt: Codec,
+    groups: int = 1,
+    checks: str | None = None,
 ) -> Segment:
-    """Memory-map a committed segment read-only (``groups`` int8 scales per vector)."""
+    """Memory-map a committed segment read-only (``groups`` int8 scales per vector).
+
+    ``checks`` is the catalog text of its chunk checksums (``None`` for an index
+    written before checksums). Raises ``FileNotFoundError`` for a missing file and
+    :class:`IndexCorruptError` for a file of the wrong size or malformed checksums.
+    """
     vec_path, scale_path = segment_files(folder, name)
-    codes = np.memmap(vec_path, dtype=fmt.file_dtype, mode="r", shape=(num_vectors, rows, dim))
-    scale_shape = (num_vectors, rows, groups)
-    scales = np.memmap(scale_path, dtype=np.float32, mode="r", shape=scale_shape) if fmt.has_scale else None
-    return Segment(name, codes, scales, fmt)
+    files = [(vec_path, fmt.file_dtype, fmt.code_width(dim))] + ([(scale_path, np.dtype(np.float32), groups)] if fmt.has_scale else [])
+    arrays = []
+    for path, dtype, width in files:
+        expected = num_vectors * rows * width * np.dtype(dtype).itemsize
+        size = path.stat().st_size
+        if size != expected:
+            raise IndexCorruptError(
+                f"index file {str(path)!r} (segment {name}) holds {size} bytes where the catalog's "
+                f"{rows} rows x {num_vectors} vectors x {width} values need {expected}: it is damaged"
+            )
+        arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=(num_vectors, rows, width)) if rows else
+                      np.zeros((num_vectors, 0, width), dtype=dtype))
+    codes, scales = arrays[0], (arrays[1] if fmt.has_scale else None)
+    chunks = max(1, -(-rows // CHUNK_ROWS))
+    if checks is None:
+        return Segment(name, codes, scales, fmt, (vec_path, scale_path if fmt.has_scale else None), None,
+                       CHUNK_ROWS, np.zeros((num_vectors, chunks), dtype=bool))
+    try:
+        chunk_rows, vec, scale = decode_checks(checks)
+        if vec.shape != (num_vectors, -(-rows // chunk_rows) or 1) or (scale is None) == fmt.has_scale:
+            raise ValueError("checksums do not match the segment's shape")
+        if scale is not None and scale.shape != vec.shape:
+            raise ValueError("scale checksums do not match the segment's shape")
+    except (ValueError, KeyError, TypeError, ZeroDivisionError) as error:
+        raise IndexCorruptError(
+            f"index catalog entry of segment {name} ({str(vec_path.parent / 'catalog.sqlite')!r}) "
+            f"has malformed checksums ({error})"
+        ) from None
+    file_checks = (FileChecks(vec), None if scale is None else FileChecks(scale))
+    return Segment(name, codes, scales, fmt, (vec_path, scale_path if fmt.has_scale else None), file_checks, chunk_rows)
 
 
-__all__ = ["Segment", "write_segment", "encoded_blocks", "merged_blocks", "open_segment", "segment_files"]
+__all__ = [
+    "Segment",
+    "write_segment",
+    "encoded_blocks",
+    "merged_blocks",
+    "open_segment",
+    "segment_files",
+    "finite_codes",
+    "TMP_SUFFIX",
+    "SCALE_TMP_SUFFIX",
+]

@@ -18,8 +18,10 @@ sets up the paper's LoRA recipe. Checkpoints of the official code load with
 Modules: ``config`` (MetaEmbedConfig), ``modeling`` (MetaEmbedModel),
 ``meta_tokens`` (the table and its injection), ``templates`` (prompts),
 ``processing`` (items → batch), ``pooling`` (baseline poolings), ``backbones``
-(one adapter per family), ``lora``, ``saving``, ``official``, ``testing``
-(tiny offline models), ``offline_tokenizers``, ``items``.
+(one adapter per family), ``lora`` (the LoRA mixin), ``saving`` (the model
+folder's files), ``convert_official`` (official checkpoint → this package's
+names), ``builtin`` (shipped models), ``testing`` (tiny offline models),
+``offline_tokenizers``, ``items``.
 """
 
 from metaembed.model.config import MetaEmbedConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -62,6 +62,8 @@ class MetaEmbedConfig:
         initializer_range: std of the normal init of the Meta Token table.
         torch_dtype: the dtype the backbone is loaded in (``"float32"``,
             ``"bfloat16"``, ...); ``None`` keeps the checkpoint's or float32.
+        prompts: named instructions (``{"retrieval": "Find the page that answers"}``) that
+            ``encode_*(prompt_name=...)`` and sentence-transformers' ``prompt_name`` pick from.
     """
 
     backbone: BackboneSource
@@ -77,6 +79,7 @@ class MetaEmbedConfig:
     max_length: int = 16384
     initializer_range: float = 0.02
     torch_dtype: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, Path):
@@ -98,6 +101,10 @@ class MetaEmbedConfig:
             isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim < 1
         ):
             raise ConfigError(f"config projection_dim must be None or a positive integer, got {self.projection_dim!r}")
+        if not isinstance(self.prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+        ):
+            raise ConfigError(f"config prompts must map names to instruction strings, got {self.prompts!r}")
         if not isinstance(self.backbone, (str, PretrainedConfig)):
             raise ConfigError(
                 "config backbone must be a Hugging Face id, a local folder or a transformers "

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,13 +23,16 @@ from transformers import AutoConfig, PretrainedConfig
 
 from metaembed.budget import Budget
 from metaembed.errors import BudgetError, InputError
-from metaembed.model import pooling
+from metaembed.model import builtin, encode_options, pooling, saving
 from metaembed.model.backbones import BackboneAdapter, detect_family, get_adapter
 from metaembed.model.config import MetaEmbedConfig
+from metaembed.model.convert_official import convert_official, is_official_checkpoint
 from metaembed.model.items import Item, ItemLike, to_items
+from metaembed.model.lora import LoraMixin
 from metaembed.model.meta_tokens import MetaTokens, last_valid_mask
 from metaembed.model.processing import build_batch
 from metaembed.model.templates import SIDES
+from metaembed.scoring import maxsim
 
 Side = Literal["query", "candidate"]
 logger = logging.getLogger(__name__)
@@ -45,12 +49,15 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return resolved
 
 
+_PROGRESS_LABELS = {"query": "encoding queries", "candidate": "encoding candidates"}
+
+
 def _size_hint(item: Item) -> tuple[int, int]:
     """Cheap sort key for batching: images first (they dominate length), then text length."""
     return (len(item.images), len(item.text or ""))
 
 
-class MetaEmbedModel(nn.Module):
+class MetaEmbedModel(LoraMixin, nn.Module):
     """MetaEmbed: learnable Meta Tokens appended to a Hugging Face backbone.
 
     Build one with :meth:`from_config`, :meth:`from_pretrained` or
@@ -83,7 +90,7 @@ class MetaEmbedModel(nn.Module):
             else None
         )
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
-        self.peft_model: Any = None  # set by add_lora / loading; not a submodule (it wraps self.backbone)
+        self.peft_model: Any = None  # set by LoraMixin's methods; not a submodule (it wraps self.backbone)
         #: Where :meth:`from_pretrained` loaded the model from (folder or Hub id); ``None`` for a
         #: model built in memory. Evaluation reports and caches name the model by it.
         self.name_or_path: str | None = None
@@ -166,14 +173,12 @@ class MetaEmbedModel(nn.Module):
 
         * a folder written by :meth:`save_pretrained`: exact round trip (LoRA included);
         * a folder in the official MetaEmbed layout (``prompt_embed_tokens``; see
-          :mod:`metaembed.model.official`): converted;
+          :mod:`metaembed.model.convert_official`): converted;
         * a Hugging Face Hub id of a model saved by :meth:`save_pretrained`: downloaded, then as above;
         * any other Hugging Face id or folder: a new model with fresh Meta Tokens.
 
         ``dtype`` is the backbone's compute dtype (Meta Tokens and projection stay float32).
         """
-        from metaembed.model import builtin, official, saving
-
         dtype = _resolve_dtype(dtype)
         name_or_path = str(path_or_id)
         if builtin.is_builtin(path_or_id) and not Path(path_or_id).exists():
@@ -184,9 +189,13 @@ class MetaEmbedModel(nn.Module):
             # a Hub id: a MetaEmbed model there is downloaded as a folder
             path_or_id = saving.hub_folder(str(path_or_id)) or path_or_id
         if saving.is_saved_model(path_or_id):
-            model = saving.load(cls, path_or_id, dtype=dtype)
-        elif official.is_official_checkpoint(path_or_id):
-            model = official.load_official(cls, path_or_id, dtype=dtype)
+            model = cls.from_config(saving.load_config(path_or_id, dtype))
+            saving.load_own_weights(model, saving.read_own_weights(path_or_id))
+            adapter = saving.adapter_folder(path_or_id)
+            if adapter is not None:
+                model.load_lora(adapter)
+        elif is_official_checkpoint(path_or_id):
+            model = cls.from_official(path_or_id, dtype=dtype)
         elif Path(path_or_id).is_dir() and not Path(path_or_id, "config.json").is_file():
             raise InputError(
                 f"{path_or_id} is neither a saved MetaEmbed model (no metaembed_config.json) "
@@ -210,33 +219,18 @@ class MetaEmbedModel(nn.Module):
 
         ``options``: ``base``, ``num_query_tokens`` (16), ``num_candidate_tokens`` (64),
         ``processor``, ``dtype``, ``max_visual_tokens`` (1024); see
-        :func:`metaembed.model.official.load_official`.
+        :func:`metaembed.model.convert_official.convert_official`.
         """
-        from metaembed.model import official
-
-        return official.load_official(cls, path, **options).eval()
+        converted = convert_official(path, **options)
+        model = cls.from_config(converted.config)
+        saving.load_own_weights(model, converted.own_weights)
+        if converted.lora_config is not None:
+            model.load_lora_weights(converted.lora_config, converted.lora_weights)
+        return model.eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
-        from metaembed.model import saving
-
         saving.save(self, path)
-
-    def add_lora(
-        self,
-        r: int = 32,
-        alpha: int = 32,
-        dropout: float = 0.1,
-        target_modules: str | Sequence[str] | None = None,
-    ) -> None:
-        """Wrap the language model with peft LoRA (paper: r=32, α=32, dropout 0.1 on q/k/v/o/gate/up/down).
-
-        Afterwards only the LoRA weights, the Meta Token table and the projection
-        are trainable; everything else is frozen.
-        """
-        from metaembed.model import lora
-
-        lora.add_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute backbone activations during backward (non-reentrant, as the official training).
@@ -315,36 +309,106 @@ class MetaEmbedModel(nn.Module):
         items: Sequence[ItemLike] | ItemLike,
         *,
         batch_size: int = 8,
-        budget: int | Budget | None = None,
+        budget: int | Budget | str | None = None,
         instruction: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
+        device: torch.device | str | None = None,
+        normalize_embeddings: bool = False,
         show_progress: bool | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | np.ndarray:
         """Embed queries: float32 CPU tensor ``(N, r_q, D)`` with L2-normalised rows.
 
-        ``budget`` keeps the first ``r_q`` vectors (an int, or a :class:`Budget`
-        whose ``r_q`` is used); ``None`` keeps all ``num_query_tokens``.
-        ``show_progress=None`` shows a tqdm bar on a terminal for multi-batch inputs.
+        ``budget`` keeps the first ``r_q`` vectors (an int, or a :class:`Budget` /
+        ``"r_q,r_c"`` whose ``r_q`` is used); ``None`` keeps all ``num_query_tokens``.
+        The other keywords mean what they mean in sentence-transformers
+        (:mod:`metaembed.model.encode_options`): ``prompt`` is the instruction of items
+        without their own (``instruction`` is the same, ``prompt_name`` names one of
+        ``config.prompts``), ``convert_to_numpy`` returns a numpy array,
+        ``convert_to_tensor`` a tensor (the default), ``device`` moves the model there,
+        ``normalize_embeddings`` re-normalises the rows. ``show_progress_bar=None``
+        shows a "queries" bar on a terminal for multi-batch inputs (``show_progress``
+        is its deprecated spelling).
         """
-        return self._encode(items, "query", batch_size, budget, instruction, show_progress)
+        return self._encode_with_options(
+            items, "query", batch_size, budget, instruction, prompt, prompt_name, show_progress_bar,
+            convert_to_numpy, convert_to_tensor, device, normalize_embeddings, show_progress,
+        )
 
     def encode_candidates(
         self,
         items: Sequence[ItemLike] | ItemLike,
         *,
         batch_size: int = 8,
-        budget: int | Budget | None = None,
+        budget: int | Budget | str | None = None,
         instruction: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
+        device: torch.device | str | None = None,
+        normalize_embeddings: bool = False,
         show_progress: bool | None = None,
+    ) -> torch.Tensor | np.ndarray:
+        """Embed candidates: float32 CPU tensor ``(N, r_c, D)``; keywords as in :meth:`encode_queries` (``r_c``)."""
+        return self._encode_with_options(
+            items, "candidate", batch_size, budget, instruction, prompt, prompt_name, show_progress_bar,
+            convert_to_numpy, convert_to_tensor, device, normalize_embeddings, show_progress,
+        )
+
+    def similarity(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        candidates: torch.Tensor | np.ndarray,
+        budget: int | Budget | str | tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Embed candidates: float32 CPU tensor ``(N, r_c, D)``; ``budget`` as in :meth:`encode_queries` (``r_c``)."""
-        return self._encode(items, "candidate", batch_size, budget, instruction, show_progress)
+        """MaxSim scores ``(Q, C)`` float32 of query embeddings ``(Q, R_q, D)`` against candidates ``(C, R_c, D)``.
+
+        A single embedding ``(R, D)`` counts as a batch of one. ``budget`` is
+        ``(r_q, r_c)`` (a :class:`Budget`, ``"r_q,r_c"`` or a pair; an int is both);
+        ``None`` scores every vector given. See :func:`metaembed.scoring.maxsim`.
+        """
+        queries, candidates = (x[None] if getattr(x, "ndim", 0) == 2 else x for x in (queries, candidates))
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            budget = Budget(budget, budget)
+        return maxsim(queries, candidates, budget)
+
+    def _encode_with_options(
+        self,
+        items: Sequence[ItemLike] | ItemLike,
+        side: Side,
+        batch_size: int,
+        budget: int | Budget | str | None,
+        instruction: str | None,
+        prompt: str | None,
+        prompt_name: str | None,
+        show_progress_bar: bool | None,
+        convert_to_numpy: bool,
+        convert_to_tensor: bool,
+        device: torch.device | str | None,
+        normalize_embeddings: bool,
+        show_progress: bool | None,
+    ) -> torch.Tensor | np.ndarray:
+        """The keyword layer (:mod:`metaembed.model.encode_options`) around :meth:`_encode`."""
+        instruction = encode_options.resolve_instruction(instruction, prompt, prompt_name, self.config.prompts)
+        show = encode_options.resolve_progress(show_progress_bar, show_progress)
+        encode_options.move_for_compute(self, device)
+        vectors = self._encode(items, side, batch_size, budget, instruction, show)
+        return encode_options.finish(
+            vectors, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor,
+            normalize_embeddings=normalize_embeddings,
+        )
 
     def _encode(
         self,
         items: Sequence[ItemLike] | ItemLike,
         side: Side,
         batch_size: int,
-        budget: int | Budget | None,
+        budget: int | Budget | str | None,
         instruction: str | None,
         show_progress: bool | None,
     ) -> torch.Tensor:
@@ -360,7 +424,7 @@ class MetaEmbedModel(nn.Module):
         disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
         output = torch.empty(len(order), keep, self.embedding_dim)
         with self._evaluating(), torch.inference_mode():
-            for start in tqdm(starts, desc=f"encoding {side}s", disable=disable):
+            for start in tqdm(starts, desc=_PROGRESS_LABELS[side], unit="batch", disable=disable):
                 chosen = order[start : start + batch_size]
                 batch = self._build([normalised[i] for i in chosen], side, item_numbers=chosen)
                 output[chosen] = self.forward(batch, side)[:, :keep].float().cpu()

@@ -1,12 +1,18 @@
-"""Save and load a MetaEmbed model folder.
+"""The MetaEmbed model folder: what :meth:`MetaEmbedModel.save_pretrained` writes and
+:meth:`MetaEmbedModel.from_pretrained` reads.
 
-Layout written by :func:`save`::
+This module knows the files, not the class: :func:`save` writes a model's parts,
+:func:`load_config`, :func:`read_own_weights` and :func:`adapter_folder` read them back for
+``from_pretrained`` to build the model. Layout::
 
     metaembed_config.json      MetaEmbedConfig (backbone -> "backbone", processor -> "processor")
     metaembed.safetensors      meta_tokens.weight (R_q+R_c, H), projection.weight/bias if any
     backbone/                  the backbone (Hugging Face save_pretrained, base weights only)
     processor/                 tokenizer and image processor
     lora_adapter/              peft LoRA adapter, when the model has one
+    modules.json, config_sentence_transformers.json
+                               what sentence-transformers reads, so that ``MultiVectorEncoder(folder)``
+                               loads the model (:mod:`metaembed.integrations.sentence_transformers`)
 
 Everything needed is in the folder, so loading is offline and reproduces the
 embeddings exactly.
@@ -15,6 +21,7 @@ embeddings exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +38,10 @@ WEIGHTS_NAME = "metaembed.safetensors"
 BACKBONE_DIR = "backbone"
 PROCESSOR_DIR = "processor"
 ADAPTER_DIR = "lora_adapter"
+#: The sentence-transformers module class a saved folder names in its ``modules.json``, and the
+#: encode arguments that module takes (sentence-transformers' ``task``, MetaEmbed's ``budget``).
+SENTENCE_TRANSFORMERS_MODULE = "metaembed.integrations.sentence_transformers.MetaEmbedModule"
+SENTENCE_TRANSFORMERS_KWARGS = ("task", "budget")
 
 
 def is_saved_model(path: str | Path) -> bool:
@@ -100,12 +111,28 @@ def save(model: "MetaEmbedModel", path: str | Path) -> None:
     model.adapter.save_processors(path / PROCESSOR_DIR)
     if model.peft_model is not None:
         model.peft_model.save_pretrained(str(path / ADAPTER_DIR))
+    write_sentence_transformers_files(path, model.config)
 
 
-def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | None = None) -> "MetaEmbedModel":
-    """Read a folder written by :func:`save`."""
-    from metaembed.model import lora
+def write_sentence_transformers_files(path: Path, config: MetaEmbedConfig) -> None:
+    """``modules.json`` (one module, :data:`SENTENCE_TRANSFORMERS_MODULE`) and the model-level config.
 
+    Plain JSON, so saving needs no sentence-transformers import; the module itself lives in the
+    integrations layer, which sentence-transformers imports when it loads the folder.
+    """
+    module = {"idx": 0, "name": "0", "path": "", "type": SENTENCE_TRANSFORMERS_MODULE,
+              "kwargs": list(SENTENCE_TRANSFORMERS_KWARGS)}
+    (path / "modules.json").write_text(json.dumps([module], indent=2))
+    settings = {"model_type": "MultiVectorEncoder", "similarity_fn_name": "maxsim",
+                "prompts": dict(config.prompts), "default_prompt_name": None}
+    (path / "config_sentence_transformers.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def load_config(path: str | Path, dtype: torch.dtype | None = None) -> MetaEmbedConfig:
+    """The config of the saved folder ``path``, its backbone and processor pointing into the folder.
+
+    ``dtype`` overrides the backbone's compute dtype.
+    """
     path = Path(path)
     config = MetaEmbedConfig.load(path)
     for field in ("backbone", "processor"):
@@ -114,11 +141,28 @@ def load(cls: type["MetaEmbedModel"], path: str | Path, *, dtype: torch.dtype | 
             setattr(config, field, str(path / value))
     if dtype is not None:
         config.torch_dtype = str(dtype).removeprefix("torch.")
-    model = cls.from_config(config)
-    load_own_weights(model, load_file(str(path / WEIGHTS_NAME)))
-    if (path / ADAPTER_DIR).is_dir():
-        lora.load_lora(model, path / ADAPTER_DIR)
-    return model
+    return config
 
 
-__all__ = ["save", "load", "is_saved_model", "hub_folder", "own_weights", "load_own_weights", "WEIGHTS_NAME"]
+def read_own_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Meta Token table and projection of the saved folder ``path`` (for :func:`load_own_weights`)."""
+    return load_file(str(Path(path) / WEIGHTS_NAME))
+
+
+def adapter_folder(path: str | Path) -> Path | None:
+    """The peft LoRA adapter folder inside the saved folder ``path``, ``None`` when the model has none."""
+    folder = Path(path) / ADAPTER_DIR
+    return folder if folder.is_dir() else None
+
+
+__all__ = [
+    "save",
+    "load_config",
+    "read_own_weights",
+    "adapter_folder",
+    "is_saved_model",
+    "hub_folder",
+    "own_weights",
+    "load_own_weights",
+    "WEIGHTS_NAME",
+]

@@ -2,6 +2,6 @@
 
 import sys
 
-from metaembed.cli import main
+from metaembed.serving.server import main
 
-sys.exit(main(["serve", *sys.argv[1:]]))
+sys.exit(main())

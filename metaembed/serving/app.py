@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
+from metaembed.budget import Budget
 from metaembed.errors import IndexStateError, MetaEmbedError
 from metaembed.retriever import Retriever
 from metaembed.serving.schemas import AddItemsRequest, SearchRequest, SearchResponse
@@ -88,7 +89,8 @@ def create_app(
     @app.post("/search", response_model=SearchResponse, dependencies=guarded)
     def search(request: SearchRequest) -> dict[str, Any]:
         """Search with text and/or a base64 image at a budget; returns the top ``k`` hits."""
-        budget = retriever.check_budget(request.budget)
+        # read at the edge (the schema has checked that it parses), checked once by the retriever
+        budget = Budget.parse(request.budget) if request.budget is not None else retriever.default_budget
         hits = retriever.search(request.to_item(), k=request.k, budget=budget, mode=request.mode)
         return {"budget": str(budget), "results": [h.as_dict() for h in hits]}
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from metaembed.errors import InputError
 from metaembed.model.items import Item
-from metaembed.training.data import TrainingExample
+from metaembed.training.examples import TrainingExample
 
 
 class Preparer(Protocol):

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import yaml
 
 from metaembed.errors import InputError
-from metaembed.training.datasets import DataSpec
+from metaembed.training.public_sets import DataSpec
 
 Mode = Literal["mmr", "nommr", "single_vector", "naive_multi_vector"]
 MODES = ("mmr", "nommr", "single_vector", "naive_multi_vector")

@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from metaembed.errors import InputError
-from metaembed.training.data import TrainingExample, TrainingSource
+from metaembed.training.examples import TrainingExample, TrainingSource
 
 
 class TrainingMixture(Dataset):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from metaembed.errors import InputError
-from metaembed.evaluation import beir, mmeb, vidore
-from metaembed.evaluation.benchmarks import Benchmark, detect_kind
+from metaembed.evaluation.kinds import beir, mmeb, vidore
+from metaembed.evaluation.kinds import Benchmark, detect_kind
 
 
 def _colour(path: Path) -> tuple[int, int, int]:

@@ -12,7 +12,7 @@ from PIL import Image
 from metaembed.budget import parse_ladder
 from metaembed.errors import BudgetError, InputError
 from metaembed.evaluation import SweepResult, run_sweep
-from metaembed.evaluation.benchmarks import Benchmark
+from metaembed.evaluation.kinds import Benchmark
 
 LADDER = "1,1 2,4 4,8"
 

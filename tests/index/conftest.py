@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaembed.index.quantize import decode, encode, storage_format
+from metaembed.index.codecs import get_codec
 
 
 def unit_vectors(seed: int, *shape: int) -> torch.Tensor:
@@ -16,9 +16,9 @@ def unit_vectors(seed: int, *shape: int) -> torch.Tensor:
 
 def stored_values(vectors: torch.Tensor, dtype: str) -> torch.Tensor:
     """What an index of ``dtype`` holds for ``vectors``: the round trip through the storage precision."""
-    fmt = storage_format(dtype)
-    codes, scales = encode(vectors, fmt)
-    return decode(codes, scales, fmt)
+    codec = get_codec(dtype)
+    codes, scales = codec.encode(vectors)
+    return codec.decode(codes, scales)
 
 
 def brute_force(queries: torch.Tensor, candidates: torch.Tensor, ids: list[str], r_q: int, r_c: int, k: int):

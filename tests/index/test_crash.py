@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -155,12 +156,13 @@ def check_index(path: Path, expected_ids: list[str]) -> None:
             assert all(r.payload == {"id": r.id} for r in row)
         fresh = ["after-crash"]
         index.add(fresh, expected_vectors(fresh), payloads=[{"id": "after-crash"}])
-        index.save()  # removes files a killed writer left behind
+        # files a killed writer left behind are gone after opening and one commit (no save needed)
         referenced = {view.segment.name for view in index._store.views}
     leftovers = [p.name for p in path.iterdir() if p.name.startswith("seg-") and p.name.split(".")[0] not in referenced]
     assert leftovers == [] and not list(path.glob("*.tmp"))
     with MultiVectorIndex.open(path) as index:
         assert sorted(index.ids) == sorted(expected_ids + fresh)
+        assert MultiVectorIndex.check(path) == []
 
 
 BEFORE = [f"a{i}" for i in range(10, 40)]
@@ -210,3 +212,60 @@ def test_busy_writer_killed_at_random_moments(tmp_path) -> None:
         matching = [ids for ids in candidates if set(ids) == present]
         assert matching, f"state after kill matches no committed state: {sorted(present)}"
         check_index(path, matching[0])
+
+
+def test_create_killed_at_random_moments_leaves_a_usable_path(tmp_path) -> None:
+    """SIGKILL a process that is creating indexes: each path is absent or a valid empty index, and creating again works."""
+    rng = random.Random(2)
+    mid_create = 0
+    for attempt in range(8):
+        base = tmp_path / f"run{attempt}"
+        base.mkdir()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child creates index after index until it is killed, reporting each
+            try:
+                os.close(done_r)
+                for n in range(100_000):
+                    MultiVectorIndex.create(base / f"idx{n}", dim=8, num_vectors=4, dtype="int8").close()
+                    os.write(done_w, b".")
+            finally:
+                os._exit(0)
+        os.close(done_w)
+        ready, _, _ = select.select([done_r], [], [], 60)
+        assert ready, "the child made no index in 60 s"
+        started = time.monotonic()
+        os.read(done_r, 1)
+        select.select([done_r], [], [], 60)  # the second create: how long one takes here
+        one = time.monotonic() - started
+        time.sleep(rng.uniform(0, 1.5 * one))  # most kills land inside a create
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(done_r)
+        made = sorted((p for p in base.iterdir() if p.name.startswith("idx")), key=lambda p: int(p.name[3:]))
+        assert made, "the child was killed before its first create"
+        for path in made:  # every folder that exists is a complete index
+            with MultiVectorIndex.open(path) as index:
+                assert len(index) == 0 and index.dim == 8
+        mid_create += any(p.name.startswith(".idx") for p in base.iterdir())  # killed inside a create
+        nxt = base / f"idx{len(made)}"
+        assert not nxt.exists() and [p.name for p in made] == [f"idx{i}" for i in range(len(made))]
+        with MultiVectorIndex.create(nxt, dim=8, num_vectors=4) as index:  # the killed create's path works
+            index.add(["x"], unit_vectors(0, 1, 4, 8))
+        assert not [p.name for p in base.iterdir() if not p.name.startswith("idx")]  # its staging folder is gone
+    assert mid_create >= 2, f"only {mid_create} of 8 kills landed inside a create"
+
+
+def test_orphans_of_killed_writers_are_removed_on_open(tmp_path) -> None:
+    path = tmp_path / "idx"
+    with MultiVectorIndex.create(path, dim=8, num_vectors=4) as index:
+        index.add(["a"], unit_vectors(0, 1, 4, 8))
+        kept = sorted(p.name for p in path.glob("seg-*"))
+    orphans = ["seg-0123.vec", "seg-0123.scale", "seg-4567.tmp", "seg-89ab.stmp"]
+    for name in orphans:
+        (path / name).write_bytes(b"\0" * 4096)
+    (tmp_path / ".idx.staging-999999999-dead").mkdir()  # a killed save/create (no such pid)
+    with MultiVectorIndex.open(path) as index:
+        assert index.ids == ["a"]
+        assert sorted(p.name for p in path.glob("seg-*")) == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

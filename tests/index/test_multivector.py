@@ -12,7 +12,8 @@ import torch
 from metaembed.budget import Budget
 from metaembed.errors import BudgetError, IndexStateError, InputError
 from metaembed.index import MultiVectorIndex, SearchResult
-from metaembed.scoring import embedding_bytes, maxsim_flops
+from metaembed.index.codecs import embedding_bytes
+from metaembed.scoring import maxsim_flops
 
 from .conftest import brute_force, stored_values
 

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from metaembed.model import MetaEmbedModel
-from metaembed.model.official import is_official_checkpoint
+from metaembed.model.convert_official import is_official_checkpoint
 from metaembed.model.testing import tiny_backbone_config
 
 N_QUERY, N_DOC, DIM = 4, 8, 16
@@ -211,6 +211,6 @@ def test_wrong_token_counts_are_refused(official_checkpoint):
     ],
 )
 def test_official_names_map_to_backbone_names(official_name, ours):
-    from metaembed.model.official import to_backbone_name
+    from metaembed.model.convert_official import to_backbone_name
 
     assert to_backbone_name(official_name) == ours

@@ -14,8 +14,8 @@ from PIL import Image
 
 from metaembed.errors import InputError
 from metaembed.training.collator import ContrastiveCollator
-from metaembed.training.data import load_pairs
-from metaembed.training.datasets import MOCA_MIXTURE, DataSpec, load_colpali_train, load_mmeb_train
+from metaembed.training.examples import load_pairs
+from metaembed.training.public_sets import MOCA_MIXTURE, DataSpec, load_colpali_train, load_mmeb_train
 from metaembed.training.sampling import SourceBatchSampler, TrainingMixture
 
 
@@ -131,7 +131,7 @@ def test_colpali_layout_skips_rows_without_query(tmp_path, images):
 
 
 def _mixture(sizes: dict[str, int], weights: dict[str, float] | None = None) -> TrainingMixture:
-    from metaembed.training.data import TrainingExample, TrainingSource
+    from metaembed.training.examples import TrainingExample, TrainingSource
     from metaembed.model.items import Item
 
     sources = []
@@ -169,7 +169,7 @@ def test_sampler_draws_each_batch_from_one_source_deterministically():
 
 
 def test_collator_chunks_and_caps_negatives(tiny_qwen2_vl, images):
-    from metaembed.training.data import TrainingExample
+    from metaembed.training.examples import TrainingExample
     from metaembed.model.items import Item
 
     examples = [

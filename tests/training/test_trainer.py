@@ -12,7 +12,7 @@ from metaembed.errors import BudgetError, InputError
 from metaembed.model import MetaEmbedModel
 from metaembed.training.collator import ContrastiveCollator
 from metaembed.training.config import TrainingConfig
-from metaembed.training.data import load_pairs
+from metaembed.training.examples import load_pairs
 from metaembed.training.losses import InfoNCELoss, MMRLoss
 from metaembed.training.run import build_trainer, groups_for_mode, train
 

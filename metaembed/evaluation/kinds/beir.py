@@ -20,6 +20,7 @@ from typing import Any
 
 from metaembed.errors import InputError
 from metaembed.evaluation.files import read_jsonl
+from metaembed.evaluation.kinds import BENCHMARK_KINDS, BenchmarkKind
 from metaembed.evaluation.tasks import RetrievalTask, check_image_files
 from metaembed.model.items import Item
 
@@ -137,4 +138,21 @@ def load_dataset(
     )
 
 
-__all__ = ["is_beir_folder", "list_datasets", "load_dataset", "read_qrels"]
+class BEIRKind(BenchmarkKind):
+    """A BEIR-layout folder (or a folder of them): a user's own collection; nDCG@5."""
+
+    name = "beir"
+
+    def holds(self, root: Path) -> bool:
+        return bool(list_datasets(root))
+
+    def dataset_names(self, root: Path) -> list[str]:
+        return list_datasets(root)
+
+    def load(self, root: Path, name: str, *, image_root: Path | None = None, image_dir: Path | None = None):
+        return load_dataset(root, name)
+
+
+BENCHMARK_KINDS.register(BEIRKind())
+
+__all__ = ["BEIRKind", "is_beir_folder", "list_datasets", "load_dataset", "read_qrels"]

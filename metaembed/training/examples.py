@@ -3,7 +3,7 @@
 A training example is a query, its positive candidate and zero or more hard negatives; each side is
 an :class:`~metaembed.model.items.Item` (text, image(s), or both, with an optional instruction).
 A :class:`TrainingSource` is a named, weighted sequence of examples read from local files (nothing
-is downloaded); :mod:`metaembed.training.datasets` adds the public training sets' layouts.
+is downloaded); :mod:`metaembed.training.public_sets` adds the public training sets' layouts.
 
 The *pairs* layout (our own, JSONL or Parquet): one record per example with fields ``query``,
 ``positive`` and optional ``negatives`` (a list) or ``negative``; each value is a string (text) or

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from metaembed.errors import InputError
 from metaembed.evaluation.files import find_parquet_files, parquet_files_below, read_columns
+from metaembed.evaluation.kinds import BENCHMARK_KINDS, BenchmarkKind
 from metaembed.evaluation.tasks import CandidateListTask, check_image_files
 from metaembed.model.items import Item
 
@@ -207,7 +208,54 @@ def load_dataset(
     )
 
 
+class MMEBKind(BenchmarkKind):
+    """MMEB: Precision@1 per data set, averaged per meta-task, per IND / OOD split and overall."""
+
+    name = "mmeb"
+    headline_metric = "precision@1"
+    headline_group = "Overall"
+    paper = MMEB_PAPER_OVERALL
+
+    def holds_table(self, columns: Sequence[str]) -> bool:
+        return is_mmeb_table(columns)
+
+    def dataset_names(self, root: Path) -> list[str]:
+        return list_datasets(root)
+
+    def load(self, root: Path, name: str, *, image_root: Path | None = None, image_dir: Path | None = None):
+        return load_dataset(root, name, image_root=image_root)
+
+    def groups(self, result: Any) -> dict[str, list[str]]:
+        # Data sets outside the published list count only in Overall.
+        groups: dict[str, list[str]] = {}
+        for meta_task in MMEB_DATASETS:
+            members = [n for n in result.datasets if result.info[n].get("meta_task") == meta_task]
+            if members:
+                groups[meta_task] = members
+        for split in ("IND", "OOD"):
+            members = [n for n in result.datasets if result.info[n].get("split") == split]
+            if members:
+                groups[split] = members
+        groups[self.headline_group] = list(result.datasets)
+        return groups
+
+    def sections(self, result: Any) -> list[tuple[str | None, list[str]]]:
+        sections: dict[str | None, list[str]] = {}
+        for name in result.datasets:
+            sections.setdefault(result.info[name].get("meta_task"), []).append(name)
+        return list(sections.items())
+
+    def notes(self, result: Any) -> list[str]:
+        published = len(MMEB_GROUPS)
+        if len(result.datasets) < published:
+            return [f"Averages cover the {len(result.datasets)} of {published} MMEB data sets evaluated here."]
+        return []
+
+
+BENCHMARK_KINDS.register(MMEBKind())
+
 __all__ = [
+    "MMEBKind",
     "MMEB_DATASETS",
     "MMEB_GROUPS",
     "MMEB_PAPER_OVERALL",

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from metaembed.errors import InputError
 from metaembed.model.items import Item
-from metaembed.training.data import (
+from metaembed.training.examples import (
     file_source,
     has_data_files,
     load_pairs,

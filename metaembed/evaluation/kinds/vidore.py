@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from metaembed.errors import InputError
 from metaembed.evaluation.files import (
@@ -34,6 +35,7 @@ from metaembed.evaluation.files import (
     parquet_schema,
     read_columns,
 )
+from metaembed.evaluation.kinds import BENCHMARK_KINDS, BenchmarkKind
 from metaembed.evaluation.tasks import RetrievalTask
 from metaembed.model.items import Item
 
@@ -263,7 +265,46 @@ def load_v2_dataset(
     )
 
 
+class ViDoReV1Kind(BenchmarkKind):
+    """ViDoRe v1: one Parquet table of questions and pages per data set; nDCG@5."""
+
+    name = "vidore-v1"
+    aliases = ("vidore", "vidore1", "vidore-v1")
+
+    def holds_table(self, columns: Sequence[str]) -> bool:
+        return is_vidore_v1_table(list(columns))
+
+    def dataset_names(self, root: Path) -> list[str]:
+        return list_v1_datasets(root)
+
+    def load(self, root: Path, name: str, *, image_root: Path | None = None, image_dir: Path | None = None):
+        # Extracted pages are named by content hash: one folder serves every data set.
+        return load_v1_dataset(root, name, image_dir=image_dir)
+
+
+class ViDoReV2Kind(BenchmarkKind):
+    """ViDoRe v2: ``corpus/ queries/ qrels/`` folders per data set; nDCG@5 beside the paper's average."""
+
+    name = "vidore-v2"
+    aliases = ("vidore2", "vidore-v2")
+    paper = VIDORE_V2_PAPER_AVERAGE
+
+    def holds(self, root: Path) -> bool:
+        return is_v2_folder(root) or any(is_v2_folder(p) for p in root.iterdir() if p.is_dir())
+
+    def dataset_names(self, root: Path) -> list[str]:
+        return list_v2_datasets(root)
+
+    def load(self, root: Path, name: str, *, image_root: Path | None = None, image_dir: Path | None = None):
+        return load_v2_dataset(root, name, image_dir=image_dir)
+
+
+BENCHMARK_KINDS.register(ViDoReV1Kind())
+BENCHMARK_KINDS.register(ViDoReV2Kind())
+
 __all__ = [
+    "ViDoReV1Kind",
+    "ViDoReV2Kind",
     "VIDORE_V1_DATASETS",
     "VIDORE_V2_DATASETS",
     "VIDORE_V2_PAPER_AVERAGE",

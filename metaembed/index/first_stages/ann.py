@@ -1,4 +1,4 @@
-"""Approximate first stage for coarse-to-fine search: FAISS HNSW over each candidate's first vector.
+"""The ``ann`` first stage: FAISS HNSW over each candidate's first vector, sub-linear in the index size.
 
 At a first-stage budget ``(r_q, 1)`` MaxSim collapses to one inner product:
 ``sum_i max_{j<1} <q_i, c_0> = <sum_i q_i, c_0>``. So the cheap stage is exactly a
@@ -20,8 +20,10 @@ import threading
 import numpy as np
 import torch
 
+from metaembed.budget import Budget
+from metaembed.errors import InputError
+from metaembed.index.first_stages import FIRST_STAGES, FirstStage
 from metaembed.index.search import SegmentView, bases
-from metaembed.index.quantize import decode
 
 # HNSW graph degree; 32 is FAISS's common default for d = 128..2048.
 _HNSW_M = 32
@@ -30,16 +32,23 @@ _MAX_DEAD_FRACTION = 0.25
 _ADD_ROWS = 65536
 
 
-class FirstVectorANN:
+@FIRST_STAGES.register
+class FirstVectorANN(FirstStage):
     """An HNSW inner-product graph over the first vector of every candidate row it has seen."""
 
+    name = "ann"
+
     def __init__(self, dim: int, ef_search: int = 128) -> None:
-        self.dim = dim
+        super().__init__(dim)
         self.ef_search = ef_search
         self._lock = threading.Lock()
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
+    def check_budget(self, budget: Budget) -> None:
+        if budget.r_c != 1:
+            raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {budget}")
+
+    def reset(self) -> None:
         import faiss
 
         self._graph = faiss.IndexHNSWFlat(self.dim, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -51,7 +60,7 @@ class FirstVectorANN:
         live = sum(int(v.alive.sum()) for v in views)
         stale = any(name not in names for name in self._segments)
         if stale or (self._graph.ntotal and 1 - live / self._graph.ntotal > _MAX_DEAD_FRACTION):
-            self._reset()
+            self.reset()
         known = set(self._segments)
         for view in views:
             if view.segment.name in known:
@@ -62,21 +71,22 @@ class FirstVectorANN:
             for start in range(0, view.rows, _ADD_ROWS):
                 stop = min(view.rows, start + _ADD_ROWS)
                 scales = None if segment.scales is None else segment.scales[0, start:stop]
-                first = decode(segment.codes[0, start:stop], scales, segment.fmt)
+                first = segment.fmt.decode(segment.codes[0, start:stop], scales)
                 self._graph.add(np.ascontiguousarray(first.numpy(), dtype=np.float32))
 
-    def search(self, views: tuple[SegmentView, ...], queries: torch.Tensor, r_q: int, shortlist: int) -> torch.Tensor:
-        """Approximate top-``shortlist`` refs ``(Q, shortlist)`` of ``queries`` ``(Q, R_q, D)`` at budget ``(r_q, 1)``.
+    def shortlist(self, views: tuple[SegmentView, ...], queries: torch.Tensor, budget: Budget, width: int) -> torch.Tensor:
+        """Approximate top-``width`` refs ``(Q, width)`` of ``queries`` ``(Q, R_q, D)`` at budget ``(r_q, 1)``.
 
         Refs are in the snapshot ``views``' numbering; ``-1`` pads missing entries.
         """
+        r_q = budget.r_q
         with self._lock:
             self._sync(views)
             graph_size = int(self._graph.ntotal)
             if graph_size == 0:
-                return torch.full((queries.shape[0], shortlist), -1, dtype=torch.long)
+                return torch.full((queries.shape[0], width), -1, dtype=torch.long)
             dead = graph_size - sum(int(v.alive.sum()) for v in views)
-            fetch = min(graph_size, shortlist + dead)
+            fetch = min(graph_size, width + dead)
             self._graph.hnsw.efSearch = max(self.ef_search, fetch)
             summed = queries[:, :r_q].to(torch.float32).sum(dim=1).numpy()
             _, ordinals = self._graph.search(np.ascontiguousarray(summed), fetch)
@@ -84,7 +94,7 @@ class FirstVectorANN:
             offsets = dict(zip((v.segment.name for v in views), bases(views)))
             alive = {v.segment.name: v.alive.numpy() for v in views}
             order = list(self._segments)
-        out = np.full((queries.shape[0], shortlist), -1, dtype=np.int64)
+        out = np.full((queries.shape[0], width), -1, dtype=np.int64)
         for q, row in enumerate(ordinals):
             row = row[row >= 0]
             owner = np.searchsorted(starts, row, side="right") - 1
@@ -94,7 +104,7 @@ class FirstVectorANN:
                 local = ordinal - starts[index]
                 if alive[name][local]:
                     kept.append(offsets[name] + local)
-                if len(kept) == shortlist:
+                if len(kept) == width:
                     break
             out[q, : len(kept)] = kept
         return torch.from_numpy(out)

@@ -1,4 +1,4 @@
-"""Load checkpoints trained with the official MetaEmbed code (facebookresearch/MetaEmbed).
+"""Convert checkpoints trained with the official MetaEmbed code (facebookresearch/MetaEmbed).
 
 The authors release no weights, so people train their own with the official
 code, which saves:
@@ -12,31 +12,29 @@ code, which saves:
   trained ``prompt_embed_tokens`` / ``custom_text_proj`` (``modules_to_save``)
   under ``base_model.model.…``. Its ``base_model_name_or_path`` names the base.
 
-:func:`load_official` converts either into a :class:`MetaEmbedModel` with the
-same embeddings: the backbone is loaded as the base model (no LM head), LoRA is
-re-created on exactly the modules the adapter holds weights for (the official
-regex also hits the vision tower's MLP), and the Meta Token table and
-projection are copied. Both the transformers ≥ 4.52 naming
-(``model.language_model.…``, ``model.visual.…``) and the older one
-(``model.layers.…``, ``visual.…``) are understood.
+:func:`convert_official` reads either and says, in this package's names, what a
+:class:`~metaembed.model.MetaEmbedModel` with the same embeddings is made of: its config
+(the base model as backbone, no LM head), its Meta Token table and projection, and its LoRA
+(re-created on exactly the modules the adapter holds weights for: the official regex also
+hits the vision tower's MLP). ``MetaEmbedModel.from_official`` builds the model from that.
+Both the transformers ≥ 4.52 naming (``model.language_model.…``, ``model.visual.…``) and the
+older one (``model.layers.…``, ``visual.…``) are understood.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig
 from safetensors import safe_open
 
 from metaembed.errors import InputError
 from metaembed.model.config import MetaEmbedConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from metaembed.model.modeling import MetaEmbedModel
 
 META_KEY = "prompt_embed_tokens.weight"
 PROJECTION_PREFIX = "custom_text_proj."
@@ -97,8 +95,26 @@ def is_official_checkpoint(path: str | Path) -> bool:
     return (folder / "config.json").is_file() and _has_key(folder, lambda key: key == META_KEY)
 
 
-def load_official(
-    cls: type["MetaEmbedModel"],
+@dataclass(frozen=True)
+class ConvertedCheckpoint:
+    """An official checkpoint in this package's terms.
+
+    Attributes:
+        config: the model to build (backbone = the official base model).
+        own_weights: ``meta_tokens.weight`` ``(R_q + R_c, H)`` (or ``(R, H)`` shared) and, with a
+            projection, ``projection.weight`` / ``projection.bias``: as
+            :func:`metaembed.model.saving.load_own_weights` takes them.
+        lora_config: the LoRA to re-create on the backbone, ``None`` without an adapter.
+        lora_weights: its tensors, keyed as peft keys a wrapped backbone's state dict.
+    """
+
+    config: MetaEmbedConfig
+    own_weights: dict[str, torch.Tensor]
+    lora_config: LoraConfig | None = None
+    lora_weights: dict[str, torch.Tensor] | None = None
+
+
+def convert_official(
     path: str | Path,
     *,
     base: str | Path | None = None,
@@ -107,8 +123,8 @@ def load_official(
     processor: str | Path | None = None,
     dtype: torch.dtype | None = None,
     max_visual_tokens: int = 1024,
-) -> "MetaEmbedModel":
-    """Convert an official MetaEmbed checkpoint into a :class:`MetaEmbedModel`.
+) -> ConvertedCheckpoint:
+    """Read an official MetaEmbed checkpoint as a :class:`ConvertedCheckpoint`.
 
     ``path`` is a PEFT adapter folder or a full-model folder. ``base`` overrides
     the adapter's ``base_model_name_or_path`` (e.g. when it names a path on the
@@ -164,21 +180,19 @@ def load_official(
         max_visual_tokens=max_visual_tokens,
         torch_dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
     )
-    model = cls.from_config(config)
-    with torch.no_grad():
-        model.meta_tokens.weight.copy_(table)
-        if projection is not None:
-            model.projection.weight.copy_(projection)
-            model.projection.bias.copy_(official[PROJECTION_PREFIX + "bias"])
+    own_weights = {"meta_tokens.weight": table}
+    if projection is not None:
+        own_weights["projection.weight"] = projection
+        own_weights["projection.bias"] = official[PROJECTION_PREFIX + "bias"]
     lora = {key: tensor for key, tensor in adapter_tensors.items() if "lora_" in key}
-    if lora:
-        _apply_lora(model, adapter_config or {}, lora)
-    return model
+    if not lora:
+        return ConvertedCheckpoint(config, own_weights)
+    lora_config, lora_weights = _convert_lora(adapter_config or {}, lora)
+    return ConvertedCheckpoint(config, own_weights, lora_config, lora_weights)
 
 
-def _apply_lora(model: "MetaEmbedModel", adapter_config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    from metaembed.model.lora import _attach
-
+def _convert_lora(adapter_config: dict, tensors: dict[str, torch.Tensor]) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """The official adapter's LoRA as a peft config and state dict over this package's backbone names."""
     renamed = {to_backbone_name(key.removeprefix(PEFT_PREFIX)): t for key, t in tensors.items()}
     # LoRA exactly where the adapter has weights: the official regex reaches the vision MLP too
     targets = sorted({re.sub(r"\.lora_[AB]\..*$", "", key) for key in renamed})
@@ -190,12 +204,7 @@ def _apply_lora(model: "MetaEmbedModel", adapter_config: dict, tensors: dict[str
         target_modules=targets,
         bias="none",
     )
-    peft_model = get_peft_model(model.backbone, config)
-    result = set_peft_model_state_dict(peft_model, {PEFT_PREFIX + k: v for k, v in renamed.items()})
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise InputError(f"LoRA weights that match no module of the backbone: {unexpected[:5]}")
-    _attach(model, peft_model, trainable=False)
+    return config, {PEFT_PREFIX + key: tensor for key, tensor in renamed.items()}
 
 
-__all__ = ["load_official", "is_official_checkpoint", "to_backbone_name"]
+__all__ = ["convert_official", "ConvertedCheckpoint", "is_official_checkpoint", "to_backbone_name"]

@@ -1,12 +1,12 @@
-"""Budgeted MaxSim scoring and the FLOP / byte accounting of the paper's efficiency table.
+"""Budgeted MaxSim, its CPU kernel, and the FLOP accounting of the paper's efficiency table.
 
 MaxSim (late interaction) scores a query of ``r_q`` vectors against a candidate of
 ``r_c`` vectors as ``sum_i max_j <q_i, c_j>``. MetaEmbed's Matryoshka training
 makes every *prefix* useful, so a budget ``(r_q, r_c)`` simply keeps the first
 ``r_q`` query vectors and the first ``r_c`` candidate vectors.
 
-The kernel is written for a CPU where fp32 GEMM is fast (~150 GFLOP/s on the
-reference machine) and fp16/bf16 GEMM is a very slow fallback:
+The kernel is written for a CPU where fp32 GEMM is fast and fp16/bf16 GEMM is a
+very slow fallback (docs/results/lab-notes.md has the measurements):
 
 * Candidates are visited **position by position**: for a chunk of candidates and
   each position ``j < r_c`` one fp32 GEMM ``(chunk, D) @ (D, Q*r_q)`` is computed
@@ -14,15 +14,16 @@ reference machine) and fp16/bf16 GEMM is a very slow fallback:
   tensor that peers materialise is never built; the working set stays in cache.
 * All queries of a batch are one ``(Q*r_q, D)`` matrix, so the GEMM is wide
   enough to run near peak and every candidate byte is read once per batch.
-* Compact storage (fp16, bf16, int8 with a scale per group of
-  :data:`INT8_GROUP` values) is upcast to fp32 one ``(chunk, D)`` block at a time; arithmetic is always fp32, so fp16 storage
-  loses nothing beyond its own rounding.
+* Compact storage (fp16, bf16, int8 codes with an fp32 scale per group of
+  consecutive values; the storage codecs of :mod:`metaembed.index.codecs` make
+  them) is upcast to fp32 one ``(chunk, D)`` block at a time; arithmetic is
+  always fp32, so fp16 storage loses nothing beyond its own rounding.
 * Where the compiled kernel of :mod:`metaembed.native` is built (x86-64 with
   AVX2 + FMA + F16C; AVX-512 used where present), each chunk is scored by it
   instead: the same position-major walk, but the max over positions and the sum
   over query vectors are fused into the register tiles of the product, so nothing
-  is re-packed or written back per position (with AVX2 about 1.5x the BLAS path's
-  speed at the ladder's budgets). The BLAS path below remains for every other CPU
+  is re-packed or written back per position (faster than the BLAS path at the
+  ladder's budgets; see benchmarks/results/). The BLAS path below remains for every other CPU
   and layout, and ``METAEMBED_NATIVE=0`` selects it.
 * Chunks are spread over dedicated worker threads (:mod:`metaembed.workers`),
   one per torch intra-op thread, each running torch single-threaded: no
@@ -52,25 +53,6 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 #: dtypes a caller may hand to :func:`maxsim`; anything else is refused.
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-#: bytes per stored element, and the overhead per scale group (int8 keeps a fp32 scale per group).
-_STORAGE_BYTES = {"float32": (4, 0), "float16": (2, 0), "bfloat16": (2, 0), "int8": (1, 4)}
-
-#: int8 storage quantises each vector in groups of this many consecutive values, each group
-#: with its own fp32 scale (``value ~= code * scale``). A scale per 64 values costs 1/16 byte
-#: per value (int8 = 53.1% of float16) and, against one scale per vector, shrinks the rounding
-#: step about 1.4x at D = 2048: the largest of 64 values sits nearer the typical value than
-#: the largest of 2048. A dimension that 64 does not divide keeps one scale per vector.
-INT8_GROUP = 64
-
-
-def int8_groups(dim: int) -> int:
-    """Scale groups per vector of dimension ``dim`` in int8 storage (see :data:`INT8_GROUP`).
-
-    >>> int8_groups(2048), int8_groups(128), int8_groups(96)
-    (32, 2, 1)
-    """
-    return dim // INT8_GROUP if dim % INT8_GROUP == 0 else 1
 
 # Scratch memory per worker and chunk: two (chunk, Q*r_q) fp32 buffers plus one
 # (chunk, D) upcast buffer stay under 16 MiB: large enough that each GEMM call
@@ -370,33 +352,9 @@ def maxsim_flops(budget: BudgetLike, dim: int, num_candidates: int = 1, num_quer
     return 2 * b.r_q * b.r_c * int(dim) * int(num_candidates) * int(num_queries)
 
 
-def embedding_bytes(num_vectors: int, dim: int, dtype: str = "float16", num_candidates: int = 1) -> int:
-    """Bytes to store ``num_vectors`` vectors of dimension ``dim`` for each of ``num_candidates``.
-
-    ``dtype`` is a storage precision: ``"float32"``, ``"float16"``, ``"bfloat16"``
-    or ``"int8"`` (one byte per value plus a 4-byte fp32 scale per group of
-    :data:`INT8_GROUP` values, see :func:`int8_groups`).
-
-    >>> embedding_bytes(64, 128, "float16")
-    16384
-    >>> embedding_bytes(64, 128, "int8")
-    8704
-    """
-    if dtype not in _STORAGE_BYTES:
-        raise InputError(f"unknown storage dtype {dtype!r}; expected one of {sorted(_STORAGE_BYTES)}")
-    per_value, per_group = _STORAGE_BYTES[dtype]
-    dim = int(dim)
-    return int(num_candidates) * int(num_vectors) * (dim * per_value + per_group * int8_groups(dim))
-
-
-STORAGE_DTYPES: tuple[str, ...] = tuple(_STORAGE_BYTES)
-
 __all__ = [
     "maxsim",
     "maxsim_flops",
-    "embedding_bytes",
-    "int8_groups",
-    "INT8_GROUP",
     "score_positions",
     "score_sources",
     "CandidateSource",
@@ -404,5 +362,4 @@ __all__ = [
     "query_matrix",
     "resolve_budget",
     "as_tensor",
-    "STORAGE_DTYPES",
 ]

@@ -1,0 +1,98 @@
+"""ShardedIndex on Ray actors (one per shard) on a local cluster: parity, routing, killed actors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from metaembed.distributed import ShardedIndex, shard_of
+from metaembed.errors import ShardUnavailableError
+from metaembed.index import MultiVectorIndex
+
+from tests.distributed.test_sharded import assert_same, _unit
+
+pytestmark = pytest.mark.ray
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    """A 3-shard collection served by Ray actors, and one index holding the same items."""
+    root = tmp_path_factory.mktemp("ray") / "collection"
+    ids, vectors = [f"doc-{i}" for i in range(N)], _unit(N, 8, 16, seed=3)
+    payloads = [{"n": i} for i in range(N)]
+    with ShardedIndex.create(root, num_shards=3, dim=16, num_vectors=8) as local:
+        local.add(ids, vectors, payloads)
+    single = MultiVectorIndex.create(None, dim=16, num_vectors=8)
+    single.add(ids, vectors, payloads)
+    collection = ShardedIndex.open(root, backend="ray", num_cpus=0.1)
+    yield collection, single, root
+    collection.close(terminate=True)
+    single.close()
+
+
+@pytest.mark.parametrize("budget", ["1,1", "4,8", None])
+def test_actors_answer_like_one_index(served, budget):
+    collection, single, _ = served
+    queries = _unit(5, 4, 16, seed=4)
+    assert_same(collection.search(queries, k=8, budget=budget), single.search(queries, k=8, budget=budget))
+    assert_same(collection.search(queries, k=4, budget=budget, mode="coarse", shortlist=12),
+                single.search(queries, k=4, budget=budget, mode="coarse", shortlist=12))
+
+
+def test_adds_and_deletes_reach_the_owning_actor(served):
+    collection, _, root = served
+    ids, vectors = [f"new-{i}" for i in range(40)], _unit(40, 8, 16, seed=5)
+    before = collection.shard_sizes()
+    collection.add(ids, vectors)
+    collection.delete(ids[:10])
+    grown = [after - was for after, was in zip(collection.shard_sizes(), before)]
+    assert grown == [sum(1 for i in ids[10:] if shard_of(i, 3) == s) for s in range(3)]
+    # Each actor committed to its own folder: a fresh reader of the folder sees the write.
+    for number in range(3):
+        with MultiVectorIndex.open(root / f"shard-{number:04d}") as shard:
+            assert {i for i in shard.ids if i.startswith("new-")} == {i for i in ids[10:] if shard_of(i, 3) == number}
+    hit = collection.search(vectors[20], k=1, budget="4,8")[0][0]
+    assert hit.id == "new-20"
+    collection.delete(ids[10:])
+
+
+def test_killed_actors_are_restarted_from_storage(served, ray_cluster):
+    collection, single, root = served
+    handles = collection.backend.handles
+    queries = _unit(3, 4, 16, seed=6)
+    expected = single.search(queries, k=5, budget="2,4")
+
+    # Killed mid-search: the search in flight waits for the restart and is answered whole.
+    answers: list = []
+    searching = threading.Thread(target=lambda: answers.extend(collection.search(queries, k=5, budget="2,4") for _ in range(30)))
+    searching.start()
+    time.sleep(0.05)
+    ray_cluster.kill(handles[1], no_restart=False)
+    searching.join(timeout=60)
+    assert len(answers) == 30 and not any(a.partial for a in answers)
+    for answer in answers:
+        assert_same(answer, expected)
+
+    # Killed mid-add: every item ends up stored exactly once.
+    ids, vectors = [f"bulk-{i}" for i in range(30000)], _unit(30000, 8, 16, seed=7)
+    adding = threading.Thread(target=collection.add, args=(ids, vectors))
+    adding.start()
+    time.sleep(0.3)
+    ray_cluster.kill(handles[2], no_restart=False)
+    adding.join(timeout=90)
+    assert not adding.is_alive()
+    assert sum(collection.shard_sizes()) == N + len(ids)
+    stored = collection.ids
+    assert len(stored) == len(set(stored)) and set(ids) <= set(stored)
+
+    # An actor that stays down: the search fails naming it, or returns a flagged partial result.
+    ray_cluster.kill(handles[0], no_restart=True)
+    with pytest.raises(ShardUnavailableError, match=r"shards \[0\]"):
+        collection.search(queries, k=5, budget="2,4", timeout=1.0)
+    partial = collection.search(queries, k=5, budget="2,4", timeout=1.0, allow_partial=True)
+    assert partial.partial and partial.missing == (0,) and partial.answered == (1, 2)

@@ -1,0 +1,67 @@
+"""First stages are chosen by object: a toy one registered from outside the package serves a search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaembed.budget import Budget
+from metaembed.errors import InputError
+from metaembed.index import FirstStage, MultiVectorIndex, search_modes
+from metaembed.index.first_stages import FIRST_STAGES
+from metaembed.index.search import SegmentView, bases
+
+from .conftest import brute_force
+
+
+class LastRows(FirstStage):
+    """A toy first stage: shortlists the most recently added rows, whatever the query."""
+
+    name = "toy-last-rows"
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.calls: list[tuple[Budget, int]] = []
+
+    def check_budget(self, budget: Budget) -> None:
+        if budget.r_q != 1:
+            raise InputError(f"toy-last-rows takes r_q == 1, got {budget}")
+
+    def shortlist(self, views: tuple[SegmentView, ...], queries: torch.Tensor, budget: Budget, width: int) -> torch.Tensor:
+        self.calls.append((budget, width))
+        total = int(bases(views)[-1])
+        refs = torch.arange(max(0, total - width), total)
+        return refs.expand(queries.shape[0], -1)
+
+
+@pytest.fixture
+def toy_stage():
+    FIRST_STAGES.register(LastRows)
+    yield LastRows
+    FIRST_STAGES.unregister(LastRows.name)
+
+
+def test_a_registered_toy_first_stage_is_a_search_mode(corpus, toy_stage) -> None:
+    ids, vectors, queries = corpus
+    assert search_modes() == ["exact", "ann", "coarse", "toy-last-rows"]
+    with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
+        index.add(ids, vectors)
+        got = index.search(queries, k=3, budget="4,8", mode="toy-last-rows", shortlist=10)
+        # the index made one instance for this mode and keeps it
+        stage = index._first_stage("toy-last-rows")
+        assert isinstance(stage, LastRows) and stage.calls == [(Budget(1, 1), 10)]
+        with pytest.raises(InputError, match="r_q == 1"):
+            index.search(queries, mode="toy-last-rows", first_stage_budget="2,1")
+    # the shortlist is rows 50..59: the result is their exact top 3
+    expected = brute_force(queries, vectors[50:], ids[50:], 4, 8, 3)
+    assert [[hit.id for hit in row] for row in got] == [[i for i, _ in row] for row in expected]
+
+
+def test_a_first_stage_object_is_a_mode_too(corpus) -> None:
+    ids, vectors, queries = corpus
+    with MultiVectorIndex.create(None, dim=16, num_vectors=8, dtype="float32") as index:
+        index.add(ids, vectors)
+        stage = LastRows(16)
+        got = index.search(queries, k=2, budget="4,8", mode=stage, shortlist=5, first_stage_budget="1,2")
+    assert stage.calls == [(Budget(1, 2), 5)]
+    assert all(hit.id in ids[55:] for row in got for hit in row)
