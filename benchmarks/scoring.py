@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="metaembed-bench-", dir=args.work_dir))
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"CPU: {cpu_description()}; our kernel: {kernel_description()}; results -> {args.out / args.name}.*")
+    log(f"load average at the start: {load_average()}")
     # The machine is shared: the peak is measured before each size and at the end,
     # and the best of these is the roofline (a lower one would flatter our % of peak).
     peaks = [measure_gemm_peak()]
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for size in sizes:
             rows.extend(run_size(size, args, work, max(peaks), log))
+            log(f"load average after {size.name}: {load_average()}")
             peaks.append(measure_gemm_peak())
             report = write_report(rows, peaks, args)  # after every size: a long run keeps what it measured
     finally:
@@ -377,6 +380,14 @@ def cpu_class() -> str:
         return _AMD_FAMILIES[family]
     vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), platform.machine())
     return f"{vendor}-{family}-{model}"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine is shared: they say how disturbed a run was)."""
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def kernel_description() -> str:
