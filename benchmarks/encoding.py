@@ -140,8 +140,9 @@ def measure(model, reps: int, cap_s: float, num_batches: int, log) -> list[dict]
 def markdown(report: dict) -> str:
     lines = ["# Encoding cost: encode_* against the bare backbone forward", "",
              f"{report['cpu']}; {report['threads']} threads, torch {report['torch']}; model: {report['model']}. "
-             "Fastest of the interleaved repetitions over the same batches (medians in the JSON); bare = fast tokenizer on the batch + "
-             "BertModel forward with the same slot tokens appended. `python -m benchmarks.encoding`.", "",
+             "Fastest of the interleaved repetitions over the same batches (overhead of the medians in brackets); bare = "
+             "fast tokenizer on the batch + one BertModel forward with the Meta Token rows as input embeddings (the same "
+             "tokens at the same positions). `python -m benchmarks.encoding`.", "",
              "| side | batch | items | encode items/s | bare items/s | overhead (of medians) |", "|---|---:|---:|---:|---:|---:|"]
     for row in report["results"]:
         lines.append(f"| {row['side']} | {row['batch_size']} | {row['items']} | {row['encode_items_per_s']:,.1f} | "
