@@ -17,3 +17,25 @@ replication-report:
 # The whole pipeline at toy sizes, in seconds (numbers meaningless).
 replication-quick:
 	$(PYTHON) experiments/replicate.py --quick
+
+.PHONY: builtin-data builtin-model builtin-report
+
+# The built-in model metaembed-minilm: its data from Debian's documentation packages (root, apt),
+# the 3 variants x 3 seeds through the public trainer (one process per seed), the held-out
+# evaluation, docs/results/builtin-model.{json,md}, and the seed-0 MMR model copied into the package.
+BUILTIN_DOCS = python3.11-doc python-django-doc python-flask-doc python-werkzeug-doc python-jinja2-doc \
+	python-click-doc python-requests-doc python-attr-doc python-pytest-doc python-markdown-doc \
+	python-babel-doc python-setuptools-doc
+
+builtin-data:
+	apt-get install -y --no-install-recommends $(BUILTIN_DOCS)
+	$(PYTHON) -m metaembed.quickstart.docpages --out runs/docpages
+
+builtin-model: builtin-data
+	for seed in 0 1 2; do \
+		OMP_NUM_THREADS=1 $(PYTHON) experiments/builtin_model.py --phases train --seeds $$seed --threads 1 & \
+	done; wait
+	$(PYTHON) experiments/builtin_model.py --phases eval,report,ship
+
+builtin-report:
+	$(PYTHON) experiments/builtin_model.py --phases report

@@ -381,6 +381,14 @@ def run(tries: int, seed: int) -> list[dict]:
     return rows
 
 
+def markdown(report: dict) -> str:
+    """The runs as a Markdown table (scenario, tries, failures, what a try checks)."""
+    lines = ["| scenario | tries | failures | a try checks |", "|---|---:|---:|---|"]
+    for row in report["results"]:
+        lines.append(f"| {row['scenario']} | {row['tries']} | {row['failures']} | {row['what']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tries", type=int, default=20, help="tries per scenario (reader opens: 10x)")
@@ -394,7 +402,9 @@ def main(argv: list[str] | None = None) -> None:
               "seconds": round(time.time() - started, 1), "tries": args.tries, "seed": args.seed, "results": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json} in {report['seconds']} s")
+    args.json.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.json} and {args.json.with_suffix('.md')} in {report['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def stdlib_pairs(modules: Sequence[str] | None = None) -> list[Pair]:
 
 def glyph_pairs() -> list[Pair]:
     """(Unicode name → glyph id) pairs; the image is rendered when the task is written."""
-    from metaembed.quickstart.data import load_glyphs
+    from experiments.glyph_data import load_glyphs
 
     return [Pair(id=g.id, query=g.text, positive=g.id, group=g.id, is_image=True) for g in load_glyphs()]
 
@@ -192,7 +192,7 @@ def _render_images(pairs: Sequence[Pair], folder: Path, image_size: int) -> None
     randomly initialised) patch embedding maps ink, not the white background, to what differs."""
     from PIL import ImageOps
 
-    from metaembed.quickstart.data import Glyph, render
+    from experiments.glyph_data import Glyph, render
 
     folder.mkdir(parents=True, exist_ok=True)
     for pair in pairs:

@@ -23,7 +23,9 @@ from typing import Iterable, Sequence, Union
 
 from metaembed.errors import BudgetError
 
-_BUDGET_PATTERN = re.compile(r"^\s*\(?\s*(\d+)\s*[,x:\s]\s*(\d+)\s*\)?\s*$")
+# ASCII digits only: ``\d`` would also accept Arabic-Indic or full-width digits ("٤,٨"), which
+# nobody means as a budget.
+_BUDGET_PATTERN = re.compile(r"^\s*\(?\s*([0-9]+)\s*[,x:\s]\s*([0-9]+)\s*\)?\s*$")
 
 
 @dataclass(frozen=True, order=True)
@@ -137,4 +139,32 @@ def parse_ladder(values: str | Iterable[BudgetLike] | None) -> tuple[Budget, ...
     return tuple(sorted(set(budgets)))
 
 
-__all__ = ["Budget", "BudgetLike", "DEFAULT_LADDER", "parse_ladder"]
+def ladder_within(
+    values: str | Iterable[BudgetLike] | None, max_r_q: int | None, max_r_c: int | None, where: str = "the model"
+) -> tuple[Budget, ...]:
+    """The ladder to use with ``max_r_q`` query and ``max_r_c`` candidate vectors available.
+
+    An explicit ladder is checked: a budget larger than what ``where`` holds raises
+    :class:`~metaembed.errors.BudgetError`. ``None`` gives :data:`DEFAULT_LADDER` cut to
+    what is available, topped with the full budget ``(max_r_q, max_r_c)``.
+
+    >>> [str(b) for b in ladder_within(None, 4, 8)]
+    ['1,1', '2,4', '4,8']
+    >>> [str(b) for b in ladder_within(None, 8, 32)]
+    ['1,1', '2,4', '4,8', '8,16', '8,32']
+    """
+    if values is not None:
+        budgets = parse_ladder(values)
+        for budget in budgets:
+            budget.check_within(max_r_q, max_r_c, where)
+        return budgets
+    fitting = [
+        b for b in DEFAULT_LADDER
+        if (max_r_q is None or b.r_q <= max_r_q) and (max_r_c is None or b.r_c <= max_r_c)
+    ]
+    if max_r_q is not None and max_r_c is not None:
+        fitting.append(Budget(max_r_q, max_r_c))
+    return parse_ladder(fitting)
+
+
+__all__ = ["Budget", "BudgetLike", "DEFAULT_LADDER", "ladder_within", "parse_ladder"]

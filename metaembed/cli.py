@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from metaembed.errors import IndexCorruptError, MetaEmbedError
+from metaembed.model.builtin import DEFAULT_MODEL
 
 app = typer.Typer(
     name="metaembed",
@@ -30,12 +30,26 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 index_app = typer.Typer(
-    help="Build and maintain a multi-vector index (build | add | delete | info | check | repair | compact | export).",
+    help="Build and maintain a multi-vector index (build | add | sync | delete | info | check | repair | compact | export).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 app.add_typer(index_app, name="index")
 
+MODEL_HELP = (
+    "A built-in model name or the folder of a saved MetaEmbed model. Default: the built-in "
+    f"'{DEFAULT_MODEL}'."
+)
+MODEL_OVERRIDE_HELP = (
+    "Use this model (built-in name or folder) instead of the one the index records, e.g. after "
+    "moving the model folder. It must embed into the index's dimension."
+)
+DTYPE_HELP = (
+    "Storage type of the vectors: float16 (default; 2 bytes a value), bfloat16 (2 bytes, float32's "
+    "range), int8 (1 byte plus one float32 scale per 64 values) or float32 (4 bytes, exact)."
+)
+STRICT_HELP = "Stop at the first file that cannot be read (default: skip it, say why, and go on)."
+REPORT_HELP = "Write what was added, updated, deleted and skipped (with reasons) to this JSON file."
 BUDGET_HELP = (
     "Budget 'r_q,r_c': use the first r_q query vectors and the first r_c candidate vectors. "
     "Smaller is faster, larger is more accurate. Default: the largest budget recorded in the index."
@@ -43,7 +57,7 @@ BUDGET_HELP = (
 LADDER_HELP = (
     "Budgets to record in the index as the ladder it is meant to be searched at, "
     "space- or ';'-separated, e.g. '1,1 2,4 4,8 8,16'. Default: the paper's ladder "
-    "'1,1 2,4 4,8 8,16 16,64' cut to what the model produces."
+    "'1,1 2,4 4,8 8,16 16,64' cut to what the model produces, topped with its full budget."
 )
 
 
@@ -54,30 +68,38 @@ def _echo_json(data: Any) -> None:
 # --- encode ----------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def encode(
-    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
     input: Path = typer.Option(..., "--input", "-i", help="A folder (images, PDFs, text files) or a JSONL of items."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the embeddings (.npz with 'ids' and 'embeddings')."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     as_: str = typer.Option("candidate", "--as", help="Encode the items as 'query' or 'candidate'."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
 ) -> None:
     """Embed items into multi-vector embeddings and save them.
 
     The file holds 'ids' (N,) and 'embeddings' (N, R, D) float32, R being the model's number of
-    query or candidate Meta Tokens; any prefix [:, :r] is a valid lower-budget embedding.
+    query or candidate Meta Tokens; any prefix [:, :r] is a valid lower-budget embedding. Files
+    are read as 'index build' reads them (long texts in passages, images through OCR for a
+    text-only model); unreadable files are skipped with a reason each.
 
     \b
     Example:
-      metaembed encode -m ./my-model -i ./photos -o photos.npz
+      metaembed encode -i ./photos -o photos.npz -m ./my-model
     """
     import numpy as np
 
-    from metaembed.ingest import iter_records
-    from metaembed.retriever import load_model
+    from metaembed.ingest import ReadOptions, iter_records
+    from metaembed.retriever import load_model, passage_splitter
 
     if as_ not in ("query", "candidate"):
-        raise typer.BadParameter(f"--as must be 'query' or 'candidate', got {as_!r}")
+        raise MetaEmbedError(f"--as must be 'query' or 'candidate', got {as_!r}")
+    iter_records(input)  # a missing input fails before the model is loaded
     encoder = load_model(model)
-    records = list(iter_records(input))
+    skipped: list = []
+    options = ReadOptions(images=bool(encoder.supports_images), split=passage_splitter(encoder))
+    records = list(iter_records(input, options, skipped=skipped))
+    _echo_skipped(skipped)
+    if not records:
+        raise MetaEmbedError(f"nothing to encode in {input}")
     items = [r.item() for r in records]
     encode_fn = encoder.encode_queries if as_ == "query" else encoder.encode_candidates
     embeddings = encode_fn(items, batch_size=batch_size, show_progress_bar=True)
@@ -85,19 +107,48 @@ def encode(
     typer.echo(f"wrote {len(records)} embeddings of shape {tuple(embeddings.shape[1:])} to {out}")
 
 
+def _echo_skipped(skipped: list, report: Optional[Path] = None, shown: int = 20) -> None:
+    """One line per skipped input on stderr (the first ``shown``; the rest are in the report)."""
+    for entry in skipped[:shown]:
+        typer.echo(f"skipped {entry}", err=True)
+    if len(skipped) > shown:
+        where = f"see {report}" if report else "rerun with --report FILE to list them"
+        typer.echo(f"... and {len(skipped) - shown} more skipped: {where}", err=True)
+
+
+def _finish_update(index: Path, size: int, report: Any, report_file: Optional[Path]) -> None:
+    """Print an update's notes, skips and summary line; write the JSON report if asked."""
+    if report_file is not None:
+        report_file.write_text(json.dumps({
+            "index": str(index), "size": size, "added": report.added, "updated": report.updated,
+            "deleted": report.deleted, "unchanged": report.unchanged,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
+        }, indent=2, ensure_ascii=False))
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
+    _echo_skipped(report.skipped, report_file)
+    line = f"index {index}: {size} items; {report.summary()}"
+    if report.skipped:
+        line += f": see {report_file}" if report_file else " (listed above)"
+    typer.echo(line)
+
+
 # --- index -----------------------------------------------------------------------------------
 @index_app.command("build", no_args_is_help=True)
 def index_build(
-    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
     input: Path = typer.Option(
         ..., "--input", "-i",
-        help="A folder (walked recursively: images, PDFs rendered page by page, .txt/.md files) "
-        "or a JSONL file with one {\"id\", \"text\"?, \"image\"?} object per line.",
+        help="A folder (walked recursively: images, PDFs page by page, text files) or a JSONL file "
+        "with one {\"id\", \"text\"?, \"image\"?} object per line.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create, or to resume if it exists."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     budgets: Optional[str] = typer.Option(None, "--budgets", help=LADDER_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch; each batch is saved before the next."),
-    dtype: str = typer.Option("float16", "--dtype", help="Storage type of the vectors: float16 (half the memory) or float32."),
+    dtype: str = typer.Option("float16", "--dtype", help=DTYPE_HELP),
+    copy_model: bool = typer.Option(False, "--copy-model", help="Keep a copy of the model inside the index folder, so the index is self-contained."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    report: Optional[Path] = typer.Option(None, "--report", help=REPORT_HELP),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS",
         help="Encode on the Ray cluster at ADDRESS ('auto', 'ray://host:10001', or 'local' to start one "
@@ -109,12 +160,17 @@ def index_build(
 ) -> None:
     """Embed a folder or JSONL into a new index, or resume an interrupted build.
 
-    The index records the model folder and the budget ladder, so 'metaembed search' needs only
-    the index path. Ids already in the index are skipped: rerun the same command to resume.
+    The index records its model (a built-in name or a path relative to the index), the folder
+    (file paths are stored relative to it) and the budget ladder, so 'metaembed search' needs only
+    the index path, and the index, model and folder can move together. Files already indexed with
+    the same content are skipped: rerun the same command to resume. Long texts are split into
+    passages the model reads whole; a text-only model reads images and scanned PDF pages through
+    OCR. Unreadable files are skipped with a reason each.
 
     \b
     Examples:
-      metaembed index build -m ./my-model -i ./docs -o ./docs.index --budgets "1,1 4,8 16,64"
+      metaembed index build -i ./docs -o ./docs.index
+      metaembed index build -i ./docs -o ./docs.index -m ./my-model --budgets "1,1 2,4 4,8"
       metaembed index build --ray auto -m ./my-model -i ./docs -o ./docs.collection --shards 8
     """
     if ray is not None:
@@ -125,43 +181,78 @@ def index_build(
                                           batch_size=batch_size, dtype=dtype, replicas=replicas)
             typer.echo(f"collection {out}: {len(collection)} items in {collection.num_shards} shards")
         return
+    from metaembed.index.codecs import get_codec
     from metaembed.retriever import build_index
 
-    before = _size_if_exists(out)
-    retriever = build_index(model, input, out, budgets=budgets, batch_size=batch_size, dtype=dtype)
-    added = len(retriever) - before
-    typer.echo(f"index {out}: {len(retriever)} items ({added} added, {before} already there)")
-
-
-def _size_if_exists(path: Path) -> int:
-    if not path.exists():
-        return 0
-    from metaembed.retriever import open_index
-
-    return len(open_index(path))
+    get_codec(dtype)  # a bad --dtype fails before any work
+    retriever = build_index(
+        model, input, out, budgets=budgets, batch_size=batch_size, dtype=dtype, copy_model=copy_model, strict=strict
+    )
+    _finish_update(out, len(retriever), retriever.last_update, report)
 
 
 @index_app.command("add", no_args_is_help=True)
 def index_add(
     index: Path = typer.Argument(..., help="Index folder made by 'metaembed index build'."),
-    input: Path = typer.Option(..., "--input", "-i", help="Folder or JSONL of new items (same formats as 'index build')."),
+    input: Path = typer.Option(..., "--input", "-i", help="Folder or JSONL of items (same formats as 'index build')."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OVERRIDE_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    report: Optional[Path] = typer.Option(None, "--report", help=REPORT_HELP),
 ) -> None:
-    """Add new items to an index with the model it records; ids already there are skipped.
+    """Add new files (or JSONL rows) to an index and re-index changed ones, in one commit.
+
+    A file whose content changed since it was indexed replaces its old records; unchanged files
+    are not read again. Nothing is removed (see 'metaembed index sync --delete-missing').
 
     \b
     Example:
       metaembed index add ./docs.index -i ./more-docs
     """
-    from metaembed.retriever import build_index, open_index
+    _update(index, input, model, batch_size, strict, report, delete_missing=False)
 
-    existing = open_index(index)
-    before = len(existing)
-    model = existing.metadata.get("model")
-    if not model:
-        raise MetaEmbedError(f"index {index} does not record its model; rebuild it with 'metaembed index build'")
-    retriever = build_index(model, input, index, batch_size=batch_size)
-    typer.echo(f"index {index}: {len(retriever)} items ({len(retriever) - before} added)")
+
+@index_app.command("sync", no_args_is_help=True)
+def index_sync(
+    index: Path = typer.Argument(..., help="Index folder made by 'metaembed index build'."),
+    folder: Optional[Path] = typer.Argument(None, help="The folder (or JSONL) to mirror. Default: the folder the index was built from."),
+    delete_missing: bool = typer.Option(False, "--delete-missing", help="Also remove the records of files that are no longer there."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items encoded per batch."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OVERRIDE_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    report: Optional[Path] = typer.Option(None, "--report", help=REPORT_HELP),
+) -> None:
+    """Bring an index up to date with its folder: new files added, changed ones re-indexed, in one commit.
+
+    Each file's content hash is compared with the one stored at indexing time; only new and
+    changed files are read and encoded. With --delete-missing, files that vanished are removed
+    too. Everything is committed at once: a search never sees half an update.
+
+    \b
+    Example:
+      metaembed index sync ./docs.index --delete-missing
+      metaembed index sync ./docs.index ./docs
+    """
+    if folder is None:
+        from metaembed.retriever import Retriever
+
+        folder = Retriever.open(index).source
+        if folder is None:
+            raise MetaEmbedError(f"index {index} does not record the folder it was built from; give FOLDER")
+    _update(index, folder, model, batch_size, strict, report, delete_missing=delete_missing)
+
+
+def _update(
+    index: Path, source: Path, model: Optional[str], batch_size: int, strict: bool, report: Optional[Path],
+    delete_missing: bool,
+) -> None:
+    from metaembed.ingest import iter_records
+    from metaembed.retriever import Retriever, update_index
+
+    iter_records(source)  # a missing input fails before the model is loaded
+    retriever = Retriever.open(index, model)
+    done = update_index(retriever, source, delete_missing=delete_missing, strict=strict, batch_size=batch_size)
+    _finish_update(index, len(retriever), done, report)
 
 
 @index_app.command("delete", no_args_is_help=True)
@@ -199,7 +290,8 @@ def index_info(
     if as_json:
         _echo_json(info)
         return
-    typer.echo(f"index:       {index}\nmodel:       {info['model']}\nitems:       {info['size']}")
+    typer.echo(f"index:       {index}\nmodel:       {info['model']}\nfolder:      {info['source'] or '-'}")
+    typer.echo(f"items:       {info['size']}\nstorage:     {info['dtype']}")
     typer.echo(f"dimension:   {info['dim']}\nmax budget:  {info['max_budget']}")
     typer.echo(f"{'budget':>8}  {'memory':>12}  {'FLOPs/query':>14}")
     for row in info["per_budget"]:
@@ -303,7 +395,7 @@ def index_export(
       metaembed index export ./docs.index ./lance --to lancedb --budgets "1,1 4,8 16,64"
       metaembed index export ./docs.index http://localhost:6333 --to qdrant --name docs
     """
-    from metaembed.integrations.exporting import export_index
+    from metaembed.integrations.export_to import export_index
     from metaembed.retriever import open_index
 
     opened = open_index(index)
@@ -322,54 +414,111 @@ def _human_bytes(n: int) -> str:
 # --- search ----------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def search(
-    index: Path = typer.Argument(..., help="Index folder made by 'metaembed index build'."),
+    index: str = typer.Argument(..., help="Index folder made by 'metaembed index build' (with --server: the query)."),
     query: Optional[str] = typer.Argument(None, help="Query text (optional when --image is given)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Query image file (alone or with the text)."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results to return."),
     mode: str = typer.Option("exact", "--mode", help="'exact': MaxSim over every item; 'coarse': score all at budget 1,1, rerank the best 1000 "
         "exactly; 'ann': take the shortlist from a FAISS graph (sub-linear), rerank exactly."),
+    per_file: bool = typer.Option(False, "--per-file", help="One result per file: its best page or passage."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OVERRIDE_HELP),
+    server: Optional[str] = typer.Option(
+        None, "--server", envvar="METAEMBED_SERVER",
+        help="Ask a running 'metaembed serve' at this URL (e.g. http://127.0.0.1:8000) instead of "
+        "loading the model here: answers in milliseconds. Also read from $METAEMBED_SERVER.",
+    ),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="METAEMBED_API_KEY", help="X-API-Key for --server (also $METAEMBED_API_KEY)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
 ) -> None:
     """Search an index with text and/or an image at a budget.
+
+    Hits are pages, passages or whole files; their ids name the file and, where it was split, the
+    page ('#page=3') and passage ('#passage=2', its character range in the payload).
 
     \b
     Examples:
       metaembed search ./docs.index "quarterly revenue table" --budget 4,8 -k 5
       metaembed search ./photos.index --image cat.jpg --json
+      metaembed search --server http://127.0.0.1:8000 "quarterly revenue table"
     """
+    if mode not in SEARCH_MODES:
+        raise MetaEmbedError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if server is not None and query is None:
+        index, query = "", index  # 'search --server URL QUERY': the one argument is the query
     from metaembed.budget import Budget
-    from metaembed.retriever import Retriever
 
-    chosen = Budget.parse(budget) if budget is not None else None  # read at the edge, checked by the retriever
+    parsed = Budget.parse(budget) if budget is not None else None  # read at the edge, checked by the retriever
     if query is None and image is None:
         raise MetaEmbedError("give query text, --image PATH, or both")
+    if query is not None and not query.strip():
+        raise MetaEmbedError("the query text is empty")
     if image is not None and not image.is_file():
         raise MetaEmbedError(f"image file not found: {image}")
-    item: dict[str, Any] = {}
-    if query is not None:
-        item["text"] = query
-    if image is not None:
-        item["image"] = image
-    retriever = Retriever.open(index)
-    hits = retriever.search(item, k=k, budget=chosen, mode=mode)
-    chosen = chosen or retriever.default_budget
+    if server is not None:
+        from metaembed.client import search_server
+
+        def run_search(count: int) -> tuple[Any, list]:
+            answer = search_server(
+                server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode, api_key=api_key
+            )
+            return answer["budget"], answer["results"]
+    else:
+        from metaembed.retriever import Retriever
+
+        item: dict[str, Any] = {}
+        if query is not None:
+            item["text"] = query
+        if image is not None:
+            item["image"] = image
+        retriever = Retriever.open(index, model)
+
+        def run_search(count: int) -> tuple[Any, list]:
+            hits = retriever.search(item, k=count, budget=parsed, mode=mode)
+            return parsed or retriever.default_budget, [hit.as_dict() for hit in hits]
+
+    chosen, hits = run_search(k)
+    if per_file:
+        # several pages or passages of one file may lead: fetch more until k files are in hand
+        fetch = k
+        while len(best_per_file(hits)) < k and len(hits) == fetch:
+            fetch *= 8
+            chosen, hits = run_search(fetch)
+        hits = best_per_file(hits)[:k]
     if as_json:
-        _echo_json({"budget": str(chosen), "results": [h.as_dict() for h in hits]})
+        _echo_json({"budget": str(chosen), "results": hits})
         return
     typer.echo(format_hits(hits, chosen))
 
 
-def format_hits(hits: list, budget: Any) -> str:
-    """A readable table of hits: rank, score, id and the path or a text snippet."""
+SEARCH_MODES = ("exact", "coarse", "ann")
+
+
+def best_per_file(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best of each file's hits (pages and passages of a file share its payload ``path``), re-ranked.
+
+    Hits are the JSON form of search results (``{"rank", "id", "score", "payload"}``, best first),
+    the same from a local index and from a server.
+    """
+    from metaembed.ingest import file_of
+
+    best: dict[str, dict[str, Any]] = {}
+    for hit in hits:
+        best.setdefault(str(hit["payload"].get("path") or file_of(hit["id"])), hit)
+    return [dict(hit, rank=rank) for rank, hit in enumerate(best.values(), start=1)]
+
+
+def format_hits(hits: list[dict[str, Any]], budget: Any) -> str:
+    """A readable table of hits (their JSON form): rank, score, id and the path or a text snippet."""
     lines = [f"budget {budget}: {len(hits)} results", f"{'rank':>4}  {'score':>8}  {'id':<32}  path / snippet"]
     for hit in hits:
+        payload = hit["payload"] or {}
         # the most human field the payload has: a snippet, a title or name, else the file
-        shown = next((hit.payload[key] for key in ("text", "title", "name", "path") if hit.payload.get(key)), "")
+        shown = next((payload[key] for key in ("text", "title", "name", "path") if payload.get(key)), "")
         shown = " ".join(str(shown).split())
         if len(shown) > 60:
             shown = shown[:57] + "..."
-        lines.append(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.id:<32}  {shown}")
+        lines.append(f"{hit['rank']:>4}  {hit['score']:>8.4f}  {hit['id']:<32}  {shown}")
     return "\n".join(lines)
 
 
@@ -407,13 +556,13 @@ def train(
 
 @app.command("eval", no_args_is_help=True)
 def evaluate(
-    model: Path = typer.Option(..., "--model", "-m", help="Folder of a saved MetaEmbed model."),
     benchmark: Path = typer.Option(..., "--benchmark", "-b", help="Local benchmark folder (MMEB, ViDoRe v1/v2 or BEIR layout)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json, results.md and results.png."),
     ladder: Optional[str] = typer.Option(None, "--ladder", help="Budgets to score, e.g. '1,1 4,8 16,64'. " + LADDER_HELP.split(". ", 1)[1]),
     kind: Optional[str] = typer.Option(None, "--kind", help="Benchmark kind when it cannot be detected from the folder."),
     datasets: Optional[list[str]] = typer.Option(None, "--dataset", help="Only this data set (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
 ) -> None:
     """Evaluate a model at every budget of a ladder and write a table and a plot.
 
@@ -421,7 +570,8 @@ def evaluate(
 
     \b
     Example:
-      metaembed eval -m ./my-model -b data/ViDoRe -o runs/vidore --ladder "1,1 4,8 16,64"
+      metaembed eval -b data/ViDoRe -o runs/vidore --ladder "1,1 4,8"
+      metaembed eval -m ./my-model -b data/beir/scifact -o runs/scifact
     """
     from metaembed.evaluation import markdown_table, run_sweep
     from metaembed.retriever import load_model
@@ -496,6 +646,7 @@ def serve(
         help="If set, every request except GET /health must send this value in the X-API-Key header. "
         "Also read from $METAEMBED_API_KEY.",
     ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OVERRIDE_HELP),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS",
         help="Serve a sharded collection (made by 'index build --ray') with Ray Serve on the cluster "
@@ -520,7 +671,11 @@ def serve(
         return
     from metaembed.serving.server import serve
 
-    serve(index, host=host, port=port, api_key=api_key)
+    from metaembed.retriever import Retriever
+
+    # the model is loaded now, so a missing one fails here (one line), not at the first request
+    loaded = Retriever.open(index, model).model
+    serve(index, host=host, port=port, api_key=api_key, model=loaded)
 
 
 # --- quickstart ------------------------------------------------------------------------------
@@ -528,26 +683,24 @@ def serve(
 def quickstart(
     cache: Path = typer.Option(
         Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed")) / "quickstart",
-        "--cache", help="Folder for the trained model, the index, the results table and plot. Reused on the next run.",
+        "--cache", help="Folder for the held-out collection, the index, the results table and plot.",
     ),
-    retrain: bool = typer.Option(False, "--retrain", help="Train again even if a trained model is in the cache."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Most training steps (default: the recipe's 3000)."),
-    train_minutes: float = typer.Option(
-        11.0, "--train-minutes", min=0.1,
-        help="Training stops after this many minutes even if --steps are not done (the schedule adapts).",
+    retrain: bool = typer.Option(
+        False, "--retrain",
+        help="First run the built-in model's full recipe (data from Debian's python3.11-doc and python-django-doc, "
+             "then MMR training) and use that model.",
     ),
-    page_grid: Optional[int] = typer.Option(
-        None, "--page-grid", min=1,
-        help="Glyphs per page side (default 2: four characters on every searchable image; 1: one each).",
+    max_pages: Optional[int] = typer.Option(
+        None, "--max-pages", min=1, help="Evaluate on this many of the 500 held-out pages (and their queries)."
     ),
 ) -> None:
-    """Train (or load) a small MetaEmbed model on real offline data, index it, measure every budget.
+    """Search held-out manuals with the built-in model at every budget, beside plain MiniLM.
 
-    The data: every character that matplotlib's DejaVu Sans font draws, paired with its Unicode
-    name and drawn four to a page (a 2x2 sheet; --page-grid sets the sheet's side). 20% of the
-    characters are held out; their names are the test queries, each searched for the one page that
-    shows it. Prints Recall@1 / nDCG@5, query latency and index memory per budget, how far the
-    largest budget's gain over the smallest exceeds its noise, and writes a PNG plot.
+    No download and no training: the shipped model (MiniLM-L6 + Meta Tokens) and MiniLM as
+    sentence-transformers ships it (one mean-pooled vector per page) are evaluated on 500 pages of
+    ten Python libraries' manuals the model never saw. Prints nDCG@10 / Recall@1 of both per
+    budget, query latency and index memory, writes results.json / results.png, and leaves an
+    index to search.
 
     \b
     Example:
@@ -555,15 +708,17 @@ def quickstart(
     """
     from metaembed.quickstart import run_quickstart
 
-    run_quickstart(
-        cache, retrain=retrain, steps=steps, time_budget_s=60 * train_minutes, page_grid=page_grid, echo=typer.echo
-    )
+    run_quickstart(cache, retrain=retrain, max_pages=max_pages, echo=typer.echo)
 
 
 # --- entry point -----------------------------------------------------------------------------
 def _quiet_libraries() -> None:
     # Weight-loading bars and load reports from transformers would bury the CLI's own output;
-    # the CLI's progress bars (indexing, training) are its own tqdm bars and stay.
+    # the CLI's progress bars (indexing, training) are its own tqdm bars and stay. Libraries'
+    # FutureWarnings speak to developers of this package, not to its users.
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:
@@ -573,21 +728,30 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
 
 
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print ``error: ...`` and return 2 (no traceback)."""
+    """Run the CLI; user errors print one line ``error: ...`` and return 2 (no traceback)."""
     _quiet_libraries()
     try:
         app(args=argv, prog_name="metaembed", standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return int(done.exit_code or 0)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
-        return 1
-    except click.ClickException as error:
-        error.show()
+        return 130
+    except typer.TyperException as error:  # typer's (vendored) click usage errors: bad options, values, commands
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help())
+            return 2
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        typer.echo(f"error: {_one_line(error.format_message())}{hint}", err=True)
         return 2
-    except (MetaEmbedError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (MetaEmbedError, OSError) as error:
+        typer.echo(f"error: {_one_line(error)}", err=True)
         return 2
     return 0
 

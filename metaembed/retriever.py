@@ -2,9 +2,18 @@
 
 :class:`Retriever` is what the CLI, the HTTP service and the quickstart share, so that
 "build an index from a folder", "search it with text or an image at a budget" and "add or delete
-items while searching" behave the same everywhere. The index records the model folder and the
-budget ladder in its metadata (see :func:`build_index`), so opening a collection needs only the
-index path.
+items while searching" behave the same everywhere. The index records in its metadata:
+
+* the model, by built-in name (``"metaembed-minilm"``) or by a path *relative to the index
+  folder* (``"model"`` for a copy held inside it, ``"../my-model"``), so an index and its model
+  moved together still open; ``--model`` (``Retriever.open(..., model=)``) overrides it;
+* the indexed folder (relative to the index, like the model); stored file paths are relative to it;
+* the budget ladder, and the model's query-vector count and modality, so that describing an index
+  or checking a budget needs no model: the model is loaded on the first encode.
+
+Updates (:func:`update_index`) compare each file's content hash with the one stored beside its
+records: unchanged files are not read again, changed ones are re-encoded and replace their old
+records, new ones are added and, on request, vanished ones removed -- all in one commit.
 
 Concurrency: the index itself is thread-safe (a search works on the snapshot it started with, a
 write commits atomically), so searches run in parallel and never see a half-applied add or
@@ -14,14 +23,21 @@ atomic. Encoding, the expensive part, runs outside any lock.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 import threading
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from metaembed.budget import Budget, BudgetLike, parse_ladder
-from metaembed.errors import BudgetError, IndexStateError, InputError
-from metaembed.ingest import Record, iter_records
+from metaembed.budget import Budget, BudgetLike, ladder_within, parse_ladder
+from metaembed.errors import BudgetError, IndexStateError, InputError, MetaEmbedError
+from metaembed.ingest import (
+    ReadOptions, Record, Skipped, Splitter, file_of, iter_jsonl_records, read_file, scan_folder, token_windows,
+)
+from metaembed.model.builtin import DEFAULT_MODEL, PRETRAINED_DIR, is_builtin
 from metaembed.model.items import ItemLike
 
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
@@ -31,18 +47,57 @@ if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
 #: Keys this module writes into the index metadata.
 MODEL_KEY = "model"
 LADDER_KEY = "budgets"
+SOURCE_KEY = "source"
+QUERY_VECTORS_KEY = "num_query_tokens"
+IMAGES_KEY = "supports_images"
+#: The folder inside an index that holds its own copy of the model (``--copy-model``).
+COPIED_MODEL_DIR = "model"
+#: Consecutive passages of a long text share this fraction of their tokens.
+PASSAGE_OVERLAP = 0.125
 
 
-def load_model(path: str | Path) -> "MetaEmbedModel":
-    """Load a saved MetaEmbed model folder, with a clear error when it is not one."""
+def load_model(path_or_name: "str | Path | MetaEmbedModel" = DEFAULT_MODEL) -> "MetaEmbedModel":
+    """Load a saved MetaEmbed model folder or a built-in model by name, with a clear error otherwise."""
     from metaembed.model import MetaEmbedModel
     # Registers the "bert_vision" family (the quickstart's backbone) until the registry lists it.
     from metaembed.model.backbones import bert_vision  # noqa: F401
 
-    folder = Path(path)
+    if isinstance(path_or_name, MetaEmbedModel):
+        return path_or_name
+    if is_builtin(str(path_or_name)) and not Path(path_or_name).exists():
+        return MetaEmbedModel.from_pretrained(str(path_or_name))
+    folder = Path(path_or_name)
     if not folder.is_dir():
         raise InputError(f"model folder not found: {folder}")
     return MetaEmbedModel.from_pretrained(folder)
+
+
+def relative_to_index(path: str | Path, index_folder: str | Path) -> str:
+    """``path`` written relative to ``index_folder`` (POSIX), so that both can move together."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(index_folder).resolve())).as_posix()
+
+
+def model_reference(model: str | Path, index_folder: str | Path) -> str:
+    """How an index at ``index_folder`` records ``model``: a built-in name, or a path relative to the index."""
+    text = str(model)
+    if is_builtin(text) and not Path(text).exists():
+        return text
+    folder = Path(model).resolve()
+    if folder.parent == PRETRAINED_DIR.resolve():
+        return folder.name
+    return relative_to_index(folder, index_folder)
+
+
+def resolve_reference(recorded: str, index_folder: str | Path) -> str | Path:
+    """The model (or folder) that ``recorded`` names, for an index at ``index_folder``.
+
+    A built-in name stays a name; a relative path is read from the index folder; an absolute
+    path (indexes built before paths were relative) is kept.
+    """
+    if is_builtin(recorded) and not (Path(index_folder) / recorded).exists():
+        return recorded
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(index_folder) / path
 
 
 def open_index(path: str | Path) -> "MultiVectorIndex":
@@ -55,40 +110,98 @@ def open_index(path: str | Path) -> "MultiVectorIndex":
     return MultiVectorIndex.open(folder)
 
 
+def passage_splitter(model: "MetaEmbedModel", overlap: float = PASSAGE_OVERLAP) -> Splitter:
+    """A :data:`~metaembed.ingest.Splitter` cutting texts into windows of tokens that ``model`` encodes whole.
+
+    The window is the model's content limit as a candidate (``max_length``, and what the
+    backbone's positions leave beside the Meta Tokens) less the prompt template's own tokens;
+    consecutive windows share ``overlap`` of their tokens so a sentence on a border is whole in one.
+    """
+    adapter = model.adapter
+    limit = int(model.config.max_length)
+    backbone_limit = adapter.max_content_tokens(model.num_appended("candidate"))
+    if backbone_limit is not None:
+        limit = min(limit, int(backbone_limit))
+    template_tokens = len(adapter.encode(model.template.render("", 0, "candidate"), []).input_ids)
+    # A few tokens of slack: a passage tokenised alone can take a token or two more at its edges.
+    window = max(8, limit - template_tokens - 4)
+    shared = int(window * overlap)
+    tokenizer = model.tokenizer
+
+    def split(text: str) -> list[tuple[int, int]]:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return token_windows([tuple(o) for o in offsets], len(text), window, shared)
+
+    return split
+
+
 class Retriever:
     """An index and its model, safe to search and update from several threads.
 
     ``index`` holds candidates as ``(num_vectors, dim)`` Meta Token embeddings; ``model`` encodes
     queries to ``(r_q, dim)`` and new candidates to ``(r_c, dim)``. A budget ``(r_q, r_c)`` keeps
     the first ``r_q`` query and ``r_c`` candidate vectors and scores them with MaxSim.
+
+    ``model`` may be a loaded model or what :func:`load_model` accepts (a folder, a built-in
+    name); then it is loaded on first use, so describing the index or checking a budget is fast.
     """
 
-    def __init__(self, index: "MultiVectorIndex", model: "MetaEmbedModel") -> None:
+    def __init__(self, index: "MultiVectorIndex", model: "MetaEmbedModel | str | Path") -> None:
         self.index = index
-        self.model = model
+        self._model: "MetaEmbedModel | None" = None
+        self._model_source = model if isinstance(model, (str, Path)) else None
+        # The metadata describes the recorded model; an explicit other model is asked instead.
+        self._recorded = False
         self._write_lock = threading.Lock()
         # MetaEmbedModel injects its Meta Tokens through a forward hook on the shared embedding
         # module, so two encodes running at once would see each other's hooks: one at a time.
         self._encode_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        #: What the last :func:`build_index` / :func:`update_index` through this retriever did.
+        self.last_update: UpdateReport | None = None
+        if self._model_source is None:
+            self._attach(model)  # type: ignore[arg-type]
+
+    @classmethod
+    def open(cls, index_path: str | Path, model: "MetaEmbedModel | str | Path | None" = None) -> "Retriever":
+        """Open the index at ``index_path`` with the model its metadata names (or ``model``).
+
+        The model is loaded when first needed (an encode), not here.
+        """
+        index = open_index(index_path)
+        if model is None:
+            recorded = index.metadata.get(MODEL_KEY)
+            if not recorded:
+                raise IndexStateError(
+                    f"index {index_path} does not record its model; pass the model (--model) explicitly"
+                )
+            retriever = cls(index, resolve_reference(str(recorded), index_path))
+            retriever._recorded = True
+            return retriever
+        return cls(index, model)
+
+    def _attach(self, model: "MetaEmbedModel") -> None:
         if model.embedding_dim != self._index_dim:
             raise IndexStateError(
                 f"the model embeds into {model.embedding_dim} dimensions but the index holds "
                 f"{self._index_dim}-dimensional vectors"
             )
+        self._model = model
 
-    @classmethod
-    def open(cls, index_path: str | Path, model: "MetaEmbedModel | str | Path | None" = None) -> "Retriever":
-        """Open the index at ``index_path`` and the model its metadata names (or ``model``)."""
-        index = open_index(index_path)
-        if model is None:
-            model = index.metadata.get(MODEL_KEY)
-            if model is None:
-                raise IndexStateError(
-                    f"index {index_path} does not record its model; pass the model folder explicitly"
-                )
-        if isinstance(model, (str, Path)):
-            model = load_model(model)
-        return cls(index, model)
+    @property
+    def model(self) -> "MetaEmbedModel":
+        """The model (loaded now if it was given by name or folder)."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._attach(load_model(self._model_source))  # type: ignore[arg-type]
+        return self._model  # type: ignore[return-value]
+
+    def _described(self, key: str) -> Any:
+        """A fact about the model from the index metadata, when it describes this model; else ``None``."""
+        if self._model is None and self._recorded:
+            return self.index.metadata.get(key)
+        return None
 
     # --- what is available -------------------------------------------------------------------
     @property
@@ -98,7 +211,8 @@ class Retriever:
     @property
     def max_r_q(self) -> int:
         """How many query vectors the model produces."""
-        return int(self.model.num_query_tokens)
+        recorded = self._described(QUERY_VECTORS_KEY)
+        return int(recorded) if recorded else int(self.model.num_query_tokens)
 
     @property
     def max_r_c(self) -> int:
@@ -106,11 +220,25 @@ class Retriever:
         return int(self.index.num_vectors)
 
     @property
+    def supports_images(self) -> bool:
+        """Whether the model encodes images (else images are read as text through OCR)."""
+        recorded = self._described(IMAGES_KEY)
+        return bool(recorded) if recorded is not None else bool(self.model.supports_images)
+
+    @property
     def ladder(self) -> tuple[Budget, ...]:
         """The budgets recorded at build time that fit this model and index."""
         recorded = self.index.metadata.get(LADDER_KEY)
-        ladder = parse_ladder(recorded) if recorded else parse_ladder(None)
+        ladder = parse_ladder(recorded) if recorded else ladder_within(None, self.max_r_q, self.max_r_c)
         return tuple(b for b in ladder if b.r_q <= self.max_r_q and b.r_c <= self.max_r_c)
+
+    @property
+    def source(self) -> Path | None:
+        """The folder the index was built from (stored file paths are relative to it), if recorded."""
+        recorded = self.index.metadata.get(SOURCE_KEY)
+        if not recorded or self.index.path is None:
+            return None
+        return Path(resolve_reference(str(recorded), self.index.path))
 
     @property
     def default_budget(self) -> Budget:
@@ -148,14 +276,17 @@ class Retriever:
             }
             for b in self.ladder
         ]
+        source = self.source
         return {
-            "model": str(self.index.metadata.get(MODEL_KEY, "")),
+            "model": str(self._model_source if self._model_source is not None else self.model.name_or_path or ""),
+            "source": str(source) if source is not None else None,
             "size": size,
             "dim": self._index_dim,
+            "dtype": self.index.dtype,
             "max_budget": f"{self.max_r_q},{self.max_r_c}",
             "budgets": [str(b) for b in self.ladder],
             "per_budget": per_budget,
-            "supports_images": bool(self.model.supports_images),
+            "supports_images": self.supports_images,
         }
 
     # --- search ------------------------------------------------------------------------------
@@ -178,10 +309,15 @@ class Retriever:
             raise InputError(f"k must be a positive integer, got {k!r}")
         chosen = self.check_budget(budget)
         with self._encode_lock:
-            embeddings = self.model.encode_queries(list(queries), show_progress=False)
+            embeddings = self.model.encode_queries(list(queries), show_progress_bar=False)
         return self.index.search_batch(embeddings, k, chosen, mode)
 
     # --- updates -----------------------------------------------------------------------------
+    def encode_candidates(self, items: Sequence[ItemLike], batch_size: int = 8) -> Any:
+        """``(N, r_c, D)`` float32 candidate embeddings of ``items`` (one encode at a time)."""
+        with self._encode_lock:
+            return self.model.encode_candidates(list(items), batch_size=batch_size, show_progress_bar=False)
+
     def add(
         self,
         ids: Sequence[str],
@@ -199,11 +335,17 @@ class Retriever:
             return
         payloads = list(payloads) if payloads is not None else [{} for _ in ids]
         self._check_new(ids)  # fail before paying for the encoding
-        with self._encode_lock:
-            embeddings = self.model.encode_candidates(list(items), batch_size=batch_size, show_progress=False)
+        embeddings = self.encode_candidates(items, batch_size=batch_size)
         with self._write_lock:
             self._check_new(ids)  # another writer may have added them meanwhile
             self.index.add(list(ids), embeddings, payloads)
+
+    def upsert(
+        self, ids: Sequence[str], embeddings: Any, payloads: Sequence[dict] | None = None, delete: Sequence[str] = ()
+    ) -> None:
+        """Store encoded candidates, replacing ids already there, and remove ``delete``: one commit."""
+        with self._write_lock:
+            self.index.upsert(list(ids), embeddings, payloads, delete=list(delete))
 
     def _check_new(self, ids: Sequence[str]) -> None:
         present = [i for i in ids if i in self.index]
@@ -220,6 +362,228 @@ class Retriever:
         return item_id in self.index
 
 
+# --- building and updating -------------------------------------------------------------------
+@dataclass
+class UpdateReport:
+    """What an update did: ids ``added``, ``updated`` (re-encoded) and ``deleted``, records left
+    ``unchanged``, inputs ``skipped`` (each with its reason) and ``notes`` said once up front."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line, e.g. ``"312 indexed (5 added, 2 updated, 305 unchanged), 1 deleted, 3 skipped"``."""
+        indexed = len(self.added) + len(self.updated) + self.unchanged
+        line = f"{indexed} indexed ({len(self.added)} added, {len(self.updated)} updated, {self.unchanged} unchanged)"
+        if self.deleted:
+            line += f", {len(self.deleted)} deleted"
+        if self.skipped:
+            line += f", {len(self.skipped)} skipped"
+        return line
+
+
+@dataclass
+class _Group:
+    """The records of one source file (or JSONL row) in the index: their content hash and ids."""
+
+    sha256: str | None
+    ids: list[str] = field(default_factory=list)
+
+
+_PASSAGE_SUFFIX = re.compile(r"[#&]passage=\d+$")
+
+
+def _row_of(record_id: str) -> str:
+    return _PASSAGE_SUFFIX.sub("", record_id)
+
+
+def _indexed_groups(index: "MultiVectorIndex", folder: bool) -> dict[str, _Group]:
+    """The index's records grouped by source file (``folder``) or by JSONL row."""
+    groups: dict[str, _Group] = {}
+    for item_id, payload in index.payloads(index.ids).items():
+        payload = payload or {}
+        if folder:
+            path = payload.get("path")
+            key = path if payload.get("sha256") and isinstance(path, str) else file_of(item_id)
+        else:
+            key = _row_of(item_id)
+        group = groups.setdefault(key, _Group(payload.get("sha256")))
+        if group.sha256 != payload.get("sha256"):
+            group.sha256 = None  # records of mixed versions: treat the file as changed
+        group.ids.append(item_id)
+    return groups
+
+
+def _pending(
+    retriever: Retriever, source: Path, options: ReadOptions, report: UpdateReport, strict: bool
+) -> tuple[list[tuple[str, list[Record]]], dict[str, _Group], set[str]]:
+    """The (group, records) to encode, the index's groups, and the groups present in ``source``."""
+    folder = source.is_dir()
+    groups = _indexed_groups(retriever.index, folder)
+    pending: list[tuple[str, list[Record]]] = []
+    if folder:
+        exclude = [retriever.index.path] if retriever.index.path is not None else []
+        files, unsupported = scan_folder(source, exclude=exclude)
+        if strict and unsupported:
+            raise InputError(str(unsupported[0]))
+        report.skipped.extend(unsupported)
+        if not options.images:
+            pictures = sum(f.kind != "text" for f in files)
+            if pictures:
+                report.notes.append(
+                    f"the model reads text only: images and PDFs ({pictures} files) are read through "
+                    "their text layer or OCR"
+                )
+        for file in files:
+            sha = file.content_hash()
+            known = groups.get(file.rel)
+            if known is not None and known.sha256 == sha:
+                report.unchanged += len(known.ids)
+                continue
+            try:
+                pending.append((file.rel, read_file(file, options, sha)))
+            except InputError as error:
+                if strict:
+                    raise InputError(f"{file.rel}: {error}") from None
+                report.skipped.append(Skipped(file.rel, str(error)))
+        return pending, groups, {f.rel for f in files}
+    by_row: dict[str, list[Record]] = {}
+    for record in iter_jsonl_records(source, options.split):
+        by_row.setdefault(_row_of(record.id), []).append(record)
+    for row, records in by_row.items():
+        known = groups.get(row)
+        if known is not None and known.sha256 == records[0].payload.get("sha256"):
+            report.unchanged += len(known.ids)
+            continue
+        if not options.images and any(r.item().images for r in records):
+            report.skipped.append(Skipped(row, "has an image, and the model reads text only"))
+            continue
+        pending.append((row, records))
+    return pending, groups, set(by_row)
+
+
+def _encoded_batches(
+    retriever: Retriever, records: list[Record], batch_size: int, strict: bool, report: UpdateReport, progress: bool
+) -> Iterator[tuple[list[Record], Any]]:
+    """``(records, (n, r_c, D) embeddings)`` per batch; a record that fails to encode is skipped
+    with its reason (``strict``: raises), the rest of its batch is kept."""
+    from tqdm.auto import tqdm
+
+    # None: a bar on a terminal only, so logs and pipes get the summary lines alone
+    with tqdm(total=len(records), unit="item", disable=None if progress else True, desc="indexing") as bar:
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            try:
+                yield batch, retriever.encode_candidates([r.item() for r in batch], batch_size=batch_size)
+            except MetaEmbedError:
+                if strict and len(batch) == 1:
+                    raise
+                good, vectors = [], []
+                for record in batch:  # find the bad ones
+                    try:
+                        vectors.append(retriever.encode_candidates([record.item()]))
+                        good.append(record)
+                    except MetaEmbedError as error:
+                        if strict:
+                            raise InputError(f"{record.id}: {error}") from None
+                        report.skipped.append(Skipped(record.id, str(error)))
+                if good:
+                    import torch
+
+                    yield good, torch.cat(vectors)
+            bar.update(len(batch))
+
+
+def update_index(
+    retriever: Retriever,
+    source: str | Path,
+    *,
+    delete_missing: bool = False,
+    strict: bool = False,
+    atomic: bool = True,
+    batch_size: int = 16,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> UpdateReport:
+    """Bring the index up to date with ``source`` (a folder or a JSONL file).
+
+    New files (rows) are added; files whose content hash changed are re-encoded and replace
+    their records (a record of theirs that no longer exists, such as a page or passage past the
+    new end, is removed); unchanged files are not read. With ``delete_missing``, records of
+    files (rows) absent from ``source`` are removed. Unreadable or unsupported inputs are skipped
+    with a reason each (``strict``: the first one raises :class:`InputError`, nothing written).
+
+    ``atomic``: everything is written in one commit (encoded first into a temporary file);
+    otherwise each batch is committed as it is encoded, so an interrupted run resumes where it
+    stopped (what :func:`build_index` does), and removals are committed last.
+    """
+    import numpy as np
+
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"input not found: {source}")
+    if not source.is_dir() and source.suffix.lower() != ".jsonl":
+        raise InputError(f"input {source} is neither a folder nor a .jsonl file")
+    report = UpdateReport()
+    model = retriever.model
+    options = ReadOptions(images=bool(model.supports_images), split=passage_splitter(model))
+    pending, groups, present = _pending(retriever, source, options, report, strict)
+    records = [record for _, records in pending for record in records]
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            raise InputError(f"id {record.id!r} appears twice in the input")
+        seen.add(record.id)
+    written: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="metaembed-update-") as scratch:
+        buffer = None
+        ids: list[str] = []
+        payloads: list[dict] = []
+        done = 0
+        for batch, vectors in _encoded_batches(retriever, records, batch_size, strict, report, progress):
+            batch_ids = [r.id for r in batch]
+            if atomic:
+                if buffer is None:
+                    shape = (len(records), vectors.shape[1], vectors.shape[2])
+                    buffer = np.lib.format.open_memmap(Path(scratch) / "vectors.npy", "w+", np.float32, shape)
+                buffer[len(ids) : len(ids) + len(batch)] = vectors.numpy()
+                ids.extend(batch_ids)
+                payloads.extend(r.payload for r in batch)
+            else:
+                retriever.upsert(batch_ids, vectors, [r.payload for r in batch])
+            written.update(batch_ids)
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done)
+        # A re-read file replaces all its old records (pages or passages past its new end go);
+        # one whose every record failed keeps its old ones: nothing is lost to a bad edit.
+        stale = [
+            item_id
+            for key, group_records in pending
+            if key in groups and any(r.id in written for r in group_records)
+            for item_id in groups[key].ids
+            if item_id not in written
+        ]
+        if delete_missing:
+            stale += [item_id for key, group in groups.items() if key not in present for item_id in group.ids]
+        stale = [i for i in dict.fromkeys(stale) if i in retriever.index]
+        if atomic and ids:
+            retriever.upsert(ids, buffer[: len(ids)], payloads, stale)
+        elif stale:
+            retriever.delete(stale)
+        del buffer
+    existed = {item_id for group in groups.values() for item_id in group.ids}
+    report.added = [i for i in written if i not in existed]
+    report.updated = [i for i in written if i in existed]
+    report.deleted = stale
+    retriever.last_update = report
+    return report
+
+
 def build_index(
     model: "MetaEmbedModel | str | Path",
     source: str | Path,
@@ -231,63 +595,74 @@ def build_index(
     dtype: str = "float16",
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    copy_model: bool = False,
+    strict: bool = False,
 ) -> "Retriever":
     """Embed every record of ``source`` (folder or JSONL) into the index at ``out``.
 
-    ``model`` is a saved model folder or a loaded model; with a loaded model, ``model_path`` names
-    the folder it was saved to (recorded so that the index can be opened by path alone).
-    Creates the index when ``out`` does not exist (recording the model folder and the ``budgets``
-    ladder in its metadata) and otherwise *resumes*: records whose id is already in the index are
-    skipped, so an interrupted build continues where it stopped. Records are added one batch at a
-    time; each batch is written before the next is encoded.
+    ``model`` is a built-in name, a saved model folder or a loaded model; with a loaded model,
+    ``model_path`` names where it was saved (recorded so that the index can be opened by path
+    alone). ``copy_model`` stores a copy of the model inside the index (``out/model``), so the
+    index is self-contained. Creates the index when ``out`` does not exist (recording the model,
+    the folder and the ``budgets`` ladder -- by default the paper's ladder cut to what the model
+    produces -- in its metadata) and otherwise *resumes*: files already indexed with the same
+    content are skipped, so an interrupted build continues where it stopped; changed files are
+    re-encoded. Each batch is written before the next is encoded. What was done (and skipped) is
+    in the returned retriever's ``last_update``.
     """
     from metaembed.index import MultiVectorIndex
 
-    records = iter_records(source)  # a missing or unreadable input fails before anything is created
+    source = Path(source)
+    if not source.exists():  # a missing input fails before anything is created
+        raise InputError(f"input not found: {source}")
+    if not source.is_dir() and source.suffix.lower() != ".jsonl":
+        raise InputError(f"input {source} is neither a folder nor a .jsonl file")
     out = Path(out)
     if isinstance(model, (str, Path)):
         model_path = model
-    model_path = str(Path(model_path).resolve()) if model_path is not None else None
     index = None
     if out.exists():
         index = open_index(out)
         recorded = index.metadata.get(MODEL_KEY)
-        if model_path is not None and recorded and Path(recorded).resolve() != Path(model_path):
+        if model_path is not None and recorded and not _same_model(resolve_reference(str(recorded), out), model_path):
             raise IndexStateError(
                 f"index {out} was built with model {recorded}, not {model_path}; "
                 "use a new --out or the same model"
             )
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
+    loaded = load_model(model)
     if index is None:
-        ladder = parse_ladder(budgets)
-        for b in ladder:
-            b.check_within(model.num_query_tokens, model.num_candidate_tokens, "the model")
-        metadata = {MODEL_KEY: model_path or "", LADDER_KEY: [str(b) for b in ladder]}
+        ladder = ladder_within(budgets, loaded.num_query_tokens, loaded.num_candidate_tokens)
+        if copy_model:
+            reference = COPIED_MODEL_DIR
+        else:
+            reference = model_reference(model_path, out) if model_path is not None else ""
+        metadata = {
+            MODEL_KEY: reference,
+            LADDER_KEY: [str(b) for b in ladder],
+            QUERY_VECTORS_KEY: int(loaded.num_query_tokens),
+            IMAGES_KEY: bool(loaded.supports_images),
+        }
+        if source.is_dir():
+            metadata[SOURCE_KEY] = relative_to_index(source, out)
         index = MultiVectorIndex.create(
-            out, dim=model.embedding_dim, num_vectors=model.num_candidate_tokens, dtype=dtype, metadata=metadata
+            out, dim=loaded.embedding_dim, num_vectors=loaded.num_candidate_tokens, dtype=dtype, metadata=metadata
         )
-    retriever = Retriever(index, model)
-    records = [r for r in records if not retriever.contains(r.id)]
-    for done in _add_in_batches(retriever, records, batch_size, progress):
-        if on_batch is not None:
-            on_batch(done)
+        if copy_model:
+            loaded.save_pretrained(out / COPIED_MODEL_DIR)
+    retriever = Retriever(index, loaded)
+    update_index(
+        retriever, source, atomic=False, strict=strict, batch_size=batch_size, progress=progress, on_batch=on_batch
+    )
     return retriever
 
 
-def _add_in_batches(retriever: Retriever, records: list[Record], batch_size: int, progress: bool) -> Iterator[int]:
-    from tqdm.auto import tqdm
+def _same_model(recorded: str | Path, given: str | Path) -> bool:
+    if isinstance(recorded, str) and is_builtin(recorded) or isinstance(given, str) and is_builtin(given):
+        return str(recorded) == str(given)
+    return Path(recorded).resolve() == Path(given).resolve()
 
-    seen: set[str] = set()
-    with tqdm(total=len(records), unit="item", disable=not progress, desc="indexing") as bar:
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            for record in batch:
-                if record.id in seen:
-                    raise InputError(f"id {record.id!r} appears twice in the input")
-                seen.add(record.id)
-            retriever.add(
-                [r.id for r in batch], [r.item() for r in batch], [r.payload for r in batch], batch_size=batch_size
-            )
-            bar.update(len(batch))
-            yield start + len(batch)
+
+__all__ = [
+    "Retriever", "UpdateReport", "build_index", "load_model", "model_reference", "open_index",
+    "passage_splitter", "resolve_reference", "update_index",
+]

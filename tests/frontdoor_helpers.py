@@ -52,6 +52,34 @@ def make_collection(root: Path) -> Collection:
     return Collection(model_dir, docs, index)
 
 
+def mirror_text_model(max_length: int = 40):
+    """A tiny text-only model whose query and candidate embeddings of the same text are equal
+    (shared Meta Tokens, one template for both sides): a text searched for finds itself first,
+    which makes retrieval testable with random weights. ``max_length`` caps its content tokens."""
+    from metaembed.model.backbones import get_adapter
+    from metaembed.model.testing import tiny_model
+
+    base = get_adapter("bert").default_template
+    template = base.with_changes(query_prefix=base.candidate_prefix, query_suffix=base.candidate_suffix)
+    return tiny_model(
+        "bert", num_query_tokens=4, num_candidate_tokens=4, shared_meta_tokens=True, max_length=max_length,
+        template=template,
+    )
+
+
+def text_page(lines: list[str], size: tuple[int, int] = (520, 160)) -> Image.Image:
+    """A white page with ``lines`` printed in black DejaVu Sans: a screenshot or scan with known text."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 26)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(lines):
+        draw.text((20, 25 + 50 * number), line, fill="black", font=font)
+    return image
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -19,12 +19,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metaembed"
 #: Bottom to top: a module may import its own top-level unit and the units of lower layers only.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"budget", "registry", "jsonl", "workers", "native"},
+    {"budget", "registry", "jsonl", "workers", "native", "ocr"},
     {"scoring"},
     {"index", "model"},
     {"training", "evaluation", "ingest"},
     {"retriever"},
-    {"quickstart", "serving", "integrations"},
+    {"quickstart", "serving", "integrations", "client"},
+    {"distributed"},  # serves the HTTP app on Ray, so it sits above serving; the CLI's --ray options call it
     {"cli"},
     {"__init__"},  # the lazy public facade: ``import metaembed`` imports nothing eagerly
 ]

@@ -23,11 +23,15 @@ def _naive_maxsim(query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor
 
 def test_index_records_model_and_ladder(collection):
     retriever = Retriever.open(collection.index)
-    assert retriever.index.metadata["model"] == str(collection.model_dir.resolve())
+    # paths relative to the index, so the index and its model and folder can move together
+    assert retriever.index.metadata["model"] == "../model"
+    assert retriever.index.metadata["source"] == "../docs"
     assert [str(b) for b in retriever.ladder] == BUDGETS.split()
     assert len(retriever) == 7
     info = retriever.info()
     assert info["max_budget"] == "4,8" and info["size"] == 7
+    assert info["source"] == str(collection.index / "../docs")
+    assert retriever._model is None  # describing the index loaded no model
     # memory grows with r_c: 2 bytes (float16) x r_c x D per item
     dim = retriever.model.embedding_dim
     assert [row["memory_bytes"] for row in info["per_budget"]] == [7 * 2 * r_c * dim for r_c in (1, 4, 8)]

@@ -58,18 +58,19 @@ def _measure_names(k_values: Sequence[int]) -> tuple[set[str], dict[str, str]]:
     return specs, names
 
 
-def retrieval_metrics(
+def per_query_metrics(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
     k_values: Sequence[int] = DEFAULT_K_VALUES,
-) -> dict[str, float]:
-    """Mean nDCG@k, recall@k and MRR over the judged queries, computed by trec_eval.
+) -> dict[str, dict[str, float]]:
+    """nDCG@k, recall@k and MRR of every judged query, computed by trec_eval.
 
     ``qrels[query_id][doc_id]`` is an integer grade (graded gain in nDCG);
-    ``run[query_id][doc_id]`` a score (higher is better). Queries with
-    judgments but no entry in ``run`` count as 0 (nothing retrieved); queries
-    without judgments are not scored (trec_eval's convention).
-    Returns ``{"ndcg@5": ..., "recall@5": ..., "mrr": ...}``.
+    ``run[query_id][doc_id]`` a score (higher is better). Every query with
+    judgments gets an entry; one with no entry in ``run`` scores 0 (nothing
+    retrieved); queries without judgments are left out (trec_eval's convention).
+    Returns ``{query_id: {"ndcg@5": ..., "recall@5": ..., "mrr": ...}}``, what
+    paired comparisons of two systems need.
     """
     if not k_values or any(int(k) < 1 for k in k_values):
         raise InputError(f"k values must be positive integers, got {list(k_values)}")
@@ -78,13 +79,27 @@ def retrieval_metrics(
         raise InputError("the qrels judge no query: there is nothing to evaluate")
     specs, names = _measure_names(sorted({int(k) for k in k_values}))
     evaluator = pytrec_eval.RelevanceEvaluator(judged, specs)
-    per_query = evaluator.evaluate({qid: dict(docs) for qid, docs in run.items() if qid in judged})
+    evaluated = evaluator.evaluate({qid: dict(docs) for qid, docs in run.items() if qid in judged})
     # trec_eval silently skips judged queries that the run lacks; they score 0.
-    totals = {name: 0.0 for name in names.values()}
-    for values in per_query.values():
-        for measure, value in values.items():
-            totals[names[measure]] += value
-    return {name: total / len(judged) for name, total in totals.items()}
+    zero = {name: 0.0 for name in names.values()}
+    return {
+        qid: ({names[m]: v for m, v in evaluated[qid].items()} if qid in evaluated else dict(zero))
+        for qid in judged
+    }
+
+
+def retrieval_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+) -> dict[str, float]:
+    """Mean nDCG@k, recall@k and MRR over the judged queries (see :func:`per_query_metrics`).
+
+    Returns ``{"ndcg@5": ..., "recall@5": ..., "mrr": ...}``.
+    """
+    per_query = per_query_metrics(qrels, run, k_values)
+    names = next(iter(per_query.values())).keys()
+    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
 
 
 def rows_to_keep(doc_ids: Sequence[str], depth: int, ignore_identical_ids: bool = False) -> int:
@@ -158,6 +173,7 @@ def mean(values: Iterable[float]) -> float:
 __all__ = [
     "DEFAULT_K_VALUES",
     "precision_at_1",
+    "per_query_metrics",
     "retrieval_metrics",
     "rows_to_keep",
     "run_from_ranked_rows",

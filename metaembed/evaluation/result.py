@@ -22,6 +22,8 @@ class SweepResult:
       query-candidate MaxSim) and ``index_bytes_per_candidate`` (at ``index_dtype``).
     * ``paper[model][budget]`` — published headline numbers, in percent.
     * ``info[name]`` — per data set: meta-task, split, numbers of queries and candidates.
+    * ``per_query[name][budget][metric][query_id]`` — every query's value, when the sweep
+      was asked for them (``run_sweep(per_query=True)``; retrieval data sets).
     """
 
     benchmark: str
@@ -34,6 +36,7 @@ class SweepResult:
     paper: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
     index_dtype: str = "float16"
+    per_query: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,15 +16,15 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from metaembed.budget import DEFAULT_LADDER, Budget, BudgetLike, parse_ladder
+from metaembed.budget import Budget, BudgetLike, ladder_within
 from metaembed.errors import InputError
 from metaembed.evaluation.kinds import Benchmark, get_kind
 from metaembed.evaluation.cache import EmbeddingCache, model_identity
 from metaembed.evaluation.metrics import (
     DEFAULT_K_VALUES,
     mean,
+    per_query_metrics,
     precision_at_1,
-    retrieval_metrics,
     rows_to_keep,
     run_from_ranked_rows,
 )
@@ -119,12 +119,26 @@ def score_retrieval(
     depth: int = 1000,
 ) -> dict[str, float]:
     """nDCG@k, recall@k and MRR of ``task`` at ``budget``: exhaustive MaxSim over the
-    corpus, each query's top ``depth`` documents judged by trec_eval."""
+    corpus, each query's top ``depth`` documents judged by trec_eval (means over queries)."""
+    per_query = score_retrieval_per_query(task, queries, corpus, budget, k_values, depth)
+    names = next(iter(per_query.values())).keys()
+    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
+
+
+def score_retrieval_per_query(
+    task: RetrievalTask,
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    budget: Budget,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    depth: int = 1000,
+) -> dict[str, dict[str, float]]:
+    """As :func:`score_retrieval`, every judged query's metrics: ``{query_id: {metric: value}}``."""
     depth = max(depth, *k_values)
     keep = rows_to_keep(task.doc_ids, depth, task.ignore_identical_ids)
     values, rows = top_rows(queries, corpus, budget, keep)
     run = run_from_ranked_rows(values, rows, task.query_ids, task.doc_ids, depth, task.ignore_identical_ids)
-    return retrieval_metrics(task.qrels, run, k_values)
+    return per_query_metrics(task.qrels, run, k_values)
 
 
 def _encode_side(
@@ -178,6 +192,7 @@ def run_sweep(
     shard_size: int = 256,
     cache_dtype: str = "float16",
     show_progress: bool | None = None,
+    per_query: bool = False,
 ) -> SweepResult:
     """Evaluate ``model`` on a local benchmark folder at every budget of ``ladder``.
 
@@ -205,6 +220,8 @@ def run_sweep(
         shard_size: items per cache shard (the unit of resumption).
         cache_dtype: storage precision of cached embeddings ("float16",
             "bfloat16" or "float32"); scoring is always fp32.
+        per_query: also keep every query's metrics of retrieval data sets in
+            ``result.per_query`` (for paired comparisons of two models).
 
     Returns:
         a :class:`SweepResult` (also written to ``out_dir`` when given).
@@ -252,7 +269,13 @@ def run_sweep(
             if isinstance(task, CandidateListTask):
                 per_budget[str(budget)] = {"precision@1": score_candidate_lists(task, queries, candidates, budget)}
             else:
-                per_budget[str(budget)] = score_retrieval(task, queries, candidates, budget, k_values)
+                scored = score_retrieval_per_query(task, queries, candidates, budget, k_values)
+                names_ = next(iter(scored.values())).keys()
+                per_budget[str(budget)] = {n: sum(v[n] for v in scored.values()) / len(scored) for n in names_}
+                if per_query:
+                    result.per_query.setdefault(name, {})[str(budget)] = {
+                        metric: {qid: values[metric] for qid, values in scored.items()} for metric in names_
+                    }
         result.datasets[name] = per_budget
         result.info[name] = _task_info(task, time.perf_counter() - started)
         dim = queries.shape[2]
@@ -275,20 +298,7 @@ def run_sweep(
 def _ladder_for(model: MultiVectorEncoder, ladder: str | Sequence[BudgetLike] | None) -> tuple[Budget, ...]:
     """The budgets to sweep: ``ladder`` checked against the model's Meta Tokens, or by
     default the paper's ladder cut to what the model has (plus its full budget)."""
-    max_r_q = getattr(model, "num_query_tokens", None)
-    max_r_c = getattr(model, "num_candidate_tokens", None)
-    if ladder is not None:
-        budgets = parse_ladder(ladder)
-        for budget in budgets:
-            budget.check_within(max_r_q, max_r_c, "the model")
-        return budgets
-    fitting = [
-        b for b in DEFAULT_LADDER
-        if (max_r_q is None or b.r_q <= max_r_q) and (max_r_c is None or b.r_c <= max_r_c)
-    ]
-    if max_r_q is not None and max_r_c is not None:
-        fitting.append(Budget(max_r_q, max_r_c))
-    return parse_ladder(fitting)
+    return ladder_within(ladder, getattr(model, "num_query_tokens", None), getattr(model, "num_candidate_tokens", None))
 
 
 def _task_info(task: Task, seconds: float) -> dict[str, Any]:

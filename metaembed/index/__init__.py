@@ -10,8 +10,9 @@
 >>> index.close()
 """
 
+from metaembed.index.catalog import Damage
 from metaembed.index.first_stages import FirstStage, search_modes
 from metaembed.index.multivector import MultiVectorIndex
 from metaembed.index.searcher import Searcher, SearchResult, merge_results
 
-__all__ = ["MultiVectorIndex", "SearchResult", "Searcher", "FirstStage", "merge_results", "search_modes"]
+__all__ = ["MultiVectorIndex", "SearchResult", "Searcher", "FirstStage", "Damage", "merge_results", "search_modes"]

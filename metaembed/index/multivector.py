@@ -86,7 +86,8 @@ class MultiVectorIndex(Searcher):
             dim: vector dimension ``D``.
             num_vectors: vectors stored per candidate (the largest ``r_c``).
             dtype: storage precision, ``"float16"`` (default), ``"bfloat16"``,
-                ``"int8"`` (a scale per 64 values) or ``"float32"``.
+                ``"int8"`` (a scale per 64 values), ``"float32"`` or any codec registered
+                in :mod:`metaembed.index.codecs`.
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
@@ -231,7 +232,7 @@ class MultiVectorIndex(Searcher):
 
     @property
     def dtype(self) -> str:
-        """Storage precision: ``"float16"``, ``"bfloat16"``, ``"int8"`` or ``"float32"``."""
+        """The storage codec's name: ``"float16"``, ``"bfloat16"``, ``"int8"``, ``"float32"`` or a registered one."""
         return self._store.fmt.name
 
     @property
@@ -334,16 +335,35 @@ class MultiVectorIndex(Searcher):
         """
         self._write(ids, embeddings, payloads, replace=False)
 
-    def upsert(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Sequence[dict | None] | None = None) -> None:
-        """Add candidates, replacing (vectors and payload) those whose id already exists. One commit."""
-        self._write(ids, embeddings, payloads, replace=True)
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: ArrayLike,
+        payloads: Sequence[dict | None] | None = None,
+        delete: Sequence[str] = (),
+    ) -> None:
+        """Add candidates, replacing (vectors and payload) those whose id already exists. One commit.
 
-    def _write(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Any, replace: bool) -> None:
+        ``delete``: ids (in the index, not among ``ids``) removed in the same commit, so a
+        collection can be brought up to date (edits, additions, removals) all at once.
+        """
+        self._write(ids, embeddings, payloads, replace=True, delete=delete)
+
+    def _write(self, ids: Sequence[str], embeddings: ArrayLike, payloads: Any, replace: bool, delete: Sequence[str] = ()) -> None:
         ids = unique_ids(ids)
         values = self._check_embeddings(embeddings, len(ids))
         encoded = json_payloads(payloads, len(ids))
+        drop = list(dict.fromkeys(id_list(delete)))
+        if set(drop) & set(ids):
+            raise InputError(f"ids both upserted and deleted: {sorted(set(drop) & set(ids))[:5]}")
         if ids:
-            self._store.write(ids, values, encoded, replace)
+            self._store.write(ids, values, encoded, replace, drop)
+        elif drop:
+            self._store.delete(drop)
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
+        return self._store.payloads(id_list(ids))
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove candidates by id. :class:`IndexStateError` naming them if any id is not in the index."""

@@ -112,7 +112,7 @@ class SegmentStore:
         try:
             dim, num_vectors = config["dim"], config["num_vectors"]
             groups = config.get("scale_groups", 1)  # indexes before grouped scales (format 1) have one
-            if not all(isinstance(v, int) and v > 0 for v in (dim, num_vectors, groups)) or dim % groups:
+            if not all(isinstance(v, int) and v > 0 for v in (dim, num_vectors, groups)):
                 raise ValueError(f"dim={dim!r}, num_vectors={num_vectors!r}, scale_groups={groups!r}")
             fmt = get_codec(config["dtype"])
             metadata = config.get("metadata") or {}
@@ -159,7 +159,7 @@ class SegmentStore:
             try:
                 segment = reuse.get(name) or self._open(name, rows, checks)
             except FileNotFoundError as error:
-                if self.catalog.generation() != snapshot.generation:
+                if self._generation_now() != snapshot.generation:
                     raise _NewerSnapshot from None
                 problem: IndexCorruptError = IndexCorruptError(
                     f"index {str(self.folder)!r} is missing the vectors of segment {name}: {error}"
@@ -183,12 +183,22 @@ class SegmentStore:
         self.generation = snapshot.generation
         self._committed_names = {name for name, _, _ in snapshot.segments}
 
+    def _generation_now(self) -> int:
+        """The catalog's newest generation (the connection is shared with searches: serialised)."""
+        with self.state_lock:
+            return self.catalog.generation()
+
     def refresh(self) -> bool:
-        """Catch up with commits made since this snapshot (by any process); ``True`` if there were any."""
-        if self.catalog.generation() == self.generation:
+        """Catch up with commits made since this snapshot (by any process); ``True`` if there were any.
+
+        Never waits: while this process is writing (and so catching up by itself) it returns ``False``.
+        """
+        if self._generation_now() == self.generation or not self.write_lock.acquire(blocking=False):
             return False
-        with self.write_lock:
+        try:
             self._load()
+        finally:
+            self.write_lock.release()
         return True
 
     # ----------------------------------------------------------------- committing
@@ -196,7 +206,7 @@ class SegmentStore:
     def _writing(self, action: str) -> Iterator[None]:
         """Hold the writer lock for one commit, on the newest committed state; disk full -> StorageFullError."""
         with self.write_lock, self.lock.held(), storage_errors(self.folder, action):
-            if self.catalog.generation() != self.generation:
+            if self._generation_now() != self.generation:
                 self._load()  # another process committed since: work on its state
             if self.catalog.legacy:
                 self._upgrade()
@@ -217,7 +227,8 @@ class SegmentStore:
                 hashers[1].update(0, segment.scales)
             checks[segment.name] = encode_checks(segment.chunk_rows, hashers[0].values,
                                                  hashers[1].values if len(hashers) > 1 else None)
-        self.catalog.upgrade(checks)
+        with self.state_lock:
+            self.catalog.upgrade(checks)
         self.views = ()  # reopen every segment with its checksums
         self._load()
 
@@ -242,12 +253,21 @@ class SegmentStore:
             for path in segment_files(self.folder, name):
                 path.unlink(missing_ok=True)
 
-    def write(self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool) -> None:
-        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert)."""
+    def write(
+        self, ids: list[str], values: torch.Tensor, payloads: list[str | None], replace: bool, drop: Sequence[str] = ()
+    ) -> None:
+        """Store ``values`` ``(N, R, D)`` under ``ids`` as one new segment; ``replace`` allows existing ids (upsert).
+
+        ``drop``: further ids (not among ``ids``) removed in the same commit.
+        """
         with self._writing("add items"):
             existing = [i for i in ids if i in self.where]
             if existing and not replace:
                 raise IndexStateError(f"ids already in the index: {existing[:5]} (use upsert to replace them)")
+            unknown = [i for i in drop if i not in self.where]
+            if unknown:
+                raise IndexStateError(f"ids not in the index: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
+            existing += list(drop)
             config = self._metadata_update()
             blocks = encoded_blocks(values, self.num_vectors, self.fmt, check_finite)
             name, checks = write_segment(
@@ -393,7 +413,7 @@ class SegmentStore:
         if self._tolerate or not self.lock.try_hold():
             return
         try:
-            if self.catalog.generation() != self.generation:
+            if self._generation_now() != self.generation:
                 self._load()
             self._remove_orphans()
         except OSError:
@@ -431,8 +451,9 @@ class SegmentStore:
     def find_damage(self) -> list[Damage]:
         """Everything damaged, reading every byte: catalog pages and rows, every chunk of every segment."""
         found = list(self.damage)
-        found += [Damage("catalog", str(self.catalog.path), problem) for problem in self.catalog.integrity_problems()]
-        found += self.catalog.payload_problems()
+        with self.state_lock:
+            found += [Damage("catalog", str(self.catalog.path), p) for p in self.catalog.integrity_problems()]
+            found += self.catalog.payload_problems()
         for view in self.views:
             try:
                 view.segment.verify_all()
@@ -455,7 +476,8 @@ class SegmentStore:
             self.views = ()
             self._load()
             self._remove_orphans()  # the dropped segments' files
-        problems = self.catalog.integrity_problems()
+        with self.state_lock:
+            problems = self.catalog.integrity_problems()
         if problems:
             raise IndexCorruptError(
                 f"index catalog {str(self.catalog.path)!r} is damaged beyond its rows ({problems[0]}): "

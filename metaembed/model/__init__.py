@@ -24,8 +24,30 @@ names), ``builtin`` (shipped models), ``testing`` (tiny offline models),
 ``offline_tokenizers``, ``items``.
 """
 
-from metaembed.model.config import MetaEmbedConfig
-from metaembed.model.modeling import MetaEmbedModel
-from metaembed.model.templates import PromptTemplate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use, so that light submodules (``items``, ``builtin``) can be imported
+# without torch and transformers: ``metaembed index info`` or ``search --server`` never need them.
+_EXPORTS = {
+    "MetaEmbedConfig": "metaembed.model.config",
+    "MetaEmbedModel": "metaembed.model.modeling",
+    "PromptTemplate": "metaembed.model.templates",
+}
+
+if TYPE_CHECKING:
+    from metaembed.model.config import MetaEmbedConfig
+    from metaembed.model.modeling import MetaEmbedModel
+    from metaembed.model.templates import PromptTemplate
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metaembed.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = ["MetaEmbedConfig", "MetaEmbedModel", "PromptTemplate"]

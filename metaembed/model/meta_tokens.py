@@ -52,6 +52,17 @@ class MetaTokens(nn.Module):
         self.embedding = nn.Embedding(num_rows, hidden_size)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=init_std)
 
+    def init_around(self, center: torch.Tensor, std: float, generator: torch.Generator | None = None) -> None:
+        """Re-initialise every row as ``center + N(0, std)`` (``center``: ``(hidden_size,)``).
+
+        A row at the centre of the backbone's token embeddings (e.g. their mean) enters the
+        backbone like an ordinary token, where an ``N(0, 0.02)`` row is far from every input
+        the backbone was trained on; the noise keeps the rows apart so they can specialise.
+        """
+        with torch.no_grad():
+            noise = torch.randn(self.weight.shape, generator=generator) * std
+            self.weight.copy_(center.detach().to(self.weight.dtype).unsqueeze(0) + noise.to(self.weight.dtype))
+
     @property
     def num_rows(self) -> int:
         """How many rows are appended after every input."""
@@ -62,38 +73,56 @@ class MetaTokens(nn.Module):
         """The table, ``(num_rows, hidden_size)``."""
         return self.embedding.weight
 
-    def num_appended(self, side: str, causal: bool) -> int:
-        """How many rows follow an input of ``side``.
+    def appended_rows(self, side: str, causal: bool, one_way: bool = False) -> slice:
+        """The table rows that follow an input of ``side``, in order.
 
         The official code appends all rows to both sides. Under causal
         attention the candidate rows come after the query rows and cannot
         change them, so a query stops after its own rows: the same query
         embedding for ``R_c`` fewer tokens per query (64 of 80 at the paper's
-        sizes). Bidirectional encoders always get all rows.
+        sizes). Bidirectional encoders get all rows, unless the attention is
+        ``one_way`` (the input never sees the Meta Tokens; see
+        :attr:`~metaembed.model.config.MetaEmbedConfig.meta_attention`): then each
+        side gets only its own rows, since the other side's rows could only
+        change it through attention among Meta Tokens.
         """
-        if causal and side == "query" and not self.shared:
-            return self.num_query_tokens
-        return self.num_rows
+        if self.shared:
+            return slice(0, self.num_rows)
+        if one_way:
+            own = slice(0, self.num_query_tokens) if side == "query" else slice(self.num_query_tokens, self.num_rows)
+            return own
+        if causal and side == "query":
+            return slice(0, self.num_query_tokens)
+        return slice(0, self.num_rows)
 
-    def read_out(self, meta_states: torch.Tensor, side: str) -> torch.Tensor:
-        """Select a side's rows from the hidden states at all Meta Token slots.
+    def num_appended(self, side: str, causal: bool, one_way: bool = False) -> int:
+        """How many rows follow an input of ``side`` (see :meth:`appended_rows`)."""
+        rows = self.appended_rows(side, causal, one_way)
+        return rows.stop - rows.start
 
-        ``meta_states`` is ``(B, n, H)`` for the ``n`` appended rows; returns ``(B, R_side, H)``: the
-        official ``[-80:-64]`` for queries and ``[-64:]`` for candidates.
+    def read_out(self, meta_states: torch.Tensor, side: str, rows: slice | None = None) -> torch.Tensor:
+        """Select a side's rows from the hidden states at the Meta Token slots.
+
+        ``meta_states`` is ``(B, n, H)`` for the appended table ``rows`` (default: all rows);
+        returns ``(B, R_side, H)``: the official ``[-80:-64]`` for queries and ``[-64:]`` for
+        candidates when all rows were appended.
         """
         if self.shared:
             return meta_states
-        if side == "query":
-            return meta_states[:, : self.num_query_tokens]
-        return meta_states[:, self.num_query_tokens :]
+        start = 0 if rows is None else rows.start
+        own = slice(0, self.num_query_tokens) if side == "query" else slice(self.num_query_tokens, self.num_rows)
+        return meta_states[:, own.start - start : own.stop - start]
 
     @contextmanager
-    def injected(self, input_embeddings: nn.Module, slot_mask: torch.Tensor, count: int) -> Iterator[None]:
-        """While active, ``input_embeddings`` outputs the table's first ``count`` rows at ``slot_mask``.
+    def injected(self, input_embeddings: nn.Module, slot_mask: torch.Tensor, count: int | slice) -> Iterator[None]:
+        """While active, ``input_embeddings`` outputs table rows at ``slot_mask``.
 
-        ``slot_mask`` is ``(B, L)`` bool with exactly ``count`` true entries per
+        ``count`` is how many rows from the first (an int) or which rows (a slice);
+        ``slot_mask`` is ``(B, L)`` bool with exactly that many true entries per
         row (the Meta Token slots, in order). Gradients flow into the table.
         """
+        rows_slice = count if isinstance(count, slice) else slice(0, count)
+        count = rows_slice.stop - rows_slice.start
         counts = slot_mask.sum(dim=1)
         if not bool((counts == count).all()):
             raise ValueError(f"every row needs {count} Meta Token slots, got {counts.tolist()}")
@@ -108,7 +137,7 @@ class MetaTokens(nn.Module):
                     f"input embeddings of shape {tuple(output.shape)} do not match the Meta Token "
                     f"slot mask {tuple(slot_mask.shape)}"
                 )
-            rows = self.weight[:count].to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+            rows = self.weight[rows_slice].to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
             return output.masked_scatter(slot_mask.unsqueeze(-1).to(output.device), rows)
 
         handle = input_embeddings.register_forward_hook(replace_slots)

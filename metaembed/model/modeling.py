@@ -89,6 +89,14 @@ class MetaEmbedModel(LoraMixin, nn.Module):
             if config.pooling == "meta_tokens"
             else None
         )
+        if self.meta_tokens is not None and config.meta_token_init == "mean_embedding":
+            center = self.adapter.input_embeddings().weight.float().mean(dim=0)
+            self.meta_tokens.init_around(center, config.initializer_range)
+        if self.one_way and not adapter_class.supports_one_way:
+            raise InputError(
+                f"meta_attention 'one_way' is not implemented for the {config.family!r} backbone; "
+                "use 'bidirectional'"
+            )
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
         self.peft_model: Any = None  # set by LoraMixin's methods; not a submodule (it wraps self.backbone)
         #: Where :meth:`from_pretrained` loaded the model from (folder or Hub id); ``None`` for a
@@ -96,6 +104,11 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         self.name_or_path: str | None = None
 
     # ------------------------------------------------------------- properties
+    @property
+    def one_way(self) -> bool:
+        """Whether a bidirectional backbone runs with one-way Meta Token attention (see the config)."""
+        return self.config.meta_attention == "one_way" and not self.adapter.causal
+
     @property
     def num_query_tokens(self) -> int:
         """Vectors per query (1 for single-vector pooling)."""
@@ -134,7 +147,7 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         """
         if self.meta_tokens is None:
             return 0
-        return self.meta_tokens.num_appended(side, causal=self.adapter.causal)
+        return self.meta_tokens.num_appended(side, causal=self.adapter.causal, one_way=self.one_way)
 
     def num_vectors(self, side: Side) -> int:
         """``R`` for ``side``."""
@@ -144,14 +157,21 @@ class MetaEmbedModel(LoraMixin, nn.Module):
     @classmethod
     def from_config(cls, config: MetaEmbedConfig) -> "MetaEmbedModel":
         """Build the backbone (id, folder or config object) and its processors; fresh Meta Tokens."""
+        from metaembed.model import builtin
+
         source = config.backbone
+        if builtin.is_package_reference(source):
+            source = builtin.package_model_path(source)
+        processor = config.processor
+        if builtin.is_package_reference(processor):
+            processor = builtin.package_model_path(processor)
         family = config.family
         if family is None:
             is_object = isinstance(source, PretrainedConfig)
             model_type = source.model_type if is_object else AutoConfig.from_pretrained(source).model_type
             family = config.family = detect_family(model_type)
         adapter_class = get_adapter(family)
-        processor_source = config.processor or (source if isinstance(source, str) else None)
+        processor_source = processor or (source if isinstance(source, str) else None)
         if processor_source is None:
             raise InputError("a backbone given as a config object needs config.processor (a tokenizer folder or id)")
         backbone = adapter_class.load_backbone(source, _resolve_dtype(config.torch_dtype))
@@ -228,9 +248,14 @@ class MetaEmbedModel(LoraMixin, nn.Module):
             model.load_lora_weights(converted.lora_config, converted.lora_weights)
         return model.eval()
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter."""
-        saving.save(self, path)
+    def save_pretrained(self, path: str | Path, *, with_backbone: bool = True) -> None:
+        """Write config JSON, Meta Tokens/projection safetensors, backbone, processors and any LoRA adapter.
+
+        ``with_backbone=False`` writes no backbone and processor copies: the config keeps naming
+        them (a ``"package:<module>"`` reference or a Hub id), so the folder holds only what
+        training changed (how the built-in models ship).
+        """
+        saving.save(self, path, with_backbone=with_backbone)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute backbone activations during backward (non-reentrant, as the official training).
@@ -283,15 +308,12 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         device = self.device
         batch = {key: value.to(device) for key, value in batch.items()}
         attention_mask = batch["attention_mask"]
+        hidden, slots = self._hidden_states(batch, side)
         if self.meta_tokens is not None:
-            count = self.num_appended(side)
-            slots = last_valid_mask(attention_mask, count)
-            with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, count):
-                hidden = self.adapter.run(batch)
-            meta_states = hidden[slots].view(hidden.shape[0], count, hidden.shape[-1])
-            vectors = self.meta_tokens.read_out(meta_states, side)
+            rows = self.meta_tokens.appended_rows(side, causal=self.adapter.causal, one_way=self.one_way)
+            meta_states = hidden[slots].view(hidden.shape[0], rows.stop - rows.start, hidden.shape[-1])
+            vectors = self.meta_tokens.read_out(meta_states, side, rows)
         else:
-            hidden = self.adapter.run(batch)
             if self.config.pooling == "last_token":
                 vectors = pooling.last_token(hidden, attention_mask)
             elif self.config.pooling == "mean":
@@ -302,6 +324,41 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         if self.projection is not None:
             vectors = self.projection(vectors.to(self.projection.weight.dtype)).float()
         return F.normalize(vectors, p=2, dim=-1)
+
+    def _hidden_states(self, batch: dict[str, torch.Tensor], side: Side) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Last hidden states ``(B, L, H)`` of a batch on the model's device, and the Meta Token slots ``(B, L)``."""
+        if self.meta_tokens is None:
+            return self.adapter.run(batch), None
+        rows = self.meta_tokens.appended_rows(side, causal=self.adapter.causal, one_way=self.one_way)
+        slots = last_valid_mask(batch["attention_mask"], rows.stop - rows.start)
+        if self.one_way:
+            batch["meta_slots"] = slots
+        with self.meta_tokens.injected(self.adapter.input_embeddings(), slots, rows):
+            return self.adapter.run(batch), slots
+
+    def token_states(
+        self, items: Sequence[ItemLike] | ItemLike, side: Side = "candidate", *, batch_size: int = 8
+    ) -> list[torch.Tensor]:
+        """The backbone's last-layer states of each item's own tokens: float32 CPU ``(L_i, H)`` each.
+
+        Every token of the formatted input (special tokens included), without the Meta Tokens.
+        With one-way Meta Token attention these are exactly the pretrained encoder's states, so
+        their mean is the plain encoder's mean-pooled embedding and the rows themselves are
+        token-level (ColBERT-style) vectors, from the same forward pass as the Meta Tokens.
+        """
+        self._check_side(side)
+        normalised = to_items(items)
+        states: list[torch.Tensor] = []
+        with self._evaluating(), torch.inference_mode():
+            for start in range(0, len(normalised), batch_size):
+                batch = self._build(normalised[start : start + batch_size], side)
+                batch = {key: value.to(self.device) for key, value in batch.items()}
+                hidden, slots = self._hidden_states(batch, side)
+                content = batch["attention_mask"].bool()
+                if slots is not None:
+                    content &= ~slots
+                states.extend(hidden[row][content[row]].float().cpu() for row in range(hidden.shape[0]))
+        return states
 
     # --------------------------------------------------------------- encoding
     def encode_queries(

@@ -100,17 +100,43 @@ def base_backbone_state(model: "MetaEmbedModel") -> dict[str, torch.Tensor]:
     return state
 
 
-def save(model: "MetaEmbedModel", path: str | Path) -> None:
-    """Write ``model`` to the folder ``path`` (created if needed)."""
+def save(model: "MetaEmbedModel", path: str | Path, *, with_backbone: bool = True) -> None:
+    """Write ``model`` to the folder ``path`` (created if needed).
+
+    ``with_backbone=False`` keeps the config's backbone and processor references instead of
+    copying them; they must then be loadable from anywhere (a ``"package:<module>"`` reference
+    or a Hub id, not a config object or a local folder that may move).
+    """
+    from metaembed.model import builtin
+
     path = Path(path)
+    if not with_backbone:
+        for field in ("backbone", "processor"):
+            value = getattr(model.config, field)
+            if value is not None and not builtin.is_package_reference(value) and (
+                not isinstance(value, str) or Path(value).exists()
+            ):
+                raise InputError(
+                    f"save without the backbone needs a portable {field} reference "
+                    f"('package:<module>' or a Hub id), got {value!r}"
+                )
     path.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(model.config, backbone=BACKBONE_DIR, processor=PROCESSOR_DIR)
+    if with_backbone:
+        config = dataclasses.replace(model.config, backbone=BACKBONE_DIR, processor=PROCESSOR_DIR)
+    else:
+        config = dataclasses.replace(model.config)
     config.save(path)
     save_file(own_weights(model), str(path / WEIGHTS_NAME), metadata={"format": "pt"})
-    model.backbone.save_pretrained(str(path / BACKBONE_DIR), state_dict=base_backbone_state(model))
-    model.adapter.save_processors(path / PROCESSOR_DIR)
+    if with_backbone:
+        model.backbone.save_pretrained(str(path / BACKBONE_DIR), state_dict=base_backbone_state(model))
+        model.adapter.save_processors(path / PROCESSOR_DIR)
     if model.peft_model is not None:
         model.peft_model.save_pretrained(str(path / ADAPTER_DIR))
+        if not with_backbone:  # peft records where the base came from: keep the portable reference
+            adapter_config = path / ADAPTER_DIR / "adapter_config.json"
+            values = json.loads(adapter_config.read_text())
+            values["base_model_name_or_path"] = str(model.config.backbone)
+            adapter_config.write_text(json.dumps(values, indent=2, sort_keys=True))
     write_sentence_transformers_files(path, model.config)
 
 

@@ -1,5 +1,10 @@
-"""The offline quickstart: train (or load) a small MetaEmbed model on real packaged data, index it,
-and measure retrieval quality and latency at every budget. ``metaembed quickstart`` runs it."""
+"""The built-in model's recipe, its held-out collection and the offline quickstart.
+
+``metaembed quickstart`` (:func:`run_quickstart`) evaluates the shipped model on held-out manuals
+at every budget beside MiniLM as sentence-transformers ships it; :mod:`.recipe` is the one model
+builder and training configuration of the built-in model and its comparison variants;
+:mod:`.docpages` builds the data from Debian's documentation packages.
+"""
 
 from metaembed.quickstart.run import run_quickstart
 

@@ -48,7 +48,10 @@ def create_app(
             recorded = index_path_or_index.metadata.get("model")
             if not recorded:
                 raise IndexStateError("the index does not record its model; pass model=")
-            model = recorded
+            from metaembed.retriever import resolve_reference
+
+            # recorded relative to the index folder (or as a built-in name)
+            model = resolve_reference(str(recorded), index_path_or_index.path or ".")
         if isinstance(model, (str, Path)):
             from metaembed.retriever import load_model
 

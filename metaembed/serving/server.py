@@ -11,19 +11,35 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaembed.errors import MetaEmbedError
+
+if TYPE_CHECKING:
+    from metaembed.model import MetaEmbedModel
 
 API_KEY_ENV = "METAEMBED_API_KEY"
 
 
-def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
-    """Serve the index folder ``index`` over HTTP until interrupted (see :func:`~metaembed.serving.create_app`)."""
+def serve(
+    index: str | Path,
+    *,
+    model: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the index folder ``index`` over HTTP until interrupted.
+
+    ``model`` defaults to the model folder the index records; ``api_key`` and the app are as
+    in :func:`~metaembed.serving.create_app`; ``log_level`` is uvicorn's.
+    """
     import uvicorn
 
     from metaembed.serving.app import create_app
 
-    uvicorn.run(create_app(index, api_key=api_key), host=host, port=port)
+    uvicorn.run(create_app(index, model=model, api_key=api_key), host=host, port=port, log_level=log_level)
 
 
 def main(argv: list[str] | None = None) -> int:

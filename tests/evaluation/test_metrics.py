@@ -95,3 +95,21 @@ def test_build_run_top_depth_and_identical_ids():
     assert set(run["d3"]) == {"d1", "d2"}
     with pytest.raises(InputError, match="3 documents"):
         build_run(scores, ["q1"], ["d1", "d2", "d3"])
+
+
+def test_per_query_metrics_by_hand_and_their_mean_is_retrieval_metrics():
+    from metaembed.evaluation.metrics import per_query_metrics
+
+    qrels = {"q1": {"d1": 2, "d2": 1, "d3": 0}, "q2": {"d9": 1}, "q3": {"d5": 1}, "q4": {}}
+    run = {"q1": {"d3": 0.9, "d1": 0.8, "d4": 0.7, "d2": 0.6}, "q2": {"d1": 0.5}, "q3": {"d5": 0.1, "d1": 0.0}}
+    values = per_query_metrics(qrels, run, k_values=(1, 5))
+    assert set(values) == {"q1", "q2", "q3"}  # q4 judges nothing: not scored
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
+    assert values["q1"]["ndcg@5"] == pytest.approx((2 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert values["q2"] == {"ndcg@1": 0.0, "ndcg@5": 0.0, "recall@1": 0.0, "recall@5": 0.0, "mrr": 0.0}
+    assert values["q3"]["recall@1"] == 1.0 and values["q3"]["mrr"] == 1.0
+    means = retrieval_metrics(qrels, run, k_values=(1, 5))
+    for name, mean in means.items():
+        assert mean == pytest.approx(sum(v[name] for v in values.values()) / 3)
+    missing = per_query_metrics({"q1": {"d1": 1}, "q2": {"d2": 1}}, {"q1": {"d1": 1.0}}, k_values=(5,))
+    assert missing["q2"]["ndcg@5"] == 0.0 and missing["q1"]["ndcg@5"] == 1.0

@@ -329,3 +329,18 @@ def test_a_corpus_shared_by_two_tasks_is_encoded_once(vidore_v2_root, tmp_path, 
     # English queries (2), all queries (3), and the 4-page corpus once.
     assert encoder.encoded == {"queries": 5, "candidates": 4}
     assert len(list((tmp_path / "cache" / "images").iterdir())) == 4
+
+
+def test_per_query_values_average_to_the_reported_means(beir_root, tmp_path, encoder_class):
+    result = run_sweep(encoder_class(), beir_root, out_dir=tmp_path / "out", ladder="1,1 4,8", per_query=True)
+    reloaded = type(result).load(tmp_path / "out" / "results.json")
+    assert reloaded.per_query == result.per_query
+    for name, per_budget in result.per_query.items():
+        for budget, metrics in per_budget.items():
+            bench = Benchmark.open(beir_root, image_dir=tmp_path / "images")
+            assert set(metrics["ndcg@5"]) == {q for q, docs in bench.load(name).qrels.items() if docs}
+            for metric, values in metrics.items():
+                mean = sum(values.values()) / len(values)
+                assert mean == pytest.approx(result.datasets[name][budget][metric], abs=1e-9)
+    plain = run_sweep(encoder_class(), beir_root, out_dir=tmp_path / "plain", ladder="1,1")
+    assert plain.per_query == {}

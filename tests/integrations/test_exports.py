@@ -19,7 +19,7 @@ from metaembed.integrations import lancedb as lance_export
 from metaembed.integrations import qdrant as qdrant_export
 from metaembed.integrations.lancedb import LanceDBSearcher
 from metaembed.integrations.qdrant import QdrantSearcher
-from metaembed.integrations.exporting import export_index
+from metaembed.integrations.export_to import export_index
 from metaembed.integrations.files import read_file, write_file
 
 LADDER = "1,1 2,4 4,8"

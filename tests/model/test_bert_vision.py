@@ -124,3 +124,13 @@ def test_position_init_std_sets_the_fusion_positions_scale():
     assert BertVisionConfig(position_init_std=0.02, **sizes).to_dict()["position_init_std"] == 0.02
     with pytest.raises(InputError, match="position_init_std"):
         BertVisionConfig(position_init_std=-1.0, **sizes)
+
+
+def test_one_way_attention_is_refused_where_run_does_not_implement_it(model):
+    import dataclasses
+
+    from metaembed.errors import InputError
+
+    config = dataclasses.replace(model.config, meta_attention="one_way")
+    with pytest.raises(InputError, match="one_way"):
+        MetaEmbedModel(config, model.backbone, model.tokenizer)

