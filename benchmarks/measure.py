@@ -41,6 +41,7 @@ class Method:
     reference: list[list[str]]
     times: list[float] = field(default_factory=list)
     top: list[list[str]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # more columns of its row (an engine's build time and bytes on disk)
 
 
 def round_robin(methods: list[Method], max_reps: int) -> None:

@@ -18,7 +18,7 @@ import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,59 +76,21 @@ def pylate_colbert_scores(queries: torch.Tensor, candidates: torch.Tensor) -> to
     return _pylate()(queries, candidates)
 
 
-class QdrantEdgeMaxSim:
-    """Qdrant's embedded engine (``qdrant-edge-py``) with native MaxSim, one named multivector per ``r_c``.
+def maxsim_cpu_scores(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """mixedbread's ``maxsim_cpu.maxsim_scores`` (Rust + libxsmm, its own OpenMP threads), one call per query:
+    ``(Q, Rq, D) x (C, Rc, D) -> (Q, C)``."""
+    import maxsim_cpu
 
-    Qdrant stores a fixed set of vectors per point and cannot score a prefix, so
-    serving a ladder of budgets needs one named vector ``c{r_c}`` per candidate
-    budget (the first ``r_c`` vectors), each searched with the first ``r_q``
-    query vectors. Plain (brute-force) index: a multivector HNSW took 970 s to
-    build for 10k points and recalled 0.50 (research/offline.md section 5).
-    """
-
-    def __init__(self, path: str, dim: int, candidate_budgets: Sequence[int]) -> None:
-        import qdrant_edge as qe
-
-        self._qe = qe
-        self.candidate_budgets = sorted(set(candidate_budgets))
-        maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
-        params = {
-            f"c{r_c}": qe.EdgeVectorParams(dim, qe.Distance.Dot, multivector_config=maxsim)
-            for r_c in self.candidate_budgets
-        }
-        self.shard = qe.EdgeShard.create(path, qe.EdgeConfig(vectors=params))
-
-    def add(self, start_id: int, candidates: np.ndarray) -> None:
-        """Upsert ``candidates`` ``(N, R_c, D)`` fp32 as points ``start_id ..`` (vectors travel as Python lists)."""
-        qe = self._qe
-        # Python float lists cost ~32 bytes a value: send about 4M values per request.
-        batch = max(1, 4_000_000 // (sum(self.candidate_budgets) * candidates.shape[-1]))
-        for offset in range(0, len(candidates), batch):
-            block = candidates[offset : offset + batch]
-            points = [
-                qe.Point(start_id + offset + i, {f"c{r_c}": item[:r_c].tolist() for r_c in self.candidate_budgets})
-                for i, item in enumerate(block)
-            ]
-            self.shard.update(qe.UpdateOperation.upsert_points(points))
-
-    def search(self, queries: np.ndarray, r_q: int, r_c: int, k: int) -> list[list[tuple[int, float]]]:
-        """Top-``k`` ``(point id, score)`` of each query ``(Q, R_q, D)`` at budget ``(r_q, r_c)``, one batch request."""
-        qe = self._qe
-        requests = [
-            qe.QueryRequest(limit=k, query=qe.Query.Nearest(query[:r_q].tolist(), using=f"c{r_c}"))
-            for query in queries
-        ]
-        found = self.shard.query_batch(qe.QueryBatchRequest(requests))
-        return [[(int(point.id), float(point.score)) for point in row] for row in found]
-
-    def close(self) -> None:
-        self.shard.close()
+    docs = np.ascontiguousarray(candidates.numpy(), dtype=np.float32)
+    return torch.from_numpy(np.stack([maxsim_cpu.maxsim_scores(np.ascontiguousarray(query.numpy()), docs)
+                                      for query in queries]))
 
 
 def available() -> dict[str, bool]:
     """Which peers can be loaded here."""
     found = {}
-    for name, package in (("colpali", "colpali_engine"), ("pylate", "pylate"), ("qdrant_edge", "qdrant_edge")):
+    for name, package in (("colpali", "colpali_engine"), ("pylate", "pylate"), ("maxsim_cpu", "maxsim_cpu"),
+                          ("qdrant_edge", "qdrant_edge"), ("qdrant_client", "qdrant_client"), ("lancedb", "lancedb")):
         found[name] = importlib.util.find_spec(package) is not None
     return found
 
@@ -136,7 +98,7 @@ def available() -> dict[str, bool]:
 __all__ = [
     "colpali_score_multi_vector",
     "pylate_colbert_scores",
-    "QdrantEdgeMaxSim",
+    "maxsim_cpu_scores",
     "available",
     "PeerUnavailable",
 ]

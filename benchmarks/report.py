@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-PEERS = ("einsum", "colpali", "pylate", "qdrant-edge")
+# Exact peers (the speed target's comparison); approximate ones are compared at equal top-10 overlap instead.
+PEERS = ("einsum", "colpali", "pylate", "maxsim-cpu", "qdrant-edge", "qdrant-client local", "lancedb")
+APPROXIMATE_PEER_PREFIX = "xtr-warp"
 OURS = "ours exact"
+OURS_APPROXIMATE = ("ours coarse", "ours ann", "ours int8")
+
+
+def _needs(budget: str) -> float:
+    """The speedup the issue asks of exact search: 2x at every budget >= (4,8), 1x below."""
+    r_q, r_c = (int(v) for v in budget.split(","))
+    return 2.0 if r_q >= 4 and r_c >= 8 else 1.0
 
 
 def _latency(row: dict) -> float:
@@ -36,7 +45,7 @@ def check_targets(report: dict) -> dict:
         ratio = peers[fastest] / methods[OURS]["latency_s"]
         # Best-case latencies too: on a shared machine the minimum is the least disturbed measurement.
         best_peer = min(_min_latency(r) for m, r in methods.items() if m in PEERS)
-        need = 2.0 if budget in ("4,8", "16,64") else 1.0
+        need = _needs(budget)
         # The most any exact fp32 kernel could gain: all of the FLOPs at the measured GEMM peak.
         ours = methods[OURS]
         fastest_possible = ours["flops"] / (report["machine"]["gemm_peak_gflops"] * 1e9)
@@ -66,8 +75,25 @@ def check_targets(report: dict) -> dict:
             coarse.append({"size": size, "num_candidates": methods[OURS]["num_candidates"], "speedup": factor,
                            "top10_overlap_vs_exact_fp32": methods["ours coarse"]["top10_overlap_vs_fp32_exact"],
                            "met": factor >= 10.0 if methods[OURS]["num_candidates"] >= 100_000 else None})
+    approximate = []
+    for (size, budget), methods in cells.items():
+        for name, peer in methods.items():
+            if not name.startswith(APPROXIMATE_PEER_PREFIX):
+                continue
+            ours = [methods[m] for m in OURS_APPROXIMATE + (OURS,) if m in methods]
+            better = [r for r in ours if r["latency_s"] <= peer["latency_s"]
+                      and r["top10_overlap_vs_fp32_exact"] >= peer["top10_overlap_vs_fp32_exact"]]
+            best = min(better, key=lambda r: r["latency_s"]) if better else None
+            approximate.append({"size": size, "budget": budget, "peer": name, "peer_latency_s": peer["latency_s"],
+                                "peer_overlap": peer["top10_overlap_vs_fp32_exact"],
+                                "ours": best["method"] if best else None,
+                                "ours_latency_s": best["latency_s"] if best else None,
+                                "ours_overlap": best["top10_overlap_vs_fp32_exact"] if best else None,
+                                "met": best is not None})
     return {
         "exact_faster_than_every_peer": {"cells": speed, "met": bool(speed) and all(c["met"] for c in speed)},
+        "as_fast_at_equal_overlap_vs_approximate_peers": {
+            "cells": approximate, "met": all(c["met"] for c in approximate) if approximate else None},
         "pct_of_gemm_peak_at_16_64_d2048": {"cells": peak, "met": bool(peak) and all(c["met"] for c in peak)},
         "int8_storage": storage,
         "coarse_to_fine_10x_at_100k": {"cells": coarse,
@@ -77,6 +103,31 @@ def check_targets(report: dict) -> dict:
 
 def _fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f}"
+
+
+def _mib(value: float | None) -> str:
+    return "" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f}"
+
+
+def _tradeoff_table(results: list[dict]) -> list[str]:
+    """Latency against top-10 overlap for every approximate method (ours and peers) beside exact search."""
+    chosen = [r for r in results if r["method"].startswith(APPROXIMATE_PEER_PREFIX) or r["method"] in OURS_APPROXIMATE
+              or r["method"] == OURS]
+    cells = [key for key in dict.fromkeys((r["size"], r["budget"]) for r in chosen)
+             if any(r["method"].startswith(APPROXIMATE_PEER_PREFIX) for r in chosen if (r["size"], r["budget"]) == key)]
+    if not cells:
+        return []
+    lines = ["## Latency vs top-10 overlap (approximate search)", "",
+             "| size | budget | method | latency ms | overlap | on disk |", "|---|---|---|---:|---:|---:|"]
+    for size, budget in cells:
+        rows = sorted((r for r in chosen if (r["size"], r["budget"]) == (size, budget)), key=lambda r: r["latency_s"])
+        lines += [f"| {size} | {budget} | {r['method']} | {_fmt_ms(r['latency_s'])} | "
+                  f"{r['top10_overlap_vs_fp32_exact']:.3f} | {_mib(r.get('stored_bytes'))} |" for r in rows]
+    return lines + [""]
 
 
 def markdown_report(report: dict) -> str:
@@ -100,7 +151,8 @@ def markdown_report(report: dict) -> str:
     for size in sizes:
         rows = [r for r in report["results"] if r["size"] == size]
         lines += [f"## {size}", "", "| budget | method | latency ms | min ms | queries/s | GFLOP/s | % peak | "
-                  "bytes read | overlap | reps | note |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "bytes read | on disk | build s | overlap | reps | note |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in rows:
             latency = _fmt_ms(row["latency_s"])
             if "latency_s_at_full_n" in row and row["num_candidates"] != rows[0]["num_candidates"]:
@@ -109,11 +161,13 @@ def markdown_report(report: dict) -> str:
                 f"| {row['budget']} | {row['method']} | {latency} | {_fmt_ms(row['min_latency_s'])} | "
                 f"{row['queries_per_s']:,.1f} | "
                 f"{row['gflops_per_s']:.1f} | {row['pct_of_gemm_peak']:.0f}% | {row['index_bytes'] / 2**20:,.1f} MiB | "
+                f"{_mib(row.get('stored_bytes'))} | {_seconds(row.get('build_s'))} | "
                 f"{row['top10_overlap_vs_fp32_exact']:.3f} | {row['reps']}{'*' if row['reps_capped'] else ''} | "
                 f"{row['note']} |"
             )
         lines.append("")
     lines += ["`*` = repetitions capped by the time limit.", ""]
+    lines += _tradeoff_table(report["results"])
     if "avx512" in machine.get("our_kernel", ""):
         lines += ["The peak is what `torch.mm` reaches on this CPU, and torch does not use AVX-512 here while our "
                   "kernel does: our kernel can exceed 100% of it, and the ceiling speedups below (all FLOPs at that "
@@ -133,6 +187,11 @@ def markdown_report(report: dict) -> str:
         lines.append(f"- int8 bytes = {100 * storage['int8_bytes_over_fp16']:.1f}% of float16 (need <= 55%), "
                      f"min top-10 overlap vs fp32 exact {storage['int8_min_top10_overlap']:.3f} (need >= 0.98): "
                      f"{'met' if storage['met'] else 'NOT met'}; float16 min overlap {storage['fp16_min_top10_overlap']:.3f}")
+    for cell in targets["as_fast_at_equal_overlap_vs_approximate_peers"]["cells"]:
+        ours = (f"{cell['ours']} {_fmt_ms(cell['ours_latency_s'])} ms at overlap {cell['ours_overlap']:.3f}: met"
+                if cell["met"] else "none of ours is as fast at equal or better overlap: NOT met")
+        lines.append(f"- vs {cell['peer']}, {cell['size']} ({cell['budget']}): it takes "
+                     f"{_fmt_ms(cell['peer_latency_s'])} ms at overlap {cell['peer_overlap']:.3f}; {ours}")
     for cell in targets["coarse_to_fine_10x_at_100k"]["cells"]:
         verdict = {True: "met", False: "NOT met", None: "n/a below N=100k"}[cell["met"]]
         lines.append(f"- coarse-to-fine (16,64) at {cell['size']}: {cell['speedup']:.1f}x faster than exact "

@@ -9,15 +9,16 @@ from benchmarks.scoring import main
 
 
 def test_quick_benchmark_runs_every_scorer_and_they_agree(tmp_path) -> None:
-    report = main(["--quick", "--out", str(tmp_path), "--work-dir", str(tmp_path)])
+    report = main(["--quick", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--name", "scoring"])
     saved = json.loads((tmp_path / "scoring.json").read_text())
     assert saved["targets"] == json.loads(json.dumps(report["targets"]))
     assert "| 16,64 | ours exact |" in (tmp_path / "scoring.md").read_text()
 
     found = peers.available()
     expected = {"ours exact", "ours int8", "ours maxsim", "einsum"}
-    expected |= {name for name, key in (("colpali", "colpali"), ("pylate", "pylate"), ("qdrant-edge", "qdrant_edge"))
-                 if found[key]}
+    expected |= {name for name, key in (("colpali", "colpali"), ("pylate", "pylate"), ("maxsim-cpu", "maxsim_cpu"),
+                                        ("qdrant-edge", "qdrant_edge"), ("qdrant-client local", "qdrant_client"),
+                                        ("lancedb", "lancedb")) if found[key]}
     rows = report["results"]
     for size in {r["size"] for r in rows}:
         for budget in ("1,1", "2,4", "4,8", "8,16", "16,64"):

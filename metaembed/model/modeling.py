@@ -520,12 +520,18 @@ class MetaEmbedModel(LoraMixin, nn.Module):
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
-        was_training = self.training
+        # Switching modes walks every submodule twice (a few ms per call at batch 1), so an
+        # already-evaluating model is left alone; one that trains gets each module's mode back.
+        training = [module for module in self.modules() if module.training]
+        if not training:
+            yield
+            return
         self.eval()
         try:
             yield
         finally:
-            self.train(was_training)
+            for module in training:
+                module.training = True
 
 
 __all__ = ["MetaEmbedModel"]

@@ -120,6 +120,7 @@ TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, 
 #define TILE_VEC __m256
 #define TILE_LANES 8
 #define TILE_MR 6
+#define TILE_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define TILE_ZERO _mm256_setzero_ps
 #define TILE_LOAD _mm256_load_ps
 #define TILE_LOADU _mm256_loadu_ps
@@ -133,6 +134,7 @@ TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, 
 #undef TILE_VEC
 #undef TILE_LANES
 #undef TILE_MR
+#undef TILE_ROWS
 #undef TILE_ZERO
 #undef TILE_LOAD
 #undef TILE_LOADU
@@ -148,6 +150,7 @@ TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, 
 #define TILE_VEC __m512
 #define TILE_LANES 16
 #define TILE_MR 8
+#define TILE_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define TILE_ZERO _mm512_setzero_ps
 #define TILE_LOAD _mm512_load_ps
 #define TILE_LOADU _mm512_loadu_ps

@@ -1,45 +1,66 @@
 /*
  * The micro tile of maxsim.c, written once for both vector widths: maxsim.c includes this file
  * twice, with TILE_* set for AVX2 (8 lanes, 6 candidate rows) and for AVX-512 (16 lanes, 8 rows).
+ * TILE_ROWS(X) expands X(r) for every candidate row r < TILE_MR.
  *
  * One micro tile: `mr` candidate rows (a, row stride lda) times a packed query panel
  * (kc x width, k-major) over kc values of D. `partial` holds the running sums of earlier
  * K blocks (mr x width, read unless `fresh`); when `last`, the sums are folded into
  * `best` (max, or plain store when `first_position`), otherwise written to `partial`.
- * `mr` and `width` are compile-time constants at every call site, so each variant
- * keeps its accumulators in registers.
+ *
+ * The accumulators are named variables (acc<r>_<half>), not an array: GCC keeps an array of
+ * vectors in memory and stored all twelve AVX2 accumulators to the stack on every k step
+ * (one 256-bit store per FMA; three times slower on Zen 3). `mr` and `width` are
+ * compile-time constants at every call site, so the unused rows and halves fold away.
+ * tests/native/test_kernel_build.py disassembles the built tiles and fails on any vector
+ * store to the stack.
  */
 #define TILE_CAT2(a, b) a##_##b
 #define TILE_CAT(a, b) TILE_CAT2(a, b)
 #define TILE_FN(name) TILE_CAT(name, TILE_SUFFIX)
 
+#define TILE_DECLARE(r) TILE_VEC acc##r##_0 = TILE_ZERO(), acc##r##_1 = TILE_ZERO();
+#define TILE_RESUME(r)                                                                                    \
+    if (r < mr) {                                                                                         \
+        acc##r##_0 = TILE_LOADU(partial + r * ld);                                                        \
+        if (two) acc##r##_1 = TILE_LOADU(partial + r * ld + TILE_LANES);                                  \
+    }
+#define TILE_STEP(r)                                                                                      \
+    if (r < mr) {                                                                                         \
+        const TILE_VEC value = TILE_BROADCAST(a + r * lda + k);                                           \
+        acc##r##_0 = TILE_FMA(value, b0, acc##r##_0);                                                     \
+        if (two) acc##r##_1 = TILE_FMA(value, b1, acc##r##_1);                                            \
+    }
+#define TILE_STORE_ONE(slot, value)                                                                       \
+    TILE_STOREU((slot), last && !first_position ? TILE_MAX(TILE_LOADU(slot), (value)) : (value))
+#define TILE_FINISH(r)                                                                                    \
+    if (r < mr) {                                                                                         \
+        float *slot = (last ? best : partial) + r * ld;                                                   \
+        TILE_STORE_ONE(slot, acc##r##_0);                                                                 \
+        if (two) TILE_STORE_ONE(slot + TILE_LANES, acc##r##_1);                                           \
+    }
+
 TILE_TARGET static inline __attribute__((always_inline)) void TILE_FN(micro_tile)(
     const int mr, const int width, const float *a, int64_t lda, const float *panel, int64_t kc,
     float *partial, float *best, int64_t ld, int fresh, int last, int first_position) {
-    TILE_VEC acc[TILE_MR][2];
-    const int halves = width / TILE_LANES;
-    for (int r = 0; r < mr; r++)
-        for (int h = 0; h < halves; h++)
-            acc[r][h] = fresh ? TILE_ZERO() : TILE_LOADU(partial + r * ld + h * TILE_LANES);
+    const int two = width > TILE_LANES;
+    TILE_ROWS(TILE_DECLARE)
+    if (!fresh) {
+        TILE_ROWS(TILE_RESUME)
+    }
     for (int64_t k = 0; k < kc; k++) {
         const TILE_VEC b0 = TILE_LOAD(panel + k * width);
-        const TILE_VEC b1 = halves > 1 ? TILE_LOAD(panel + k * width + TILE_LANES) : b0;
-        for (int r = 0; r < mr; r++) {
-            const TILE_VEC value = TILE_BROADCAST(a + r * lda + k);
-            acc[r][0] = TILE_FMA(value, b0, acc[r][0]);
-            if (halves > 1)
-                acc[r][1] = TILE_FMA(value, b1, acc[r][1]);
-        }
+        const TILE_VEC b1 = two ? TILE_LOAD(panel + k * width + TILE_LANES) : b0;
+        TILE_ROWS(TILE_STEP)
     }
-    for (int r = 0; r < mr; r++)
-        for (int h = 0; h < halves; h++) {
-            float *slot = (last ? best : partial) + r * ld + h * TILE_LANES;
-            if (last && !first_position)
-                TILE_STOREU(slot, TILE_MAX(TILE_LOADU(slot), acc[r][h]));
-            else
-                TILE_STOREU(slot, acc[r][h]);
-        }
+    TILE_ROWS(TILE_FINISH)
 }
+
+#undef TILE_DECLARE
+#undef TILE_RESUME
+#undef TILE_STEP
+#undef TILE_STORE_ONE
+#undef TILE_FINISH
 
 #define TILE_CASE(M, W)                                                                                   \
     case M:                                                                                               \

@@ -168,3 +168,17 @@ def test_threads_can_encode_with_one_model_at_the_same_time(tiny_qwen2_vl, image
         results = list(pool.map(model.encode_candidates, jobs))
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_encoding_runs_without_dropout_and_gives_each_module_its_mode_back():
+    from metaembed.model.testing import tiny_model
+
+    model = tiny_model("bert")
+    assert model.backbone.config.hidden_dropout_prob > 0  # dropout would show if encoding ran in training mode
+    model.eval()
+    expected = model.encode_queries(["a cat on a sofa", "two dogs"])
+    model.train()
+    model.backbone.embeddings.eval()  # a mixed state, as a partly frozen model has
+    modes = {name: module.training for name, module in model.named_modules()}
+    torch.testing.assert_close(model.encode_queries(["a cat on a sofa", "two dogs"]), expected)  # no dropout
+    assert {name: module.training for name, module in model.named_modules()} == modes
