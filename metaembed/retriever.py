@@ -391,14 +391,17 @@ class Retriever:
             if isinstance(query, torch.Tensor):
                 embeddings[i] = self._check_query_vectors(query, chosen, i)
         if to_encode:
-            embeddings[to_encode] = self.encode_queries([queries[i] for i in to_encode], chosen)
+            embeddings[to_encode] = self._encode_checked([queries[i] for i in to_encode], chosen)
         self.refresh()
         return self.index.search_batch(embeddings, k, chosen, mode, filter=payload_filter)
 
     def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
         """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""
-        chosen = self.check_budget(budget)
-        return self.model.encode_queries(list(queries), budget=chosen.r_q, show_progress_bar=False)
+        return self._encode_checked(queries, self.check_budget(budget))
+
+    def _encode_checked(self, queries: Sequence[ItemLike], budget: Budget) -> "torch.Tensor":
+        # the budget was checked against both the model and the index by the caller
+        return self.model.encode_queries(list(queries), budget=budget.r_q, show_progress_bar=False)
 
     def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
         import torch

@@ -33,6 +33,7 @@ import torch
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult
+from metaembed.index.filters import PayloadFilter
 from metaembed.index.searcher import SearchMode
 from metaembed.integrations.exporting import candidate_budgets, check_exported, vector_name
 
@@ -140,8 +141,12 @@ class LanceDBSearcher(Searcher):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:
         check_exported(budget, mode, self.budgets)
+        if filter is not None:
+            # The export keeps each payload as one JSON string, which LanceDB cannot filter on.
+            raise InputError("a LanceDB export cannot filter on payloads; search the metaembed index for that")
         column = vector_name(budget.r_c)
         results = []
         for query in queries[:, : budget.r_q].numpy():

@@ -32,6 +32,7 @@ from qdrant_client.http.exceptions import ApiException
 from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult
+from metaembed.index.filters import PayloadFilter
 from metaembed.index.searcher import SearchMode
 from metaembed.integrations.exporting import candidate_budgets, check_exported, vector_name
 
@@ -161,10 +162,22 @@ class QdrantSearcher(Searcher):
         mode: SearchMode = "exact",
         shortlist: int = 1000,
         first_stage_budget: Budget = Budget(1, 1),
+        filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:
         check_exported(budget, mode, self.budgets)
+        # Qdrant applies the filter inside its search, before the limit, as our index does.
+        where = None
+        if filter is not None:
+            for field, values in filter.conditions:
+                if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+                    raise InputError(f"filter for {field!r}: a Qdrant export matches strings and integers only")
+            where = models.Filter(must=[
+                models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))
+                for field, values in filter.conditions
+            ])
         requests = [
-            models.QueryRequest(query=query.tolist(), using=vector_name(budget.r_c), limit=k, with_payload=True)
+            models.QueryRequest(query=query.tolist(), using=vector_name(budget.r_c), limit=k, with_payload=True,
+                                filter=where)
             for query in queries[:, : budget.r_q].numpy()
         ]
         answers = self.client.query_batch_points(self.collection, requests=requests)

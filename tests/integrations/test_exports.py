@@ -85,6 +85,10 @@ def test_qdrant_collection_gives_our_exact_top10_at_every_budget(index, queries,
         assert searcher.budgets == [1, 4, 8] and searcher.dim == DIM
         for budget in parse_ladder(LADDER):
             _same_top10(searcher.search(queries, k=10, budget=budget), index.search(queries, k=10, budget=budget))
+        wanted = {"page": {"in": [3, 7, 11]}}
+        filtered = searcher.search(queries, k=10, budget="4,8", filter=wanted)
+        _same_top10(filtered, index.search(queries, k=10, budget="4,8", filter=wanted))
+        assert filtered[0] and all(hit.payload["page"] in (3, 7, 11) for hits in filtered for hit in hits)
     finally:
         searcher.close()
 
