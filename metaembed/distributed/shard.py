@@ -248,15 +248,26 @@ class RayShards:
         if not ray.is_initialized():
             raise ShardUnavailableError("Ray is not initialised: call ray.init() (or metaembed.distributed.connect) first", [])
         actor = ray.remote(ShardServer)
-        self.handles = [
+        self._paths = [str(path) for path in paths]
+        self._options = [
             actor.options(
                 name=actor_name(root, number), namespace=NAMESPACE, get_if_exists=True,
                 lifetime="detached" if detached else None, max_restarts=max_restarts, max_task_retries=0,
                 max_concurrency=max_concurrency, num_cpus=num_cpus,
-            ).remote(str(path))
-            for number, path in enumerate(paths)
+            )
+            for number in range(len(self._paths))
         ]
+        self.handles = [options.remote(path) for options, path in zip(self._options, self._paths)]
         self.num_shards = len(self.handles)
+
+    def _reconnect(self, shard: int) -> None:
+        """Look the shard's actor up by name again, starting it if it is gone.
+
+        Ray stops a non-detached actor for good when its references go (a build's writer actor that
+        looked it up exits, say): a handle got by name just before that never answers again, while
+        the name is soon free for a new actor, which reopens the shard folder at its last commit.
+        """
+        self.handles[shard] = self._options[shard].remote(self._paths[shard])
 
     def submit(self, shard: int, method: str, *args: Any) -> Call:
         return _RayCall(getattr(self.handles[shard], method).remote(*args), shard)
@@ -272,6 +283,7 @@ class RayShards:
                 return True
             except ShardUnavailableError:
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                self._reconnect(shard)  # the same actor while it lives or restarts; a new one once it is gone
 
     def close(self, terminate: bool = False) -> None:
         import ray
