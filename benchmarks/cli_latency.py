@@ -132,7 +132,7 @@ def measure(repeats: int, work: Path) -> dict:
         "load_average_1min_at_end": os.getloadavg()[0],  # other jobs on the machine, which slow every row
         "model": model_note,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
-                   "(AMD EPYC Zen 3 class, AVX2, 2 cores shared with other jobs)",
+                   "(AMD EPYC Zen 3 class, AVX2, 2 cores)",
         "repeats": repeats,
         "seconds": {name: {"median": statistics.median(v), "min": min(v), "all": v} for name, v in times.items()},
     }
