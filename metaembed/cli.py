@@ -35,6 +35,8 @@ index_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(index_app, name="index")
+model_app = typer.Typer(help="Prepare a model for fast use (export).", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(model_app, name="model")
 
 MODEL_HELP = (
     "A built-in model name or the folder of a saved MetaEmbed model. Default: the built-in "
@@ -182,13 +184,14 @@ def index_build(
             typer.echo(f"collection {out}: {len(collection)} items in {collection.num_shards} shards")
         return
     from metaembed.index.codecs import get_codec
-    from metaembed.retriever import build_index
+    from metaembed.retriever import build_index, export_for_next_time
 
     get_codec(dtype)  # a bad --dtype fails before any work
     retriever = build_index(
         model, input, out, budgets=budgets, batch_size=batch_size, dtype=dtype, copy_model=copy_model, strict=strict
     )
     _finish_update(out, len(retriever), retriever.last_update, report)
+    export_for_next_time(retriever.model)  # the model is loaded now: the first search will not need it
 
 
 @index_app.command("add", no_args_is_help=True)
@@ -411,6 +414,29 @@ def _human_bytes(n: int) -> str:
     return str(n)  # pragma: no cover - unreachable
 
 
+# --- model -----------------------------------------------------------------------------------
+@model_app.command("export")
+def model_export(
+    model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
+    force: bool = typer.Option(False, "--force", help="Export again even when a valid export exists."),
+) -> None:
+    """Export the model's query encoder (ONNX), so that 'metaembed search' needs no model load.
+
+    The export goes to $METAEMBED_CACHE/query-encoders (default ~/.cache/metaembed), keyed by the
+    model's files; 'metaembed index build' makes it too. Models other than one-way BERT ones have
+    no export and search with the model itself.
+
+    \b
+    Example:
+      metaembed model export ./my-model
+    """
+    from metaembed.model.query_export import export_query_encoder
+    from metaembed.retriever import load_model
+
+    folder = export_query_encoder(load_model(model), force=force)
+    typer.echo(f"query encoder of {model}: {folder}")
+
+
 # --- search ----------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def search(
@@ -471,7 +497,7 @@ def search(
             item["text"] = query
         if image is not None:
             item["image"] = image
-        retriever = Retriever.open(index, model)
+        retriever = Retriever.open(index, model, exported_queries=True)
 
         def run_search(count: int) -> tuple[Any, list]:
             hits = retriever.search(item, k=count, budget=parsed, mode=mode)

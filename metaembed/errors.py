@@ -42,6 +42,10 @@ class StorageFullError(IndexStateError):
     """The disk ran out of space during a write; the index keeps its last committed state."""
 
 
+class QueryExportError(MetaEmbedError, ValueError):
+    """A model's query encoder cannot be exported (no export for its kind), or an export is broken."""
+
+
 class ShardUnavailableError(MetaEmbedError, RuntimeError):
     """A shard of a sharded collection did not answer (its process died or is restarting).
 
@@ -66,4 +70,5 @@ __all__ = [
     "IndexBusyError",
     "StorageFullError",
     "ShardUnavailableError",
+    "QueryExportError",
 ]

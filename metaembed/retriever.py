@@ -29,6 +29,7 @@ otherwise reloads the index's committed state, so a long-lived retriever serves 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -49,9 +50,13 @@ from metaembed.model.items import ItemLike
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
     import torch
 
+    from metaembed.model.query_encoder import ExportedQueryEncoder
+
     from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.index.filters import FilterLike
     from metaembed.model import MetaEmbedModel
+
+logger = logging.getLogger(__name__)
 
 #: Keys this module writes into the index metadata.
 MODEL_KEY = "model"
@@ -83,6 +88,23 @@ def load_model(path_or_name: "str | Path | MetaEmbedModel" = DEFAULT_MODEL) -> "
     if not folder.is_dir():
         raise InputError(f"model folder not found: {folder}")
     return MetaEmbedModel.from_pretrained(folder)
+
+
+def export_for_next_time(model: "MetaEmbedModel") -> None:
+    """Export ``model``'s query encoder for later searches, if its kind has one; never fails the caller.
+
+    A model without an exported query path is left alone; any other failure is a logged warning
+    (the export only makes later searches faster).
+    """
+    from metaembed.errors import QueryExportError
+    from metaembed.model.query_export import export_query_encoder
+
+    try:
+        export_query_encoder(model)
+    except QueryExportError as error:
+        logger.info("no exported query encoder for %s: %s", model.name_or_path, error)
+    except (OSError, RuntimeError, ValueError) as error:  # a full disk, the exporter's own errors
+        logger.warning("could not export the query encoder of %s: %s", model.name_or_path, error)
 
 
 def relative_to_index(path: str | Path, index_folder: str | Path) -> str:
@@ -194,12 +216,23 @@ class Retriever:
 
     ``model`` may be a loaded model or what :func:`load_model` accepts (a folder, a built-in
     name); then it is loaded on first use, so describing the index or checking a budget is fast.
+    With ``exported_queries`` (what ``metaembed search`` uses) text queries are encoded by the
+    model's exported query encoder (:mod:`metaembed.model.query_encoder`: the same rows, without
+    importing transformers) when one is in the cache; otherwise the model is loaded and the
+    export made for the next process.
     """
 
-    def __init__(self, index: "MultiVectorIndex", model: "MetaEmbedModel | str | Path") -> None:
+    def __init__(
+        self, index: "MultiVectorIndex", model: "MetaEmbedModel | str | Path", *, exported_queries: bool = False
+    ) -> None:
         self.index = index
         self._model: "MetaEmbedModel | None" = None
         self._model_source = model if isinstance(model, (str, Path)) else None
+        # Text queries through the model's exported query encoder (no transformers import) while
+        # the model itself is not loaded; None: not looked up yet, False: there is none.
+        self._exported_queries = exported_queries and self._model_source is not None
+        self._exported: "ExportedQueryEncoder | bool | None" = None
+        self._export_attempted = False
         # The metadata describes the recorded model; an explicit other model is asked instead.
         self._recorded = False
         self._write_lock = threading.Lock()
@@ -213,10 +246,17 @@ class Retriever:
             self._attach(model)  # type: ignore[arg-type]
 
     @classmethod
-    def open(cls, index_path: str | Path, model: "MetaEmbedModel | str | Path | None" = None) -> "Retriever":
+    def open(
+        cls,
+        index_path: str | Path,
+        model: "MetaEmbedModel | str | Path | None" = None,
+        *,
+        exported_queries: bool = False,
+    ) -> "Retriever":
         """Open the index at ``index_path`` with the model its metadata names (or ``model``).
 
-        The model is loaded when first needed (an encode), not here.
+        The model is loaded when first needed (an encode), not here; ``exported_queries`` as in
+        the class docstring.
         """
         index = open_index(index_path)
         if model is None:
@@ -225,10 +265,10 @@ class Retriever:
                 raise IndexStateError(
                     f"index {index_path} does not record its model; pass the model (--model) explicitly"
                 )
-            retriever = cls(index, recorded)
+            retriever = cls(index, recorded, exported_queries=exported_queries)
             retriever._recorded = True
             return retriever
-        return cls(index, model)
+        return cls(index, model, exported_queries=exported_queries)
 
     def _attach(self, model: "MetaEmbedModel") -> None:
         if model.embedding_dim != self._index_dim:
@@ -401,7 +441,33 @@ class Retriever:
 
     def _encode_checked(self, queries: Sequence[ItemLike], budget: Budget) -> "torch.Tensor":
         # the budget was checked against both the model and the index by the caller
-        return self.model.encode_queries(list(queries), budget=budget.r_q, show_progress_bar=False)
+        exported = self._exported_encoder(queries, budget)
+        if exported is not None:
+            import torch
+
+            return torch.from_numpy(exported.encode(list(queries), budget.r_q))
+        vectors = self.model.encode_queries(list(queries), budget=budget.r_q, show_progress_bar=False)
+        if self._exported is False and not self._export_attempted:  # looked up, none there: make one
+            self._export_attempted = True
+            export_for_next_time(self.model)
+        return vectors
+
+    def _exported_encoder(self, queries: Sequence[ItemLike], budget: Budget) -> "ExportedQueryEncoder | None":
+        """The exported query encoder for these queries, when it is to be used and can encode them."""
+        if not self._exported_queries or self._model is not None or self._exported is False:
+            return None
+        from metaembed.model.items import to_items
+        from metaembed.model.query_encoder import find_query_encoder
+
+        if self._exported is None:
+            found = find_query_encoder(self._model_source)  # type: ignore[arg-type]
+            self._exported = found if found is not None and found.embedding_dim == self._index_dim else False
+        exported = self._exported
+        if exported is False:
+            return None
+        if budget.r_q > exported.num_query_tokens or not exported.can_encode(to_items(list(queries))):
+            return None
+        return exported
 
     def _check_query_vectors(self, vectors: "torch.Tensor", budget: Budget, number: int) -> "torch.Tensor":
         import torch
@@ -802,6 +868,6 @@ def _same_model(recorded: str | Path, given: str | Path) -> bool:
 
 
 __all__ = [
-    "Retriever", "UpdateReport", "build_index", "index_metadata", "recorded_location", "load_model", "model_reference", "open_index",
+    "Retriever", "UpdateReport", "build_index", "export_for_next_time", "index_metadata", "recorded_location", "load_model", "model_reference", "open_index",
     "passage_splitter", "resolve_reference", "update_index",
 ]

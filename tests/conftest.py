@@ -6,6 +6,21 @@ import pytest
 from PIL import Image, ImageDraw
 
 
+@pytest.fixture(scope="session", autouse=True)
+def query_encoder_cache(tmp_path_factory):
+    """Exported query encoders (made by 'index build' and searches) go to a scratch folder, not ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("query-encoders")
+    previous = os.environ.get("METAEMBED_QUERY_ENCODERS")
+    os.environ["METAEMBED_QUERY_ENCODERS"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("METAEMBED_QUERY_ENCODERS", None)
+    else:
+        os.environ["METAEMBED_QUERY_ENCODERS"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl():
     """A tiny random Qwen2-VL MetaEmbed model (4 query / 8 candidate Meta Tokens, hidden 64)."""

@@ -349,7 +349,7 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         self._check_side(side)
         normalised = to_items(items)
         states: list[torch.Tensor] = []
-        with self._evaluating(), torch.inference_mode():
+        with self.evaluating(), torch.inference_mode():
             for start in range(0, len(normalised), batch_size):
                 batch = self._build(normalised[start : start + batch_size], side)
                 batch = {key: value.to(self.device) for key, value in batch.items()}
@@ -480,7 +480,7 @@ class MetaEmbedModel(LoraMixin, nn.Module):
         # None lets tqdm show the bar only on a terminal; a single batch never needs one
         disable = (None if len(starts) > 1 else True) if show_progress is None else not show_progress
         output = torch.empty(len(order), keep, self.embedding_dim)
-        with self._evaluating(), torch.inference_mode():
+        with self.evaluating(), torch.inference_mode():
             for start in tqdm(starts, desc=_PROGRESS_LABELS[side], unit="batch", disable=disable):
                 chosen = order[start : start + batch_size]
                 batch = self._build([normalised[i] for i in chosen], side, item_numbers=chosen)
@@ -519,7 +519,8 @@ class MetaEmbedModel(LoraMixin, nn.Module):
             raise InputError(f"side must be 'query' or 'candidate', got {side!r}")
 
     @contextlib.contextmanager
-    def _evaluating(self) -> Iterator[None]:
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode while active; the modules that were training train again afterwards."""
         # Switching modes walks every submodule twice (a few ms per call at batch 1), so an
         # already-evaluating model is left alone; one that trains gets each module's mode back.
         training = [module for module in self.modules() if module.training]

@@ -33,6 +33,11 @@ differs and is decorated with :func:`register`. The adapter interface:
     a backbone limit on content tokens (e.g. BERT's position table), or ``None``.
 ``lora_target_modules``
     the default peft target regex (the language model's attention and MLP).
+``query_path(meta_tokens, projection)``
+    optional: the query side as one traceable ``nn.Module`` (right-padded ids and mask →
+    ``(B, R_q, D)`` embeddings) that :mod:`metaembed.model.query_export` exports to ONNX, so
+    that a search encodes its query without transformers; ``None`` (the default) when the
+    family has none, and searches then load the model.
 ``run(batch)``
     the backbone's forward on a padded batch → last hidden states
     ``(B, L, H)`` after the final norm. An adapter with ``supports_one_way``
@@ -243,6 +248,10 @@ class BackboneAdapter:
     def token_features(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra per-token tensors the backbone needs, derived from padded ids."""
         return {}
+
+    def query_path(self, meta_tokens: nn.Module, projection: nn.Module | None) -> nn.Module | None:
+        """The query side as one exportable module (see the module docstring); ``None``: not offered."""
+        return None
 
     def run(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Last hidden states ``(B, L, H)`` of a padded batch (positions from the mask)."""

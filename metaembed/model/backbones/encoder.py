@@ -29,6 +29,10 @@ same text, in any training step and for any model sharing the cache, runs only
 the few Meta Token rows. Dropout is not applied on either path (the input path
 is the frozen encoder in evaluation mode; the Meta Token path trains through
 its LoRA dropout).
+
+The same two paths, for a query and without the batch bookkeeping, are
+:class:`OneWayQueryPath`: one traceable graph from token ids to the query
+embeddings, which :mod:`metaembed.model.query_export` exports to ONNX.
 """
 
 from __future__ import annotations
@@ -117,6 +121,49 @@ def encoder_layer(
     return layer.output.LayerNorm(_linear(layer.output.dense, intermediate, adapted) + hidden), own_key, own_value
 
 
+class OneWayQueryPath(nn.Module):
+    """The query side of a one-way MetaEmbed BERT model as one graph: ids → ``(B, R_q, D)`` embeddings.
+
+    ``input_ids`` / ``attention_mask`` ``(B, L)`` long are the formatted queries' tokens (template
+    applied, already cut to the model's content limit), padded on the right and *without* Meta
+    Token slots; the query Meta Tokens are appended inside, at positions after each query's last
+    token. Returns float32 ``(B, R_q, D)`` L2-normalised rows, the numbers
+    ``MetaEmbedModel.encode_queries`` gives (no data-dependent Python control flow, so that
+    tracing for ONNX export captures it for every length and batch size).
+    """
+
+    def __init__(self, adapter: "BertAdapter", meta_tokens: nn.Module, projection: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone = adapter.backbone
+        self.meta_tokens = meta_tokens
+        self.projection = projection
+        self.rows = meta_tokens.appended_rows("query", causal=False, one_way=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        embeddings = self.backbone.embeddings
+        mask = attention_mask.bool()
+        hidden = embeddings(
+            input_ids=input_ids, position_ids=positions_from_mask(attention_mask), token_type_ids=torch.zeros_like(input_ids)
+        )
+        size, count = input_ids.shape[0], self.rows.stop - self.rows.start
+        # the Meta Token rows enter where the embedding lookup's output would (as MetaTokens.injected does)
+        offsets = torch.arange(count, device=input_ids.device)[None, :]
+        meta_positions = attention_mask.sum(dim=1, keepdim=True) + offsets
+        table = self.meta_tokens.weight[self.rows].unsqueeze(0).expand(size, -1, -1)
+        meta = embeddings(
+            inputs_embeds=table, position_ids=meta_positions, token_type_ids=torch.zeros_like(meta_positions)
+        )
+        meta_mask = torch.ones_like(meta_positions, dtype=torch.bool)
+        for layer in self.backbone.encoder.layer:
+            # the Meta Tokens read this layer's keys and values of the input (base weights)
+            hidden, key, value = encoder_layer(layer, hidden, mask, adapted=False)
+            meta, _, _ = encoder_layer(layer, meta, meta_mask, adapted=True, context=(key, value), context_mask=mask)
+        vectors = self.meta_tokens.read_out(meta, "query", self.rows).float()
+        if self.projection is not None:
+            vectors = self.projection(vectors)
+        return F.normalize(vectors, p=2, dim=-1)
+
+
 @register
 class BertAdapter(BackboneAdapter):
     """BERT and BERT-like encoders (``BertModel``: absolute positions, token types)."""
@@ -147,6 +194,11 @@ class BertAdapter(BackboneAdapter):
         """
         self.state_cache = FrozenStateCache(dtype) if enabled else None
         return self.state_cache
+
+    def query_path(self, meta_tokens: nn.Module, projection: nn.Module | None) -> nn.Module | None:
+        if self.config.meta_attention != "one_way" or not type(self).supports_one_way or type(self).run is not BertAdapter.run:
+            return None  # the exported graph is the one-way text path of this class, nothing else
+        return OneWayQueryPath(self, meta_tokens, projection)
 
     def run(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if batch.get("meta_slots") is not None:
@@ -237,4 +289,4 @@ def lengths_of(mask: torch.Tensor, row: int) -> int:
     return int(mask[row].sum())
 
 
-__all__ = ["BertAdapter", "FrozenStateCache", "encoder_layer"]
+__all__ = ["BertAdapter", "FrozenStateCache", "OneWayQueryPath", "encoder_layer"]
