@@ -146,13 +146,13 @@ def export_query_encoder(model: MetaEmbedModel | str | Path, *, force: bool = Fa
     """
     if not isinstance(model, MetaEmbedModel):
         model = MetaEmbedModel.from_pretrained(model)
+    _query_module(model)  # fail before anything is read or written
     source = model.name_or_path
     if source is None:
         raise QueryExportError("the model was built in memory: save it (save_pretrained) and export the folder")
     key = fingerprint(source)
     if key is None:
         raise QueryExportError(f"{source} is not a built-in model or a saved model folder on this machine")
-    _query_module(model)  # fail before any file is written
     if not force and find_query_encoder(source) is not None:
         return export_folder(key)
     root = exports_root()
