@@ -230,7 +230,13 @@ class ExportedQueryEncoder:
             if checksum != manifest.checksums.get(name):
                 raise StaleExportError(f"{folder / name} does not match its recorded checksum (CRC-32C)")
         try:
-            session = onnxruntime.InferenceSession(str(folder / GRAPH_FILE), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            # a few short queries: one thread runs them in milliseconds, and a pool of threads
+            # would cost more to start (and spin) than it saves
+            options.intra_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                str(folder / GRAPH_FILE), options, providers=["CPUExecutionProvider"]
+            )
             tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception as error:  # onnxruntime and tokenizers raise their own types for a bad file
             raise StaleExportError(f"{folder} cannot be loaded: {error}") from None
