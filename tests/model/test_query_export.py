@@ -186,3 +186,16 @@ def test_the_builtin_model_exports_and_ranks_the_same(exports):
     expected = model.encode_queries(QUERIES).numpy()
     assert np.abs(exported.encode(QUERIES) - expected).max() < 5e-5
     _same_top_k(model, exported)
+
+
+def test_cli_model_export_writes_the_export_or_says_why_not(exports, tmp_path, saved_one_way, capsys):
+    from metaembed.cli import main
+
+    folder, _ = saved_one_way
+    assert main(["model", "export", str(folder)]) == 0
+    assert str(export_folder(fingerprint(folder))) in capsys.readouterr().out
+    other = tmp_path / "causal"
+    tiny_model("qwen2", num_query_tokens=2, num_candidate_tokens=3).save_pretrained(other)
+    assert main(["model", "export", str(other)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "no exported query path" in error and "\n" not in error
