@@ -241,6 +241,16 @@ class MultiVectorIndex(Searcher):
         return self._store.fmt.name
 
     @property
+    def training_items(self) -> int:
+        """Items the next add should hold for the codec to learn from them (0: it needs no training).
+
+        A trained codec (``pq*``) learns from the first add; a bulk build holds its first
+        batches back until they reach this many items (see :func:`metaembed.retriever.update_index`).
+        """
+        fmt = self._store.fmt
+        return 0 if fmt.fitted else -(-fmt.training_vectors // self.num_vectors)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """A JSON-able dict stored with the index. Assigning persists it at once;
         changes made to the returned dict in place persist at the next write or :meth:`save`."""
