@@ -71,7 +71,7 @@ def encode_all(cache: Path, extra_pages: int) -> None:
         print(f"encoded {name}: {tuple(vectors.shape)} in {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def _load(cache: Path, extra_pages: int) -> dict[str, Any]:
+def _load(cache: Path, extra_pages: int, which: str = "both") -> dict[str, Any]:
     from metaembed.quickstart.collection import load_collection
 
     collection = load_collection()
@@ -81,8 +81,8 @@ def _load(cache: Path, extra_pages: int) -> dict[str, Any]:
     qrels: dict[str, dict[str, int]] = {}
     for query_id, page_id, grade in collection["qrels"]:
         qrels.setdefault(query_id, {})[page_id] = int(grade)
-    corpora = {f"held-out ({len(page_ids)} pages)": (page_ids, pages)}
-    if extra_pages:
+    corpora = {f"held-out ({len(page_ids)} pages)": (page_ids, pages)} if which != "large" else {}
+    if extra_pages and which != "heldout":
         extra = torch.from_numpy(np.load(cache / f"python_pages_{extra_pages}.npy"))
         ids = page_ids + [f"python3.11-doc/{i}" for i in range(extra.shape[0])]
         corpora[f"held-out + {extra.shape[0]} python3.11-doc pages"] = (ids, torch.cat([pages, extra]))
@@ -209,16 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/codecs"), help="where the encoded vectors are kept")
     parser.add_argument("--extra-pages", type=int, default=3000, help="python3.11-doc pages added as a larger corpus")
     parser.add_argument("--codecs", default="bfloat16,int8,pq4,pq2,pq1", help="codecs beside float32 and float16")
+    parser.add_argument("--corpus", choices=("both", "heldout", "large"), default="both",
+                        help="measure the held-out pages, the larger corpus, or both")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="rows of earlier --out JSON files to put beside this run's in OUT (another corpus)")
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per codec and budget (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-machine", action="store_true", help="say in the results that latency was taken on a loaded machine")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    encode_all(args.cache, args.extra_pages)
-    data = _load(args.cache, args.extra_pages)
+    encode_all(args.cache, args.extra_pages if args.corpus != "heldout" else 0)
+    data = _load(args.cache, args.extra_pages, args.corpus)
     print(HEADER)
-    rows = measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
+    rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
+    rows += measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
     lines = verdict(rows)
     print("\n".join(lines))
     if args.out:
