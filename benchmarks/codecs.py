@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -205,6 +204,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.scoring import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("runs/codecs"), help="where the encoded vectors are kept")
     parser.add_argument("--extra-pages", type=int, default=3000, help="python3.11-doc pages added as a larger corpus")
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         report = {
             "model": MODEL, "rows": rows, "verdict": lines, "budgets": list(BUDGETS),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "latency_note": ("Latency was taken on a SHARED, loaded machine: read it as a rough ratio only."
+            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
+            "latency_note": ("Train and latency are wall times on a SHARED, loaded machine (this process got a few % "
+                             "of a core): they say nothing about the codecs; rerun on a quiet machine for them."
                              if args.shared_machine else "Latency: best of the repeats on this machine."),
             "command": "python -m benchmarks.codecs " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         }
