@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -164,8 +165,7 @@ def test_a_killed_first_add_leaves_no_codebook(tmp_path, monkeypatch) -> None:
     index.add([f"d{i}" for i in range(80)], unit_vectors(5, 80, 4, 16))  # trains now
     assert index.training_items == 0 and len(list((tmp_path / "i").glob("codec-*"))) == 1
     index.close()
-    config = json.loads(
-        __import__("sqlite3").connect(tmp_path / "i" / "catalog.sqlite")
-        .execute("SELECT value FROM config WHERE key = 'codec_state'").fetchone()[0]
-    )
+    catalog = sqlite3.connect(tmp_path / "i" / "catalog.sqlite")
+    config = json.loads(catalog.execute("SELECT value FROM config WHERE key = 'codec_state'").fetchone()[0])
+    catalog.close()
     assert (tmp_path / "i" / config["file"]).stat().st_size == config["bytes"]
