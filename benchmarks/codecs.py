@@ -1,7 +1,7 @@
 """Storage codecs on real embeddings: bytes per vector against top-10 overlap with exact fp32, per budget.
 
 The shipped model (``metaembed-minilm``: 384-d, 16 page vectors) encodes once, cached under
-``runs/codecs/`` (``--cache``):
+``runs/codecs/<hash of the model's files>/`` (``--cache``):
 
 * the packaged held-out collection (500 pages of ten Python libraries' manuals, 1,098 queries
   with qrels: :mod:`metaembed.quickstart.collection`), and
@@ -35,6 +35,19 @@ import torch
 MODEL = "metaembed-minilm"
 BUDGETS = ("1,1", "2,4", "4,8", "8,16")
 K = 10
+
+
+def model_key() -> str:
+    """A short hash of the shipped model's files: the cache of encoded vectors is kept per weights."""
+    import hashlib
+
+    import metaembed
+
+    folder = Path(metaembed.__file__).resolve().parent / "pretrained" / MODEL
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _pages_text(collection: dict[str, Any]) -> list[str]:
@@ -220,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.cache = args.cache / model_key()  # vectors of other weights are never reused
     encode_all(args.cache, args.extra_pages if args.corpus != "heldout" else 0)
     data = _load(args.cache, args.extra_pages, args.corpus)
     print(HEADER)
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.out:
         report = {
-            "model": MODEL, "rows": rows, "verdict": lines, "budgets": list(BUDGETS),
+            "model": MODEL, "weights": model_key(), "rows": rows, "verdict": lines, "budgets": list(BUDGETS),
             "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
             "latency_note": ("Train and latency are wall times on a SHARED, loaded machine (this process got a few % "
                              "of a core): they say nothing about the codecs; rerun on a quiet machine for them."
