@@ -710,6 +710,15 @@ def _encoded_batches(
             bar.update(len(batch))
 
 
+def _upsert_held(retriever: Retriever, held: list[tuple[list[str], Any, list[dict]]]) -> None:
+    """Commit the encoded batches in ``held`` as one write and empty it."""
+    if held:
+        import torch
+
+        retriever.upsert([i for b in held for i in b[0]], torch.cat([b[1] for b in held]), [p for b in held for p in b[2]])
+        held.clear()
+
+
 def update_index(
     retriever: Retriever,
     source: str | Path,
@@ -756,6 +765,7 @@ def update_index(
         ids: list[str] = []
         payloads: list[dict] = []
         done = 0
+        held: list[tuple[list[str], Any, list[dict]]] = []
         for batch, vectors in _encoded_batches(retriever, records, batch_size, strict, report, progress):
             batch_ids = [r.id for r in batch]
             if atomic:
@@ -766,11 +776,15 @@ def update_index(
                 ids.extend(batch_ids)
                 payloads.extend(r.payload for r in batch)
             else:
-                retriever.upsert(batch_ids, vectors, [r.payload for r in batch])
+                held.append((batch_ids, vectors, [r.payload for r in batch]))
+                # a codec that learns from the first add (pq*) gets a full training sample in it
+                if sum(len(b[0]) for b in held) >= getattr(retriever.index, "training_items", 0):
+                    _upsert_held(retriever, held)
             written.update(batch_ids)
             done += len(batch)
             if on_batch is not None:
                 on_batch(done)
+        _upsert_held(retriever, held)
         # A re-read file replaces all its old records (pages or passages past its new end go);
         # one whose every record failed keeps its old ones: nothing is lost to a bad edit.
         stale = [

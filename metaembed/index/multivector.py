@@ -6,6 +6,7 @@ search picks its budget ``(r_q, r_c)``. On disk an index is a folder::
     catalog.sqlite        ids, payloads, configuration, committed segments (the commit point)
     seg-<uuid>.vec        (num_vectors, rows, dim) vectors, position-major, storage dtype
     seg-<uuid>.scale      (num_vectors, rows, G) fp32 scales, one per group of dim/G values (int8 only)
+    codec-<uuid>.npz      a trained codec's codebooks (pq*), learnt from the first add (metaembed.index.codebook)
 
     writer.lock           held by the process committing a write (see :mod:`metaembed.index.lock`)
 
@@ -87,12 +88,15 @@ class MultiVectorIndex(Searcher):
             dim: vector dimension ``D``.
             num_vectors: vectors stored per candidate (the largest ``r_c``).
             dtype: storage precision, ``"float16"`` (default), ``"bfloat16"``,
-                ``"int8"`` (a scale per 64 values), ``"float32"`` or any codec registered
-                in :mod:`metaembed.index.codecs`.
+                ``"int8"`` (a scale per 64 values), ``"float32"``, the product quantisers
+                ``"pq4"`` / ``"pq2"`` / ``"pq1"`` (1/4, 1/8, 1/16 of float16; their codebooks
+                are learnt from the first add, which needs at least 256 vectors) or any codec
+                registered in :mod:`metaembed.index.codecs`.
             metadata: JSON-able dict stored with the index (model path, budgets, ...).
         """
         dim, num_vectors = positive_int(dim, "dim"), positive_int(num_vectors, "num_vectors")
         codec = get_codec(dtype)
+        codec.check_dim(dim)
         json_dict(metadata, "metadata")
         config = {"dim": dim, "num_vectors": num_vectors, "dtype": dtype, "metadata": dict(metadata or {})}
         if codec.has_scale:
@@ -235,6 +239,16 @@ class MultiVectorIndex(Searcher):
     def dtype(self) -> str:
         """The storage codec's name: ``"float16"``, ``"bfloat16"``, ``"int8"``, ``"float32"`` or a registered one."""
         return self._store.fmt.name
+
+    @property
+    def training_items(self) -> int:
+        """Items the next add should hold for the codec to learn from them (0: it needs no training).
+
+        A trained codec (``pq*``) learns from the first add; a bulk build holds its first
+        batches back until they reach this many items (see :func:`metaembed.retriever.update_index`).
+        """
+        fmt = self._store.fmt
+        return 0 if fmt.fitted else -(-fmt.training_vectors // self.num_vectors)
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import torch
 from metaembed.errors import IndexCorruptError, IndexStateError, MetaEmbedError
 from metaembed.index.catalog import CATALOG_NAME, Catalog, Damage, Snapshot
 from metaembed.index.checksum import ChunkHasher, encode_checks
+from metaembed.index.codebook import STATE_KEY, read_state, state_files, write_state
 from metaembed.index.files import new_staging_folder, publish_folder, remove_stale_staging, storage_errors
 from metaembed.index.filters import PayloadFilter, restrict
 from metaembed.index.inputs import check_finite, json_dict
@@ -99,6 +100,8 @@ class SegmentStore:
         self.generation = -1
         self._committed_metadata: dict[str, Any] = {}
         self._committed_names: set[str] = set()
+        self._state_entry: Any = None  # the catalog's codec_state entry self.fmt was read from (trained codecs)
+        self._codebook_damage: list[Damage] = []
         self._tolerate = tolerate
         self._housekept = False
         try:
@@ -124,6 +127,21 @@ class SegmentStore:
                 f"index catalog {str(self.catalog.path)!r} is damaged: impossible configuration ({error}); "
                 "rebuild the index with 'metaembed index build'"
             ) from None
+        self._codebook_damage = []
+        entry = config.get(STATE_KEY)
+        if not fmt.trained or entry is None:
+            self._state_entry = None
+        elif entry == self._state_entry and self.fmt.name == fmt.name:
+            fmt = self.fmt  # already read: the state never changes once committed
+        else:
+            try:
+                fmt = read_state(self.folder, entry, fmt)
+                self._state_entry = entry
+            except IndexCorruptError as error:
+                if not self._tolerate:
+                    raise
+                # check/repair still read the segments' raw bytes; without the codebook nothing decodes
+                self._codebook_damage = [Damage("config", str(self.folder), str(error))]
         self.dim, self.num_vectors, self.fmt, self.scale_groups = dim, num_vectors, fmt, groups
         pending = self.metadata != self._committed_metadata  # changed in place, not yet committed: keep
         self._committed_metadata = dict(metadata)
@@ -150,7 +168,7 @@ class SegmentStore:
 
     def _install(self, snapshot: Snapshot) -> None:
         self._configure(snapshot.config)
-        damage = list(snapshot.damage)
+        damage = list(snapshot.damage) + self._codebook_damage
         rows_of: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for item_id, name, row in snapshot.items:
             rows_of[name].append((row, item_id))
@@ -242,7 +260,7 @@ class SegmentStore:
 
     def _committed(self, config: dict[str, Any] | None) -> None:
         self.generation += 1  # we hold the lock and were caught up: ours is the next commit
-        if config:
+        if config and "metadata" in config:
             self._committed_metadata = dict(config["metadata"])
 
     def _segment_view(self, name: str, ids: list[str], checks: str) -> SegmentView:
@@ -270,23 +288,41 @@ class SegmentStore:
                 raise IndexStateError(f"ids not in the index: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
             existing += list(drop)
             config = self._metadata_update()
-            blocks = encoded_blocks(values, self.num_vectors, self.fmt, check_finite)
-            name, checks = write_segment(
-                self.folder, len(ids), self.num_vectors, self.dim, self.fmt, blocks, self.scale_groups
-            )
+            fmt, state = self._trained_codec(values)
+            if state is not None:
+                config = {**(config or {}), STATE_KEY: state}
+            name = ""
             try:
+                blocks = encoded_blocks(values, self.num_vectors, fmt, check_finite)
+                name, checks = write_segment(self.folder, len(ids), self.num_vectors, self.dim, fmt, blocks, self.scale_groups)
                 with self.state_lock:
                     self.catalog.commit_add(name, len(ids), checks, ids, payloads, existing, config)
             except BaseException:
-                self._drop_files({name})
+                self._drop_files({name} if name else set())
+                if state is not None:
+                    (self.folder / state["file"]).unlink(missing_ok=True)
                 raise
             with self.state_lock:
+                if state is not None:
+                    self.fmt, self._state_entry = fmt, state
                 self._committed(config)
                 views = self._tombstone(self.views, existing)
                 self.views = views + (self._segment_view(name, ids, checks),)
                 self.where.update((item_id, (name, row)) for row, item_id in enumerate(ids))
                 self._committed_names.add(name)
             self._tidy(compact_dirty=bool(existing))
+
+    def _trained_codec(self, values: torch.Tensor) -> tuple[Any, dict[str, Any] | None]:
+        """The codec to encode ``values`` with, and the state file entry to commit if it was trained now.
+
+        A trained codec learns from the first vectors added (``values`` ``(N, R, D)``, its first
+        ``num_vectors`` per item); its state file is written before the commit that names it.
+        """
+        if not self.fmt.trained or self.fmt.fitted:
+            return self.fmt, None
+        check_finite(values, 0)
+        fitted = self.fmt.fit(values[:, : self.num_vectors].reshape(-1, values.shape[-1]))
+        return fitted, write_state(self.folder, fitted)
 
     def delete(self, ids: list[str]) -> None:
         """Commit the removal of ``ids``; :class:`IndexStateError` naming any that are not present."""
@@ -406,6 +442,10 @@ class SegmentStore:
             partial = path.suffix in (TMP_SUFFIX, SCALE_TMP_SUFFIX)
             if stem.startswith("seg-") and (partial or stem not in self._committed_names):
                 path.unlink(missing_ok=True)
+        committed_state = None if self._state_entry is None else self._state_entry["file"]
+        for path in state_files(self.folder):
+            if path.name != committed_state:
+                path.unlink(missing_ok=True)
         self._housekept = True
 
     def _housekeep_on_open(self) -> None:
@@ -439,10 +479,13 @@ class SegmentStore:
                 with self.state_lock:
                     self.catalog.backup_to(staging / CATALOG_NAME)
                     names = [view.segment.name for view in self.views]
+                    state = self._state_entry
                 for name in names:
                     for source in segment_files(self.folder, name):
                         if source.exists():
                             shutil.copy2(source, staging / source.name)
+                if state is not None:
+                    shutil.copy2(self.folder / state["file"], staging / state["file"])
                 publish_folder(staging, target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -452,6 +495,11 @@ class SegmentStore:
     def find_damage(self) -> list[Damage]:
         """Everything damaged, reading every byte: catalog pages and rows, every chunk of every segment."""
         found = list(self.damage)
+        if self._state_entry is not None:  # read at opening; read again: every byte
+            try:
+                read_state(self.folder, self._state_entry, get_codec(self.fmt.name))
+            except IndexCorruptError as error:
+                found.append(Damage("config", str(self.folder / self._state_entry["file"]), str(error)))
         with self.state_lock:
             found += [Damage("catalog", str(self.catalog.path), p) for p in self.catalog.integrity_problems()]
             found += self.catalog.payload_problems()

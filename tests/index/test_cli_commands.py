@@ -8,7 +8,7 @@ import pytest
 
 from metaembed.cli import main
 from metaembed.index import MultiVectorIndex
-from tests.frontdoor_helpers import make_collection
+from tests.frontdoor_helpers import make_collection, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,33 @@ def test_check_of_a_damaged_configuration_says_rebuild(tmp_path, collection, cap
     for command in ("check", "repair"):
         code, _, err = run(capsys, "index", command, index)
         assert code == 2 and "catalog.sqlite" in err and "rebuild" in err and "Traceback" not in err
+
+
+def test_build_with_a_product_quantiser(tmp_path, collection, capsys) -> None:
+    """``--dtype pq2``: the codebooks are learnt from the first batches (held back until they are enough)."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    rows = [{"id": f"t{i}", "text": f"{words[i % 8]} {words[(3 * i) % 8]} note {i}"} for i in range(40)]
+    source = write_jsonl(tmp_path / "notes.jsonl", rows)
+    index = tmp_path / "pq.index"
+    code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", index, "--dtype", "pq2")
+    assert code == 0, err
+    assert "40 indexed" in out
+    code, out, _ = run(capsys, "index", "info", index)
+    assert "storage:     pq2" in out
+    assert run(capsys, "index", "check", index)[0] == 0
+    code, out, _ = run(capsys, "search", index, "alpha beta note 0", "-k", "3")
+    assert code == 0 and "t" in out
+    (codebook,) = index.glob("codec-*.npz")
+    data = bytearray(codebook.read_bytes())
+    data[-40] ^= 0x10
+    codebook.write_bytes(bytes(data))
+    code, out, err = run(capsys, "index", "check", index)
+    assert code == 2 and "codebook" in out + err and "Traceback" not in err
+
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", tmp_path / "x.index",
+                       "--dtype", "pq3")
+    assert code == 2 and "pq2" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.index").exists()
+    few = write_jsonl(tmp_path / "few.jsonl", rows[:5])
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
+                       "--dtype", "pq2")
+    assert code == 2 and "at least 256 vectors" in err and len(err.strip().splitlines()) == 1

@@ -17,12 +17,21 @@ block. A codec is a small object with a ``name``:
     position-major codes ``(r_c, n, W)`` as a :class:`~metaembed.scoring.CandidateSource`:
     a codec whose codes the kernel reads (``kernel_dtype`` set) hands views of them, no copy;
     any other codec decodes the block to fp32 first (the base class does that).
+``check_dim(dim)``
+    :class:`~metaembed.errors.InputError` if the codec cannot store vectors of dimension ``dim``.
+
+A *trained* codec (``trained = True``: product quantisation in :mod:`.pq`) learns parameters
+(codebooks) from data. The registered object is untrained; ``fit(sample)`` returns a trained
+copy, ``state()`` its parameters as named arrays and ``with_state(arrays)`` the copy rebuilt
+from them. An index trains its codec once, on the vectors of its first add, and keeps the
+state in a checksummed file beside its segments (:mod:`metaembed.index.codebook`).
 
 Adding a codec is one new module in this package with a :class:`Codec` subclass and a
 ``CODECS.register(...)`` call (every module here is imported on the first lookup), or a
 ``CODECS.register`` call from anywhere before the index is created. The first members:
 ``float32`` (exact), ``float16`` (the default) and ``bfloat16`` in :mod:`.floats`,
-``int8`` with a scale per 64 values in :mod:`.int8`.
+``int8`` with a scale per 64 values in :mod:`.int8`, and the product quantisers ``pq4``,
+``pq2`` and ``pq1`` (4, 2 and 1 bits a value: 1/4, 1/8 and 1/16 of float16) in :mod:`.pq`.
 
 >>> embedding_bytes(64, 128, "float16"), embedding_bytes(64, 128, "int8")
 (16384, 8704)
@@ -74,6 +83,31 @@ class Codec:
     def scale_groups(self, dim: int) -> int:
         """fp32 scales stored beside the codes per vector (``0``: no scale file)."""
         return 0
+
+    #: whether the codec learns parameters from data before it can encode (see the module docstring)
+    trained: ClassVar[bool] = False
+    #: vectors a trained codec learns from at most (a larger sample is subsampled)
+    training_vectors: ClassVar[int] = 0
+
+    def check_dim(self, dim: int) -> None:
+        """:class:`~metaembed.errors.InputError` if vectors of dimension ``dim`` cannot be stored."""
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the codec can encode: always for an untrained codec, after :meth:`fit` for a trained one."""
+        return True
+
+    def fit(self, sample: torch.Tensor) -> "Codec":
+        """A copy of this codec trained on fp32 ``sample`` ``(n, D)`` (an untrained codec returns itself)."""
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """A trained codec's parameters as named arrays (empty for an untrained codec)."""
+        return {}
+
+    def with_state(self, state: dict[str, np.ndarray]) -> "Codec":
+        """The trained copy whose :meth:`state` is ``state`` (``ValueError`` if it does not fit this codec)."""
+        return self
 
     def bytes_per_item(self, r_c: int, dim: int) -> int:
         """Bytes one candidate's first ``r_c`` vectors take: codes plus scales."""
@@ -129,8 +163,9 @@ def codec_names() -> list[str]:
 def embedding_bytes(num_vectors: int, dim: int, dtype: str = "float16", num_candidates: int = 1) -> int:
     """Bytes to store ``num_vectors`` vectors of dimension ``dim`` for each of ``num_candidates``.
 
-    ``dtype`` names a codec (``"float32"``, ``"float16"``, ``"bfloat16"``, ``"int8"``, or any
-    registered one); int8 costs one byte per value plus a 4-byte fp32 scale per group of 64.
+    ``dtype`` names a codec (``"float32"``, ``"float16"``, ``"bfloat16"``, ``"int8"``, ``"pq2"``, or
+    any registered one); int8 costs one byte per value plus a 4-byte fp32 scale per group of 64,
+    ``pq2`` one byte per 4 values (its codebooks, a few hundred KB per index, are not counted).
     """
     return int(num_candidates) * get_codec(dtype).bytes_per_item(num_vectors, dim)
 

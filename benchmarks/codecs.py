@@ -1,0 +1,259 @@
+"""Storage codecs on real embeddings: bytes per vector against top-10 overlap with exact fp32, per budget.
+
+The shipped model (``metaembed-minilm``: 384-d, 16 page vectors) encodes once, cached under
+``runs/codecs/<hash of the model's files>/`` (``--cache``):
+
+* the packaged held-out collection (500 pages of ten Python libraries' manuals, 1,098 queries
+  with qrels: :mod:`metaembed.quickstart.collection`), and
+* ``--extra-pages`` pages of the *training* manual python3.11-doc
+  (:mod:`metaembed.quickstart.docpages`), added to the held-out pages as a larger corpus
+  (distractors: the held-out qrels still score nDCG@10 on it).
+
+For each corpus, codec and budget it prints bytes per vector (and the ratio to float16), the
+top-10 overlap with exact fp32 search (the fraction of fp32's top 10 a codec's top 10 holds,
+averaged over queries), nDCG@10 beside fp32's, the codec's training time and the search
+latency relative to float16 on the same index sizes. Every search goes through
+:class:`~metaembed.index.MultiVectorIndex` (the codec's own scoring path)::
+
+    nice -n 19 python -m benchmarks.codecs                      # encodes once, then measures
+    nice -n 19 python -m benchmarks.codecs --out benchmarks/results/codecs-zen3-avx2
+
+Latency is taken on whatever machine runs it; the committed file says if that machine was shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL = "metaembed-minilm"
+BUDGETS = ("1,1", "2,4", "4,8", "8,16")
+K = 10
+
+
+def model_key() -> str:
+    """A short hash of the shipped model's files: the cache of encoded vectors is kept per weights."""
+    import hashlib
+
+    import metaembed
+
+    folder = Path(metaembed.__file__).resolve().parent / "pretrained" / MODEL
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _pages_text(collection: dict[str, Any]) -> list[str]:
+    return [page["text"] for page in collection["corpus"]]
+
+
+def encode_all(cache: Path, extra_pages: int) -> None:
+    """Encode the held-out pages and queries and ``extra_pages`` python3.11-doc pages into ``cache`` (once)."""
+    from metaembed.model import MetaEmbedModel
+    from metaembed.quickstart import docpages
+    from metaembed.quickstart.collection import load_collection
+
+    cache.mkdir(parents=True, exist_ok=True)
+    model = None
+    collection = load_collection()
+    jobs = {
+        "heldout_pages": lambda m: m.encode_candidates(_pages_text(collection), batch_size=16),
+        "heldout_queries": lambda m: m.encode_queries([q["text"] for q in collection["queries"]], batch_size=64),
+    }
+    if extra_pages:
+        manual = {"python3.11-doc": docpages.TRAIN_MANUALS["python3.11-doc"]}
+        pages = docpages.collect(manual, extra_pages, seed=0)
+        jobs[f"python_pages_{extra_pages}"] = lambda m: m.encode_candidates([p.text for p in pages], batch_size=16)
+    for name, job in jobs.items():
+        path = cache / f"{name}.npy"
+        if path.exists():
+            continue
+        if model is None:
+            model = MetaEmbedModel.from_pretrained(MODEL)
+        started = time.perf_counter()
+        vectors = job(model)
+        np.save(path, vectors.numpy().astype(np.float32))
+        print(f"encoded {name}: {tuple(vectors.shape)} in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def _load(cache: Path, extra_pages: int, which: str = "both") -> dict[str, Any]:
+    from metaembed.quickstart.collection import load_collection
+
+    collection = load_collection()
+    pages = torch.from_numpy(np.load(cache / "heldout_pages.npy"))
+    queries = torch.from_numpy(np.load(cache / "heldout_queries.npy"))
+    page_ids = [page["_id"] for page in collection["corpus"]]
+    qrels: dict[str, dict[str, int]] = {}
+    for query_id, page_id, grade in collection["qrels"]:
+        qrels.setdefault(query_id, {})[page_id] = int(grade)
+    corpora = {f"held-out ({len(page_ids)} pages)": (page_ids, pages)} if which != "large" else {}
+    if extra_pages and which != "heldout":
+        extra = torch.from_numpy(np.load(cache / f"python_pages_{extra_pages}.npy"))
+        ids = page_ids + [f"python3.11-doc/{i}" for i in range(extra.shape[0])]
+        corpora[f"held-out + {extra.shape[0]} python3.11-doc pages"] = (ids, torch.cat([pages, extra]))
+    return {"queries": queries, "query_ids": [q["_id"] for q in collection["queries"]], "qrels": qrels,
+            "corpora": corpora}
+
+
+def _search(index: Any, queries: torch.Tensor, budget: Any, repeats: int) -> tuple[list[list[str]], dict, float]:
+    """Top-10 ids and scores per query, and the best of ``repeats`` wall times of the whole batch."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        hits = index.search_batch(queries[:, : budget.r_q].contiguous(), K, budget)
+        best = min(best, time.perf_counter() - started)
+    return [[hit.id for hit in row] for row in hits], hits, best
+
+
+def _ndcg(hits: list, query_ids: list[str], qrels: dict) -> float:
+    from metaembed.evaluation.metrics import retrieval_metrics
+
+    run = {qid: {hit.id: float(hit.score) for hit in row} for qid, row in zip(query_ids, hits)}
+    return retrieval_metrics(qrels, run, k_values=[K])[f"ndcg@{K}"]
+
+
+def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[str, Any]]:
+    """One row per corpus, codec and budget (fp32 is the reference every overlap is taken against)."""
+    from metaembed.budget import Budget
+    from metaembed.index import MultiVectorIndex
+    from metaembed.index.codecs import get_codec
+    from benchmarks.measure import overlap
+
+    rows = []
+    queries = data["queries"]
+    for corpus, (ids, pages) in data["corpora"].items():
+        dim, num_vectors = pages.shape[-1], pages.shape[1]
+        reference: dict[str, tuple[list[list[str]], float]] = {}
+        fp16_time: dict[str, float] = {}
+        for name in ["float32", "float16"] + [c for c in codecs if c not in ("float32", "float16")]:
+            codec = get_codec(name)
+            train_seconds = 0.0
+            if codec.trained:  # the index trains on its first add; time the same fit on its own
+                started = time.perf_counter()
+                codec.fit(pages.reshape(-1, dim))
+                train_seconds = time.perf_counter() - started
+            index = MultiVectorIndex.create(None, dim=dim, num_vectors=num_vectors, dtype=name)
+            try:
+                index.add(ids, pages)
+                for text in BUDGETS:
+                    budget = Budget.parse(text)
+                    top, hits, seconds = _search(index, queries, budget, repeats)
+                    ndcg = _ndcg(hits, data["query_ids"], data["qrels"])
+                    if name == "float32":
+                        reference[text] = (top, ndcg)
+                    if name == "float16":
+                        fp16_time[text] = seconds
+                    per_vector = codec.bytes_per_item(1, dim)
+                    rows.append({
+                        "corpus": corpus, "pages": len(ids), "codec": name, "budget": text,
+                        "bytes_per_vector": per_vector, "ratio_to_float16": per_vector / (2 * dim),
+                        "overlap@10": overlap(top, reference[text][0]), "ndcg@10": ndcg,
+                        "ndcg@10_float32": reference[text][1], "train_seconds": train_seconds,
+                        "search_seconds": seconds,
+                        "latency_vs_float16": seconds / fp16_time[text] if text in fp16_time else None,
+                    })
+                    print(_line(rows[-1]), flush=True)
+            finally:
+                index.close()
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    latency = "" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}x"
+    return (f"{row['codec']:>9} {row['budget']:>5} {row['bytes_per_vector']:>6} B {row['ratio_to_float16']:>6.3f} "
+            f"{row['overlap@10']:>8.3f} {row['ndcg@10']:>7.3f} {row['ndcg@10_float32']:>6.3f} "
+            f"{row['train_seconds']:>6.1f}s {latency:>8}")
+
+
+HEADER = (f"{'codec':>9} {'budget':>5} {'bytes/vec':>8} {'/fp16':>6} {'overlap':>8} {'nDCG@10':>7} {'fp32':>6} "
+          f"{'train':>7} {'latency':>8}")
+
+
+def verdict(rows: list[dict[str, Any]], ratio: float = 1 / 8, target: float = 0.95) -> list[str]:
+    """Per corpus: whether some codec at <= ``ratio`` of float16 keeps overlap >= ``target`` at every budget."""
+    lines = []
+    for corpus in dict.fromkeys(row["corpus"] for row in rows):
+        mine = [row for row in rows if row["corpus"] == corpus]
+        worst: dict[str, float] = {}
+        for row in mine:
+            worst[row["codec"]] = min(worst.get(row["codec"], 1.0), row["overlap@10"])
+        small = {codec: value for codec, value in worst.items()
+                 if next(r for r in mine if r["codec"] == codec)["ratio_to_float16"] <= ratio + 1e-9}
+        best = max(small, key=small.get) if small else None
+        met = best is not None and small[best] >= target
+        lines.append(f"{corpus}: <= 1/{round(1 / ratio)} of float16 with overlap >= {target} at every budget: "
+                     f"{'MET' if met else 'NOT met'}" + (f" (best {best}: worst-budget overlap {small[best]:.3f})" if best else ""))
+        for codec, value in worst.items():
+            share = next(r for r in mine if r["codec"] == codec)["ratio_to_float16"]
+            lines.append(f"  {codec:>9}: {share:.3f} of float16, worst-budget overlap {value:.3f}")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    out = [f"# Storage codecs on real embeddings ({report['model']})", "",
+           f"Machine: {report['machine']}. {report['latency_note']}", "",
+           f"Command: `{report['command']}`", ""]
+    for corpus in dict.fromkeys(row["corpus"] for row in report["rows"]):
+        out += [f"## {corpus}", "",
+                "| codec | budget | bytes/vector | of float16 | top-10 overlap with fp32 | nDCG@10 | fp32 nDCG@10 | train | latency vs float16 |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for row in report["rows"]:
+            if row["corpus"] != corpus:
+                continue
+            latency = "—" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}×"
+            out.append(f"| {row['codec']} | {row['budget']} | {row['bytes_per_vector']} | {row['ratio_to_float16']:.3f} "
+                       f"| {row['overlap@10']:.3f} | {row['ndcg@10']:.3f} | {row['ndcg@10_float32']:.3f} "
+                       f"| {row['train_seconds']:.1f} s | {latency} |")
+        out.append("")
+    out += ["## Target", "", *[f"    {line}" for line in report["verdict"]], ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.scoring import cpu_description
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path("runs/codecs"), help="where the encoded vectors are kept")
+    parser.add_argument("--extra-pages", type=int, default=3000, help="python3.11-doc pages added as a larger corpus")
+    parser.add_argument("--codecs", default="bfloat16,int8,pq4,pq2,pq1", help="codecs beside float32 and float16")
+    parser.add_argument("--corpus", choices=("both", "heldout", "large"), default="both",
+                        help="measure the held-out pages, the larger corpus, or both")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="rows of earlier --out JSON files to put beside this run's in OUT (another corpus)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed searches per codec and budget (best kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shared-machine", action="store_true", help="say in the results that latency was taken on a loaded machine")
+    parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.cache = args.cache / model_key()  # vectors of other weights are never reused
+    encode_all(args.cache, args.extra_pages if args.corpus != "heldout" else 0)
+    data = _load(args.cache, args.extra_pages, args.corpus)
+    print(HEADER)
+    rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
+    rows += measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
+    lines = verdict(rows)
+    print("\n".join(lines))
+    if args.out:
+        report = {
+            "model": MODEL, "weights": model_key(), "rows": rows, "verdict": lines, "budgets": list(BUDGETS),
+            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
+            "latency_note": ("Train and latency are wall times on a SHARED, loaded machine (this process got a few % "
+                             "of a core): they say nothing about the codecs; rerun on a quiet machine for them."
+                             if args.shared_machine else "Latency: best of the repeats on this machine."),
+            "command": "python -m benchmarks.codecs " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
