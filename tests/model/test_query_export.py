@@ -59,12 +59,15 @@ def saved_one_way(tmp_path_factory):
 
 
 def _same_top_k(model: MetaEmbedModel, exported: ExportedQueryEncoder, k: int = 5) -> None:
-    index = MultiVectorIndex.create(None, dim=model.embedding_dim, num_vectors=model.num_candidate_tokens)
+    index = MultiVectorIndex.create(None, dim=model.embedding_dim, num_vectors=model.num_candidate_tokens, dtype="float32")
     index.add([str(i) for i in range(len(TEXTS))], model.encode_candidates(TEXTS))
     text_queries = [q for q in QUERIES if isinstance(q, str)]
-    reference = index.search(model.encode_queries(text_queries), k=k)
+    reference = index.search(model.encode_queries(text_queries), k=len(TEXTS))
     got = index.search(torch.from_numpy(exported.encode(text_queries)), k=k)
-    assert [[hit.id for hit in hits] for hits in got] == [[hit.id for hit in hits] for hits in reference]
+    for hits, every in zip(got, reference):
+        # the same top-k; a swap is allowed only between candidates the model scores alike (a tie)
+        scores = {hit.id: hit.score for hit in every}
+        assert np.allclose([scores[hit.id] for hit in hits], [hit.score for hit in every[:k]], atol=1e-4)
     index.close()
 
 
