@@ -22,18 +22,22 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 if __package__ in (None, ""):  # run as a script: make `experiments` and `metaembed` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+
+if TYPE_CHECKING:
+    from metaembed.quickstart.recipe import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "metaembed" / "pretrained" / "metaembed-minilm"
@@ -49,9 +53,9 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def train_all(out: Path, data: Path, seeds: Sequence[int], variants: Sequence[str]) -> None:
+def train_all(out: Path, data: Path, seeds: Sequence[int], variants: Sequence[str], recipe: "Recipe") -> None:
     from metaembed.model.backbones.encoder import FrozenStateCache
-    from metaembed.quickstart.recipe import Recipe, train_variant
+    from metaembed.quickstart.recipe import train_variant
 
     cache = FrozenStateCache(torch.float16)  # MiniLM's states of each training text, computed once
     for seed in seeds:
@@ -63,7 +67,7 @@ def train_all(out: Path, data: Path, seeds: Sequence[int], variants: Sequence[st
                 continue
             run_dir = out / "runs" / name
             shutil.rmtree(run_dir, ignore_errors=True)
-            model, info = train_variant(Recipe(seed=seed), variant, data, run_dir, state_cache=cache)
+            model, info = train_variant(dataclasses.replace(recipe, seed=seed), variant, data, run_dir, state_cache=cache)
             model.adapter.state_cache = None
             model.save_pretrained(target, with_backbone=False)
             info.update(threads=torch.get_num_threads(), cpu=_cpu())
@@ -82,6 +86,24 @@ def ship(source: Path) -> None:
     print(f"shipped {source} -> {SHIPPED}")
 
 
+def recipe_from(settings: Sequence[str]) -> "Recipe":
+    """The default :class:`Recipe` with ``field=value`` overrides (``steps=300``, ``normalize_scores=true``)."""
+    from metaembed.quickstart.recipe import Recipe
+
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    changes = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in fields or not value:
+            raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(Recipe(), key)
+        if isinstance(default, bool):
+            changes[key] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[key] = type(default)(value)
+    return dataclasses.replace(Recipe(), **changes)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from metaembed.quickstart.recipe import VARIANTS
 
@@ -94,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-pages", type=int, default=None, help="eval: a subset of the held-out pages")
     parser.add_argument("--models", default=None, help="eval: where the trained models are (default <out>/models)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="recipe overrides (the fields of metaembed.quickstart.recipe.Recipe)")
+    parser.add_argument("--collection", default=None,
+                        help="eval: this collection file instead of the held-out manuals (e.g. runs/docpages/validation.json.gz)")
     parser.add_argument("--wait-minutes", type=float, default=0.0,
                         help="eval: wait this long for variants another process is still training")
     args = parser.parse_args(argv)
@@ -101,14 +127,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     out, phases = Path(args.out), args.phases.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
+    recipe = recipe_from(args.set)
     started = time.perf_counter()
     if "train" in phases:
-        train_all(out, Path(args.data), seeds, variants)
+        train_all(out, Path(args.data), seeds, variants, recipe)
     if "eval" in phases:
         from experiments.builtin_eval import evaluate_all
 
         evaluate_all(out, seeds, variants, wait_s=args.wait_minutes * 60, max_pages=args.max_pages,
-                     models=Path(args.models) if args.models else None)
+                     models=Path(args.models) if args.models else None,
+                     collection=Path(args.collection) if args.collection else None, recipe=recipe)
     if "report" in phases:
         from experiments.builtin_report import write_report
 

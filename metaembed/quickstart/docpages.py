@@ -16,7 +16,7 @@ are never read.
 
 Usage (after ``apt-get install`` of the packages below)::
 
-    python -m metaembed.quickstart.docpages --out runs/docpages   # train.jsonl + the packaged held-out file
+    python -m metaembed.quickstart.docpages --out runs/docpages   # train.jsonl, validation.json.gz + the packaged held-out file
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ class Block:
     text: str
 
 
+#: Ids of the main-content ``div`` in Sphinx themes that do not mark it ``role="main"`` (Django's).
+_MAIN_IDS = {"yui-main"}
+
+
 class _MainText(HTMLParser):
-    """Blocks of the main content of a Sphinx HTML page (``div[role=main]``, else ``body``)."""
+    """Blocks of the main content of a Sphinx HTML page: ``div[role=main]`` (or a ``div`` of :data:`_MAIN_IDS`)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -82,7 +86,7 @@ class _MainText(HTMLParser):
         values = dict(attrs)
         if tag == "div":
             self._div_depth += 1
-            if self._main_depth is None and values.get("role") == "main":
+            if self._main_depth is None and (values.get("role") == "main" or values.get("id") in _MAIN_IDS):
                 self._main_depth = self._div_depth
         if tag in _SKIP_TAGS:
             self._skip += 1
@@ -221,16 +225,26 @@ def manual_pages(manual: str, root: Path, page_words: int = 170, max_sentences: 
     return pages
 
 
-def collect(manuals: dict[str, str], max_pages: int | None, seed: int) -> list[Page]:
-    """Pages of several manuals; a seeded sample of ``max_pages`` when there are more."""
+def collect(manuals: dict[str, str], max_pages: int | None, seed: int, held_back: int = 0) -> list[Page] | tuple[list[Page], list[Page]]:
+    """Pages of several manuals; a seeded sample of ``max_pages`` when there are more.
+
+    With ``held_back`` > 0, returns ``(pages, validation)``: ``held_back`` more pages drawn in the
+    same sample and kept apart (disjoint from ``pages``), for choosing a recipe without touching
+    the held-out manuals.
+    """
     pages: list[Page] = []
     for manual, root in sorted(manuals.items()):
         if not Path(root).is_dir():
             raise SystemExit(f"{root} is missing: apt-get install {manual}")
         pages.extend(manual_pages(manual, Path(root)))
-    if max_pages is not None and len(pages) > max_pages:
-        pages = sorted(random.Random(seed).sample(pages, max_pages), key=lambda p: p.page_id)
-    return pages
+    wanted = None if max_pages is None else max_pages + held_back
+    if wanted is not None and len(pages) > wanted:
+        pages = random.Random(seed).sample(pages, wanted)
+    elif held_back:
+        pages = random.Random(seed).sample(pages, len(pages))
+    validation = sorted(pages[len(pages) - held_back:], key=lambda p: p.page_id) if held_back else []
+    pages = sorted(pages[:len(pages) - held_back] if held_back else pages, key=lambda p: p.page_id)
+    return (pages, validation) if held_back else pages
 
 
 def write_pairs(pages: Sequence[Page], path: Path) -> int:
@@ -261,22 +275,27 @@ def beir_collection(pages: Sequence[Page]) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/docpages", help="output folder")
-    parser.add_argument("--train-pages", type=int, default=800)
+    parser.add_argument("--train-pages", type=int, default=2000)
+    parser.add_argument("--validation-pages", type=int, default=300,
+                        help="pages of the training manuals kept out of training, for choosing the recipe")
     parser.add_argument("--held-out-pages", type=int, default=500)
     parser.add_argument("--packaged", default="metaembed/quickstart/heldout_docs.json.gz",
                         help="where the held-out collection shipped with the package is written")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    train = collect(TRAIN_MANUALS, args.train_pages, args.seed)
+    train, validation = collect(TRAIN_MANUALS, args.train_pages, args.seed, held_back=args.validation_pages)
     held_out = collect(HELD_OUT_MANUALS, args.held_out_pages, args.seed)
     pairs = write_pairs(train, out / "train.jsonl")
     collection = beir_collection(held_out)
+    with gzip.GzipFile(out / "validation.json.gz", "wb", mtime=0) as handle:
+        handle.write(json.dumps(beir_collection(validation), sort_keys=True).encode("utf-8"))
     packaged = Path(args.packaged)
     packaged.parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(packaged, "wb", mtime=0) as handle:  # mtime 0: the same bytes every build
         handle.write(json.dumps(collection, sort_keys=True).encode("utf-8"))
     print(f"train: {len(train)} pages, {pairs} pairs -> {out / 'train.jsonl'}")
+    print(f"validation: {len(validation)} pages of the training manuals -> {out / 'validation.json.gz'}")
     print(f"held out: {len(collection['corpus'])} pages, {len(collection['queries'])} queries -> {packaged}")
 
 

@@ -54,11 +54,12 @@ class Recipe:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    steps: int = 100
+    steps: int = 300
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 10
     temperature: float = 0.05
+    normalize_scores: bool = False
     seed: int = 0
 
     def budgets(self) -> list[list[int]]:
@@ -104,6 +105,7 @@ def training_config(recipe: Recipe, variant: str, data: str | Path, output_dir: 
         mode=mode,
         groups=recipe.budgets() if variant != "single_vector" else None,
         temperature=recipe.temperature,
+        normalize_scores=recipe.normalize_scores,
         num_negatives=0,
         lora={"r": recipe.lora_r, "alpha": recipe.lora_alpha, "dropout": recipe.lora_dropout},
         per_device_batch_size=recipe.batch_size,

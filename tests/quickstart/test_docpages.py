@@ -32,6 +32,28 @@ def test_blocks_come_from_the_main_content_only(tmp_path):
     assert [b.kind for b in blocks].count("code") == 1
 
 
+def test_a_theme_without_role_main_reads_its_main_div(tmp_path):
+    # Django's manual marks its content <div id="yui-main">, not role="main": read before, no page came out
+    django = PAGE.replace('<div class="body" role="main">', '<div id="yui-main"><div class="yui-b">') + "</div>"
+    (tmp_path / "widgets.html").write_text(django)
+    texts = [b.text for b in docpages.read_blocks(tmp_path / "widgets.html")]
+    assert texts[0] == "Widgets" and not any("Sidebar" in t for t in texts)
+
+
+def test_validation_pages_are_kept_apart_from_training_pages(tmp_path):
+    root = tmp_path / "html"
+    root.mkdir()
+    for number in range(6):
+        (root / f"widgets{number}.html").write_text(PAGE.replace("Widgets", f"Widgets {number}"))
+    manuals = {"widgets-doc": str(root)}
+    train, validation = docpages.collect(manuals, 3, seed=0, held_back=2)
+    again = docpages.collect(manuals, 3, seed=0, held_back=2)
+    assert (train, validation) == again  # deterministic
+    assert len(train) == 3 and len(validation) == 2
+    assert not {p.page_id for p in train} & {p.page_id for p in validation}
+    assert [p.page_id for p in docpages.collect(manuals, 3, seed=0)] != []  # without held_back: pages only
+
+
 def test_pages_and_queries_are_deterministic_and_sentences_leave_their_page(tmp_path):
     root = tmp_path / "html"
     root.mkdir()
