@@ -9,10 +9,11 @@ when that process drops its handles, however many others still hold handles they
 name. Shard actors made that way died under every other client whenever the first opener
 closed its collection (or, in-process, when ``metaembed index build --ray`` returned), and a
 lookup in that moment found the dying actor. So the shard actors are detached (no process
-owns them) and a small detached keeper actor per collection (:class:`_Keeper`) holds the
-leases: the first :class:`RayShards` to open the collection makes the keeper start the shard
-actors, every open takes a lease, and :meth:`RayShards.close` gives it back; when the last
-lease is given back the keeper stops the shard actors and itself. A shard actor whose process
+owns them) and a small detached keeper actor per collection
+(:class:`~metaembed.distributed.keeper.Keeper`) holds the leases: every open takes a lease
+and then looks the shard actors up, starting those that do not run; :meth:`RayShards.close`
+gives the lease back; when the last lease is given back the keeper stops the shard actors
+and itself. A shard actor whose process
 dies is restarted by Ray (``max_restarts``) under the same actor id, reopening its folder at
 its last commit. A client that dies without closing leaves its lease behind (the actors keep
 running); :func:`stop_shards` stops them whatever the leases.
@@ -20,7 +21,6 @@ running); :func:`stop_shards` stops them whatever the leases.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 import weakref
@@ -28,85 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaembed.errors import IndexStateError, MetaEmbedError, ShardUnavailableError
+from metaembed.distributed.keeper import NAMESPACE, STOP_WAIT, Keeper, actor_name, keeper_name, stop_actors
 from metaembed.distributed.shard import Call, ShardServer
-
-#: Ray namespace of the shard and keeper actors; actor names derive from the collection's absolute path.
-NAMESPACE = "metaembed"
-# Seconds the keeper waits for a stopped actor's name to be free again, so a new open never finds it dying.
-_STOP_WAIT = 30.0
-
-
-def _digest(root: Path) -> str:
-    return hashlib.blake2b(str(Path(root).resolve()).encode("utf-8"), digest_size=6).hexdigest()
-
-
-def actor_name(root: Path, shard: int) -> str:
-    """The Ray actor name of ``shard`` of the collection at ``root``: the same in every process of the cluster."""
-    return f"metaembed-shard-{_digest(root)}-{shard:04d}"
-
-
-def keeper_name(root: Path) -> str:
-    """The Ray actor name of the collection's lease keeper."""
-    return f"metaembed-collection-{_digest(root)}"
-
-
-def _kill_and_wait(names: Sequence[str]) -> None:
-    """Stop the named actors (no restart) and wait until their names are free."""
-    import ray
-
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:  # not running
-            continue
-    deadline = time.monotonic() + _STOP_WAIT
-    for name in names:
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                break
-            time.sleep(0.05)
-
-
-class _Keeper:
-    """One per collection (a detached Ray actor, calls served one at a time): starts the shard actors
-    for the first lease, stops them when the last lease is given back."""
-
-    def __init__(self, root: str, paths: list[str], shard_options: dict[str, Any]) -> None:
-        self.root, self.paths, self.shard_options = Path(root), paths, shard_options
-        self.clients: set[str] = set()
-
-    def acquire(self, client: str) -> list[Any]:
-        """Take a lease for ``client``; the shard actors' handles (started if absent)."""
-        import ray
-
-        self.clients.add(client)
-        actor = ray.remote(ShardServer)
-        return [actor.options(name=actor_name(self.root, number), namespace=NAMESPACE, get_if_exists=True,
-                              lifetime="detached", max_task_retries=0, **self.shard_options).remote(path)
-                for number, path in enumerate(self.paths)]
-
-    def release(self, client: str) -> bool:
-        """Give ``client``'s lease back; whether it was the last (then the shard actors are stopped).
-
-        A client the keeper does not know (it leased from a keeper that has since been restarted)
-        stops nothing: better a shard left running than one stopped under a client that uses it.
-        """
-        if client not in self.clients:
-            return False
-        self.clients.discard(client)
-        if self.clients:
-            return False
-        _kill_and_wait([actor_name(self.root, number) for number in range(len(self.paths))])
-        return True
-
-    def retire(self) -> None:
-        """Exit, unless a lease was taken since the last one was given back."""
-        import ray
-
-        if not self.clients:
-            ray.actor.exit_actor()
 
 
 class _RayCall:
@@ -145,7 +68,7 @@ def _give_back(root: Path, client: str) -> None:
         return  # the cluster went first (a local one stops with this process): nothing is left to stop
     try:
         keeper = ray.get_actor(keeper_name(root), namespace=NAMESPACE)
-        if ray.get(keeper.release.remote(client), timeout=_STOP_WAIT + 10):
+        if ray.get(keeper.release.remote(client), timeout=STOP_WAIT + 10):
             ray.get(keeper.retire.remote(), timeout=10)
     except (ValueError, exceptions.RayActorError, exceptions.GetTimeoutError):
         pass  # no keeper (stopped by stop_shards), or it exited on retire as it should
@@ -180,18 +103,24 @@ class RayShards:
             raise ShardUnavailableError("Ray is not initialised: call ray.init() (or metaembed.distributed.connect) first", [])
         self.root = Path(root).resolve()
         self.client = uuid.uuid4().hex
-        options = {"num_cpus": num_cpus, "max_restarts": max_restarts, "max_concurrency": max_concurrency}
-        keeper = ray.remote(_Keeper).options(name=keeper_name(self.root), namespace=NAMESPACE, get_if_exists=True,
-                                             lifetime="detached", num_cpus=0, max_restarts=-1)
+        names = [actor_name(self.root, number) for number in range(len(paths))]
+        keeper = ray.remote(Keeper).options(name=keeper_name(self.root), namespace=NAMESPACE, get_if_exists=True,
+                                            lifetime="detached", num_cpus=0, max_restarts=-1)
         for _ in range(100):  # a keeper that is exiting (its last lease just went) answers no more: ask its successor
             try:
-                self.handles = ray.get(keeper.remote(str(self.root), [str(p) for p in paths], options)
-                                       .acquire.remote(self.client), timeout=60)
+                ray.get(keeper.remote(names).acquire.remote(self.client), timeout=120)
                 break
             except exceptions.RayActorError:
                 time.sleep(0.05)
+            except exceptions.GetTimeoutError:
+                break
         else:
             raise ShardUnavailableError(f"the keeper of collection {str(self.root)!r} did not answer", [])
+        actor = ray.remote(ShardServer)
+        self.handles = [actor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                                      num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
+                                      max_concurrency=max_concurrency).remote(str(path))
+                        for name, path in zip(names, paths)]
         self.num_shards = len(self.handles)
         # Give the lease back if this object is dropped (or the process exits) without close().
         self._lease = weakref.finalize(self, _give_back, self.root, self.client)
@@ -233,8 +162,7 @@ class RayShards:
 
 def stop_shards(root: str | Path, num_shards: int) -> None:
     """Stop the shard actors of the collection at ``root`` and its keeper, whoever holds leases."""
-    root = Path(root).resolve()
-    _kill_and_wait([keeper_name(root)] + [actor_name(root, number) for number in range(num_shards)])
+    stop_actors([keeper_name(root)] + [actor_name(root, number) for number in range(num_shards)])
 
 
-__all__ = ["RayShards", "stop_shards", "actor_name", "keeper_name", "NAMESPACE"]
+__all__ = ["RayShards", "stop_shards"]

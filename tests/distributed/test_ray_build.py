@@ -6,7 +6,7 @@ import pytest
 
 from metaembed.cli import main
 from metaembed.distributed import ShardedIndex
-from metaembed.distributed.actors import NAMESPACE, actor_name
+from metaembed.distributed.keeper import NAMESPACE, actor_name
 from metaembed.distributed.build import build_collection
 from metaembed.retriever import Retriever, build_index
 

@@ -109,7 +109,7 @@ def test_a_shard_that_cannot_be_opened_fails_at_once(ray_cluster, tmp_path):
 
 
 def test_actors_live_while_any_client_holds_the_collection(ray_cluster, tmp_path):
-    from metaembed.distributed.actors import NAMESPACE, actor_name, keeper_name
+    from metaembed.distributed.keeper import NAMESPACE, actor_name, keeper_name
 
     root = tmp_path / "c"
     vectors = _unit(6, 2, 4, seed=8)
