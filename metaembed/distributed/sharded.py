@@ -111,7 +111,11 @@ class ShardedIndex(Searcher):
         self.manifest = manifest
         self.backend = backend
         self._scratch = scratch
-        info = self._call_all("info", timeout=OPEN_TIMEOUT)  # new actors start a process and import torch
+        try:
+            info = self._call_all("info", timeout=OPEN_TIMEOUT)  # new actors start a process and import torch
+        except BaseException:
+            backend.close()  # a collection that fails to open holds no shards (nor, on Ray, a lease)
+            raise
         first = info[0]
         for number, other in enumerate(info):
             if (other["dim"], other["num_vectors"], other["dtype"]) != (first["dim"], first["num_vectors"], first["dtype"]):
