@@ -441,7 +441,6 @@ def test_info_and_search_open_a_sharded_collection_without_ray(tmp_path, collect
         for ids, vectors, payloads in single.export(payloads=True):
             sharded.add(ids, vectors, payloads)
         assert min(sharded.shard_sizes()) > 0
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
 
     infos = [json.loads(run(capsys, "index", "info", where, "--json")[1]) for where in (root, collection.index)]
     assert infos[0]["size"] == 7 and infos[0]["per_budget"] == infos[1]["per_budget"]
