@@ -158,6 +158,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("untrained"):
         lines += ["", "Untrained model (same architecture, fresh Meta Tokens and LoRA, seed 0), nDCG@10 per budget: "
                   + ", ".join(f"({b}) {v['ndcg@10']:.3f}" for b, v in report["untrained"].items()) + "."]
+    lines += ["", "MMR nDCG@10 per seed: " + "; ".join(
+        f"({b}) " + " / ".join(f"{v:.3f}" for v in row["ndcg@10"]["mmr_per_seed"]) for b, row in report["budgets"].items()) + "."]
     top = report["budgets"][report["ladder"][-1]]["ndcg@10"]
     if "vs_d" in top:
         lines += ["", f"MMR at the largest budget against (d): {_fmt(top['vs_d'])} nDCG@10."]

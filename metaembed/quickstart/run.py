@@ -44,6 +44,9 @@ def _threads() -> int:
 
 def _retrained_model(cache: Path, echo: Echo) -> Path:
     """Build the training data from the Debian manuals and train the recipe's MMR model into ``cache/model``."""
+    import torch
+
+    from metaembed.model.backbones.encoder import FrozenStateCache
     from metaembed.quickstart import docpages
     from metaembed.quickstart.recipe import Recipe, train_variant
 
@@ -53,7 +56,10 @@ def _retrained_model(cache: Path, echo: Echo) -> Path:
     recipe = Recipe()
     echo(f"training: {recipe.steps} MMR steps of {recipe.batch_size} pairs (the built-in recipe)")
     shutil.rmtree(cache / "training", ignore_errors=True)
-    model, info = train_variant(recipe, "mmr", data / "train.jsonl", cache / "training")
+    # MiniLM's frozen page states, computed once per page: the second epoch runs only the Meta Token rows
+    states = FrozenStateCache(torch.float16)
+    model, info = train_variant(recipe, "mmr", data / "train.jsonl", cache / "training", state_cache=states)
+    model.adapter.state_cache = None
     target = cache / "model"
     shutil.rmtree(target, ignore_errors=True)
     model.save_pretrained(target, with_backbone=False)
