@@ -183,6 +183,7 @@ def index_build(
             collection = build_collection(model, input, out, num_shards=shards, budgets=budgets,
                                           batch_size=batch_size, dtype=dtype, replicas=replicas)
             typer.echo(f"collection {out}: {len(collection)} items in {collection.num_shards} shards")
+            collection.close()  # gives the build's lease back: the shard actors stop unless others use them
         return
     from metaembed.index.codecs import get_codec
     from metaembed.retriever import build_index, export_for_next_time
@@ -277,9 +278,21 @@ def index_delete(
     typer.echo(f"deleted {len(ids)} items; {len(opened)} left")
 
 
+def _open_retriever(index: str | Path, model: Optional[str] = None, *, exported_queries: bool = False) -> Any:
+    """A retriever on an index folder, or on a sharded collection's shards opened in this process (no Ray)."""
+    from metaembed.distributed.collection import is_collection
+    from metaembed.retriever import Retriever
+
+    if not is_collection(index):
+        return Retriever.open(index, model, exported_queries=exported_queries)
+    from metaembed.distributed import ShardedIndex
+
+    return Retriever.around(ShardedIndex.open(index), index, model, exported_queries=exported_queries)
+
+
 @index_app.command("info", no_args_is_help=True)
 def index_info(
-    index: Path = typer.Argument(..., help="Index folder."),
+    index: Path = typer.Argument(..., help="Index folder, or a sharded collection (read here, without Ray)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Show an index's model, size, budgets and memory / FLOPs per budget.
@@ -288,9 +301,7 @@ def index_info(
     Example:
       metaembed index info ./docs.index --json
     """
-    from metaembed.retriever import Retriever
-
-    info = Retriever.open(index).info()
+    info = _open_retriever(index).info()
     if as_json:
         _echo_json(info)
         return
@@ -441,7 +452,8 @@ def model_export(
 # --- search ----------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def search(
-    index: str = typer.Argument(..., help="Index folder made by 'metaembed index build' (with --server: the query)."),
+    index: str = typer.Argument(..., help="Index folder made by 'metaembed index build', or a sharded collection "
+                       "(searched here, without Ray); with --server: the query."),
     query: Optional[str] = typer.Argument(None, help="Query text (optional when --image is given)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Query image file (alone or with the text)."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
@@ -491,14 +503,12 @@ def search(
             )
             return answer["budget"], answer["results"]
     else:
-        from metaembed.retriever import Retriever
-
         item: dict[str, Any] = {}
         if query is not None:
             item["text"] = query
         if image is not None:
             item["image"] = image
-        retriever = Retriever.open(index, model, exported_queries=True)
+        retriever = _open_retriever(index, model, exported_queries=True)
 
         def run_search(count: int) -> tuple[Any, list]:
             hits = retriever.search(item, k=count, budget=parsed, mode=mode)

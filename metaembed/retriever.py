@@ -50,9 +50,8 @@ from metaembed.model.items import ItemLike
 if TYPE_CHECKING:  # imported lazily: torch and transformers are slow to import
     import torch
 
+    from metaembed.index import MultiVectorIndex, Searcher, SearchResult
     from metaembed.model.query_encoder import ExportedQueryEncoder
-
-    from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.index.filters import FilterLike
     from metaembed.model import MetaEmbedModel
 
@@ -258,12 +257,18 @@ class Retriever:
         The model is loaded when first needed (an encode), not here; ``exported_queries`` as in
         the class docstring.
         """
-        index = open_index(index_path)
+        return cls.around(open_index(index_path), index_path, model, exported_queries=exported_queries)
+
+    @classmethod
+    def around(cls, index: "Searcher", location: str | Path,
+               model: "MetaEmbedModel | str | Path | None" = None, *, exported_queries: bool = False) -> "Retriever":
+        """A retriever on an open ``index`` (one index, or a sharded collection) kept at ``location``,
+        with the model its metadata records (relative to ``location``), or ``model``."""
         if model is None:
-            recorded = recorded_location(index.metadata, MODEL_KEY, MODEL_PATH_KEY, index_path)
+            recorded = recorded_location(index.metadata, MODEL_KEY, MODEL_PATH_KEY, location)
             if not recorded:
                 raise IndexStateError(
-                    f"index {index_path} does not record its model; pass the model (--model) explicitly"
+                    f"index {location} does not record its model; pass the model (--model) explicitly"
                 )
             retriever = cls(index, recorded, exported_queries=exported_queries)
             retriever._recorded = True

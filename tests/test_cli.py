@@ -428,3 +428,31 @@ def test_a_folder_of_screenshots_becomes_searchable_with_a_text_model(tmp_path, 
     code, out, _ = run(capsys, "search", out_index, "Quarterly revenue grew\ntwelve percent", "--json")
     top = json.loads(out)["results"][0]
     assert top["id"] == "screenshot.png" and top["payload"]["ocr"] is True
+
+
+def test_info_and_search_open_a_sharded_collection_without_ray(tmp_path, collection, capsys):
+    from metaembed.distributed import ShardedIndex
+    from metaembed.index import MultiVectorIndex
+
+    root = tmp_path / "docs.collection"  # the items of the single index, split over 2 shards
+    with MultiVectorIndex.open(collection.index) as single, ShardedIndex.create(
+            root, num_shards=2, dim=single.dim, num_vectors=single.num_vectors, dtype=single.dtype,
+            metadata=dict(single.metadata)) as sharded:
+        for ids, vectors, payloads in single.export(payloads=True):
+            sharded.add(ids, vectors, payloads)
+        assert min(sharded.shard_sizes()) > 0
+
+    infos = [json.loads(run(capsys, "index", "info", where, "--json")[1]) for where in (root, collection.index)]
+    assert infos[0]["size"] == 7 and infos[0]["per_budget"] == infos[1]["per_budget"]
+    assert {k: v for k, v in infos[0].items() if k not in ("model", "source")} == \
+        {k: v for k, v in infos[1].items() if k not in ("model", "source")}
+    code, out, _ = run(capsys, "index", "info", root)
+    assert code == 0 and "items:       7" in out
+    for options in (["--budget", "2,4"], ["--budget", "4,8", "--mode", "coarse"]):
+        got, expected = (json.loads(run(capsys, "search", where, "cats sleeping", "-k", "7", "--json", *options)[1])
+                         for where in (root, collection.index))
+        assert [r["id"] for r in got["results"]] == [r["id"] for r in expected["results"]]
+        assert [r["score"] for r in got["results"]] == pytest.approx([r["score"] for r in expected["results"]], abs=1e-5)
+        assert got["results"][0]["payload"] == expected["results"][0]["payload"]
+    code, out, _ = run(capsys, "search", root, "cats sleeping", "-k", "2")
+    assert code == 0 and out.splitlines()[0].endswith("2 results")

@@ -8,10 +8,37 @@
 * :mod:`metaembed.distributed.serve` — the HTTP API of ``metaembed serve`` as a Ray Serve app.
 
 Ray is an optional dependency (``pip install "metaembed[ray]"``); only the Ray parts import it.
+The names below are imported lazily, so a Ray worker that needs only a light module of this
+package (the lease keeper, the manifest) does not pay for torch.
 """
 
-from metaembed.distributed.collection import is_collection
-from metaembed.distributed.placement import shard_of
-from metaembed.distributed.sharded import ShardedIndex, ShardedResults
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ShardedIndex": "metaembed.distributed.sharded",
+    "ShardedResults": "metaembed.distributed.sharded",
+    "shard_of": "metaembed.distributed.placement",
+    "is_collection": "metaembed.distributed.collection",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from metaembed.distributed.collection import is_collection
+    from metaembed.distributed.placement import shard_of
+    from metaembed.distributed.sharded import ShardedIndex, ShardedResults
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metaembed.distributed' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = ["ShardedIndex", "ShardedResults", "shard_of", "is_collection"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from metaembed.budget import BudgetLike, ladder_within
 from metaembed.errors import IndexStateError, InputError
+from metaembed.distributed.actors import RayShards
 from metaembed.distributed.collection import is_collection
 from metaembed.distributed.sharded import ShardedIndex
 from metaembed.ingest import iter_records
@@ -90,10 +91,15 @@ class _Encoder:
 
 
 class _Writer:
-    """Routes encoded batches to the shard actors (found by name), storing only ids not yet present."""
+    """Routes encoded batches to the shard actors, storing only ids not yet present.
 
-    def __init__(self, root: str, shard_options: dict[str, Any]) -> None:
-        self.collection = ShardedIndex.open(root, backend="ray", **shard_options)
+    It is given the driver's actor handles rather than opening the collection by name: the
+    driver's lease keeps the actors alive for the whole build, and the writer takes none of its
+    own (Ray Data ends it without a ``close``).
+    """
+
+    def __init__(self, root: str, handles: list[Any]) -> None:
+        self.collection = ShardedIndex.open(root, backend=RayShards.sharing(handles))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [str(i) for i in batch["id"]]
@@ -120,7 +126,7 @@ def build_collection(
     ladder like :func:`metaembed.retriever.build_index`) or resumes it: ids already stored are
     skipped. ``replicas`` model replicas encode in parallel (default: one per GPU of the
     cluster, else one per two CPUs); ``batch_size`` records go through a replica at a time.
-    ``shard_options`` are :class:`~metaembed.distributed.shard.RayShards` options (``num_cpus``, ...).
+    ``shard_options`` are :class:`~metaembed.distributed.actors.RayShards` options (``num_cpus``, ...).
     The collection folder must be reachable at the same path from every node.
 
     Returns the collection, open on its shard actors.
@@ -172,7 +178,7 @@ def build_collection(
         batch_format="numpy",
     )
     written = encoded.map_batches(
-        _Writer, fn_constructor_kwargs={"root": str(out), "shard_options": shard_options},
+        _Writer, fn_constructor_kwargs={"root": str(out), "handles": collection.backend.handles},
         batch_size=None, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0, batch_format="numpy",
     )
     with tqdm(total=len(todo), unit="item", desc="indexing", disable=not progress) as bar:

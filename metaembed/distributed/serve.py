@@ -10,8 +10,9 @@ The gateway runs :func:`metaembed.serving.create_app` on a :class:`~metaembed.re
 whose model is a :class:`RemoteEncoder` (a handle to the encoder deployment) and whose index is a
 :class:`~metaembed.distributed.ShardedIndex` on Ray actors, so the request and response schemas,
 the API key, the status codes and the limits are those of ``metaembed serve``. The shard actors
-are detached and named after the collection: every gateway replica reaches the same actor per
-shard, so each shard keeps a single writer. :func:`shutdown` stops the app and the actors.
+are named after the collection (see :mod:`metaembed.distributed.actors`): every gateway replica
+reaches the same actor per shard, so each shard keeps a single writer, and each replica holds a
+lease on them. :func:`shutdown` stops the app and the actors.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class Gateway:
     async def __init__(self, encoder: Any, collection: str, api_key: str | None, shard_options: dict[str, Any],
                        timeout: float) -> None:
         spec = await encoder.spec.remote()
-        index = await asyncio.to_thread(ShardedIndex.open, collection, "ray", detached=True, **shard_options)
+        index = await asyncio.to_thread(ShardedIndex.open, collection, "ray", **shard_options)
         index.timeout = timeout
         self.retriever = _ShardedRetriever(index, RemoteEncoder(encoder, spec))
         self.api_key = api_key
@@ -159,7 +160,7 @@ def build_app(
         encoder_replicas / gateway_replicas: replicas of each deployment (shards: one actor each).
         encoder_options / gateway_options: Ray actor options of the replicas, e.g. ``{"num_gpus": 1}``;
             the encoder default asks for one GPU when the cluster has one, one CPU otherwise.
-        shard_options: :class:`~metaembed.distributed.shard.RayShards` options (``num_cpus``, ...).
+        shard_options: :class:`~metaembed.distributed.actors.RayShards` options (``num_cpus``, ...).
         max_batch_size / batch_wait_timeout_s: how many concurrent queries one encoder forward pass
             takes, and how long it waits to fill a batch.
         timeout: seconds a search waits for a restarting shard before answering 503.
@@ -200,16 +201,12 @@ def run(collection: str | Path, *, host: str = "127.0.0.1", port: int = 8000, bl
 
 
 def shutdown(collection: str | Path) -> None:
-    """Delete the Serve app and stop the collection's detached shard actors."""
-    import ray
-
-    from metaembed.distributed.shard import NAMESPACE, actor_name
+    """Delete the Serve app and stop the collection's shard actors (the gateways' leases go with them)."""
+    from metaembed.distributed.actors import stop_shards
 
     root = Path(collection).resolve()
     serve.delete(APP_NAME)
-    for number in range(Manifest.read(root).num_shards):
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(actor_name(root, number), namespace=NAMESPACE), no_restart=True)
+    stop_shards(root, Manifest.read(root).num_shards)
 
 
 __all__ = ["build_app", "run", "shutdown", "QueryEncoder", "Gateway", "RemoteEncoder", "APP_NAME"]

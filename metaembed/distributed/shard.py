@@ -6,8 +6,8 @@
 of a collection-wide coarse-to-fine search, and writes. Its arguments and
 results are plain data (numpy arrays, lists, :class:`~metaembed.index.SearchResult`),
 so the same class runs in-process (:class:`LocalShards`) or as a Ray actor
-(:class:`RayShards`, one actor per shard, restarted from its folder by Ray's
-``max_restarts`` when its process dies).
+(:class:`~metaembed.distributed.actors.RayShards`, one actor per shard, restarted
+from its folder by Ray's ``max_restarts`` when its process dies).
 
 A backend's ``submit(shard, method, *args)`` returns a :class:`Call`; its
 ``result(timeout)`` gives the method's return value, re-raises the method's own
@@ -18,8 +18,8 @@ did not answer in time, which is the one failure the collection recovers from.
 
 from __future__ import annotations
 
-import hashlib
-import time
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from metaembed.budget import Budget
-from metaembed.errors import IndexStateError, MetaEmbedError, ShardUnavailableError
 from metaembed.index import MultiVectorIndex, SearchResult
 from metaembed.distributed.stages import GivenShortlist, RefMap, ScoredShortlist
 from metaembed.index.filters import PayloadFilter
@@ -49,6 +48,16 @@ class ShardServer:
     def ping(self) -> int:
         """The number of live items: answers as soon as the shard is open."""
         return len(self.index)
+
+    def process(self) -> dict[str, Any]:
+        """Which process serves the shard: ``pid`` and, on Ray, ``actor_id`` (a restart keeps the id, not the pid)."""
+        actor_id = None
+        if "ray" in sys.modules:  # in-process shards never import Ray
+            import ray
+
+            if ray.is_initialized():
+                actor_id = ray.get_runtime_context().get_actor_id()
+        return {"pid": os.getpid(), "actor_id": actor_id}
 
     def info(self) -> dict[str, Any]:
         """``dim``, ``num_vectors``, ``dtype``, ``metadata`` and ``size`` of the shard."""
@@ -185,113 +194,4 @@ class LocalShards:
             server.close()
 
 
-class _RayCall:
-    def __init__(self, ref: Any, shard: int) -> None:
-        self.ref, self.shard = ref, shard
-
-    def result(self, timeout: float | None) -> Any:
-        import ray
-        from ray import exceptions
-
-        try:
-            return ray.get(self.ref, timeout=timeout)
-        except exceptions.GetTimeoutError:
-            ray.cancel(self.ref)
-            raise ShardUnavailableError(f"shard {self.shard} did not answer within {timeout:.1f} s", [self.shard]) from None
-        except exceptions.RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, (MetaEmbedError, ValueError, TypeError, KeyError)):
-                raise cause from None
-            raise
-        except exceptions.RayActorError as error:
-            if error.actor_init_failed:  # the shard cannot be opened: waiting for a restart would not help
-                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-                raise IndexStateError(f"shard {self.shard} could not be opened: {lines[-1] if lines else error}") from None
-            raise ShardUnavailableError(f"shard {self.shard} is unavailable ({type(error).__name__})", [self.shard]) from None
-        except (exceptions.WorkerCrashedError, exceptions.ObjectLostError) as error:
-            raise ShardUnavailableError(f"shard {self.shard} is unavailable ({type(error).__name__})", [self.shard]) from None
-
-
-#: Ray namespace of the shard actors; actor names derive from the collection's absolute path.
-NAMESPACE = "metaembed"
-
-
-def actor_name(root: Path, shard: int) -> str:
-    """The Ray actor name of ``shard`` of the collection at ``root``: the same in every process of the cluster."""
-    digest = hashlib.blake2b(str(root.resolve()).encode("utf-8"), digest_size=6).hexdigest()
-    return f"metaembed-shard-{digest}-{shard:04d}"
-
-
-class RayShards:
-    """One Ray actor per shard, named after the collection, so every process of the cluster shares them.
-
-    Actors are created if absent (``get_if_exists``) with ``max_restarts``: when one dies (its
-    process killed, its node lost), Ray starts a new one, which reopens the shard from its
-    folder at its last commit. Calls in flight when it died fail with
-    :class:`ShardUnavailableError`; the collection decides whether to retry.
-
-    Args:
-        root: the collection folder (shard folders must be reachable at the same path on every node).
-        paths: the shard folders.
-        num_cpus: CPUs Ray reserves for each shard actor (fractions allowed). Half a CPU by default:
-            a shard's searches are short bursts, and a build's encoders need the cores more.
-        max_restarts: restarts Ray attempts per actor (``-1``: unlimited).
-        max_concurrency: calls one actor serves at once (searches run concurrently; writes are serialised).
-        detached: keep the actors alive after this process exits (a service shared by several processes);
-            :meth:`close` with ``terminate=True`` stops them.
-    """
-
-    def __init__(self, root: Path, paths: Sequence[Path], *, num_cpus: float = 0.5, max_restarts: int = -1,
-                 max_concurrency: int = 4, detached: bool = False) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            raise ShardUnavailableError("Ray is not initialised: call ray.init() (or metaembed.distributed.connect) first", [])
-        actor = ray.remote(ShardServer)
-        self._paths = [str(path) for path in paths]
-        self._options = [
-            actor.options(
-                name=actor_name(root, number), namespace=NAMESPACE, get_if_exists=True,
-                lifetime="detached" if detached else None, max_restarts=max_restarts, max_task_retries=0,
-                max_concurrency=max_concurrency, num_cpus=num_cpus,
-            )
-            for number in range(len(self._paths))
-        ]
-        self.handles = [options.remote(path) for options, path in zip(self._options, self._paths)]
-        self.num_shards = len(self.handles)
-
-    def _reconnect(self, shard: int) -> None:
-        """Look the shard's actor up by name again, starting it if it is gone.
-
-        Ray stops a non-detached actor for good when its references go (a build's writer actor that
-        looked it up exits, say): a handle got by name just before that never answers again, while
-        the name is soon free for a new actor, which reopens the shard folder at its last commit.
-        """
-        self.handles[shard] = self._options[shard].remote(self._paths[shard])
-
-    def submit(self, shard: int, method: str, *args: Any) -> Call:
-        return _RayCall(getattr(self.handles[shard], method).remote(*args), shard)
-
-    def wait_ready(self, shard: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                self.submit(shard, "ping").result(min(left, 5.0))
-                return True
-            except ShardUnavailableError:
-                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-                self._reconnect(shard)  # the same actor while it lives or restarts; a new one once it is gone
-
-    def close(self, terminate: bool = False) -> None:
-        import ray
-
-        if terminate:
-            for handle in self.handles:
-                ray.kill(handle, no_restart=True)
-        self.handles = []
-
-
-__all__ = ["ShardServer", "ShardBackend", "LocalShards", "RayShards", "Call", "actor_name", "NAMESPACE"]
+__all__ = ["ShardServer", "ShardBackend", "LocalShards", "Call"]

@@ -50,7 +50,8 @@ from metaembed.budget import Budget, BudgetLike
 from metaembed.errors import IndexStateError, InputError, ShardUnavailableError
 from metaembed.distributed.collection import Manifest, shard_name
 from metaembed.distributed.placement import shard_of, split_by_shard
-from metaembed.distributed.shard import LocalShards, RayShards, ShardBackend
+from metaembed.distributed.actors import RayShards
+from metaembed.distributed.shard import LocalShards, ShardBackend
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult, merge_results, search_modes
 from metaembed.index.searcher import SearchMode
 from metaembed.index.filters import FilterLike, PayloadFilter
@@ -110,7 +111,11 @@ class ShardedIndex(Searcher):
         self.manifest = manifest
         self.backend = backend
         self._scratch = scratch
-        info = self._call_all("info", timeout=OPEN_TIMEOUT)  # new actors start a process and import torch
+        try:
+            info = self._call_all("info", timeout=OPEN_TIMEOUT)  # new actors start a process and import torch
+        except BaseException:
+            backend.close()  # a collection that fails to open holds no shards (nor, on Ray, a lease)
+            raise
         first = info[0]
         for number, other in enumerate(info):
             if (other["dim"], other["num_vectors"], other["dtype"]) != (first["dim"], first["num_vectors"], first["dtype"]):
@@ -127,7 +132,7 @@ class ShardedIndex(Searcher):
 
         ``None`` makes a scratch collection deleted on :meth:`close`. ``dim``, ``num_vectors``,
         ``dtype`` and ``metadata`` are those of :meth:`MultiVectorIndex.create`, for every shard.
-        ``ray_options`` go to :class:`~metaembed.distributed.shard.RayShards` (``num_cpus``, ``detached``, ...).
+        ``ray_options`` go to :class:`~metaembed.distributed.actors.RayShards` (``num_cpus``, ...).
         """
         num_shards = positive_int(num_shards, "num_shards")
         scratch = None
@@ -154,7 +159,8 @@ class ShardedIndex(Searcher):
         return cls(root, manifest, _backend(root, manifest, backend, ray_options))
 
     def close(self, terminate: bool = False) -> None:
-        """Release the shards; with Ray actors and ``terminate=True``, also stop the actors."""
+        """Release the shards. On Ray actors: give this collection's lease back (the last lease stops
+        the actors; other clients keep them running), or with ``terminate=True`` stop them now."""
         if isinstance(self.backend, RayShards):
             self.backend.close(terminate=terminate)
         else:

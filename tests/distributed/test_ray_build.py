@@ -6,6 +6,7 @@ import pytest
 
 from metaembed.cli import main
 from metaembed.distributed import ShardedIndex
+from metaembed.distributed.keeper import NAMESPACE, actor_name
 from metaembed.distributed.build import build_collection
 from metaembed.retriever import Retriever, build_index
 
@@ -37,18 +38,27 @@ def test_ray_build_equals_the_single_process_build_and_resumes(ray_cluster, tmp_
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-5)
         assert {h.id for h in got} == {h.id for h in expected} and got[0].payload == expected[0].payload
 
+    # The shard actors outlive the build's own handle: a second client keeps them, and the resumed
+    # build below (in-process, so its handles go when it returns) is served by the same processes.
+    serving = [collection.backend.submit(s, "process").result(30) for s in range(2)]
+    reader = ShardedIndex.open(out, backend="ray", **options)
+    collection.close()
+
     # Resume: only the new records are encoded and stored; a repeated id in the input is refused.
     more = write_jsonl(tmp_path / "more.jsonl", [{"id": "notes.txt", "text": "already there"},
                                                   {"id": "new-1", "text": "cats and dogs"}])
-    collection.close()
     assert main(["index", "build", "--ray", "local", "-m", str(model_dir), "-i", str(more), "-o", str(out)]) == 0
     assert "8 items in 2 shards" in capsys.readouterr().out
-    collection = ShardedIndex.open(out, backend="ray", **options)  # the same actors, still running
-    assert len(collection) == 8 and "new-1" in collection
+    assert len(reader) == 8 and "new-1" in reader
+    # The same actors (ids), never restarted (pids), answer the reader after both builds.
+    assert [reader.backend.submit(s, "process").result(30) for s in range(2)] == serving
+    assert all(p["actor_id"] for p in serving)
     assert main(["index", "build", "--ray", "local", "-m", str(model_dir), "-i", str(more), "-o", str(tmp_path / "new")]) == 2
     assert "--shards" in capsys.readouterr().err
-    assert collection.search(single.model.encode_queries(["x"]), k=8)[0]  # still searchable
-    notes = [h for h in collection.search(single.index.vectors(["notes.txt"])[:, :4], k=1)[0]]
+    assert reader.search(single.model.encode_queries(["x"]), k=8)[0]  # still searchable
+    notes = [h for h in reader.search(single.index.vectors(["notes.txt"])[:, :4], k=1)[0]]
     assert notes[0].id == "notes.txt" and notes[0].payload["text"].startswith("Quarterly")
-    collection.close(terminate=True)
+    reader.close()  # the last lease: the actors stop
+    with pytest.raises(ValueError):
+        ray_cluster.get_actor(actor_name(out, 0), namespace=NAMESPACE)
     single.index.close()

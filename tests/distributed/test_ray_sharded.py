@@ -106,3 +106,38 @@ def test_a_shard_that_cannot_be_opened_fails_at_once(ray_cluster, tmp_path):
     with pytest.raises(IndexStateError, match="shard 0 could not be opened: .*catalog.sqlite"):
         ShardedIndex.open(tmp_path / "c", backend="ray", num_cpus=0.1)
     assert time.monotonic() - started < 60  # not the 180 s a shard gets to start
+
+
+def test_actors_live_while_any_client_holds_the_collection(ray_cluster, tmp_path):
+    from metaembed.distributed.keeper import NAMESPACE, actor_name, keeper_name
+
+    root = tmp_path / "c"
+    vectors = _unit(6, 2, 4, seed=8)
+    with ShardedIndex.create(root, num_shards=2, dim=4, num_vectors=2) as local:
+        local.add([f"d{i}" for i in range(6)], vectors)
+
+    def running() -> list[bool]:
+        found = []
+        for name in [keeper_name(root), actor_name(root, 0), actor_name(root, 1)]:
+            try:
+                ray_cluster.get_actor(name, namespace=NAMESPACE)
+                found.append(True)
+            except ValueError:
+                found.append(False)
+        return found
+
+    first = ShardedIndex.open(root, backend="ray", num_cpus=0.1)
+    serving = [first.backend.submit(s, "process").result(30) for s in range(2)]
+    second = ShardedIndex.open(root, backend="ray", num_cpus=0.1)
+    first.close()  # the client that started the actors leaves; the other still uses them
+    assert second.search(vectors[:1], k=1)[0][0].id == "d0"
+    assert [second.backend.submit(s, "process").result(30) for s in range(2)] == serving
+    second.close()
+    assert running() == [False, False, False]
+    dropped = ShardedIndex.open(root, backend="ray", num_cpus=0.1)
+    assert running() == [True, True, True]
+    del dropped  # garbage collected without close(): its lease goes back too
+    import gc
+
+    gc.collect()
+    assert running() == [False, False, False]
