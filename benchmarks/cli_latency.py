@@ -75,7 +75,7 @@ def _wall(argv: list[str], env: dict[str, str]) -> float:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from metaembed.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "from metaembed.cli import run; run()", *args]  # what the metaembed script runs
 
 
 def _free_port() -> int:

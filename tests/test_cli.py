@@ -314,14 +314,27 @@ def test_encode_writes_prefix_nested_embeddings(tmp_path, collection, capsys):
     np.testing.assert_allclose(data["embeddings"], reference.numpy(), atol=2e-3)
 
 
+def _script(*argv: str) -> subprocess.CompletedProcess:
+    """The ``metaembed`` console script's entry point (:func:`metaembed.cli.run`) in a fresh process, output piped."""
+    return subprocess.run([sys.executable, "-c", "from metaembed.cli import run; run()", *argv],
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_console_script_entry_point_runs(collection):
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; from metaembed.cli import main; sys.exit(main())", "search",
-         str(collection.index), "q", "--budget", "99,1"],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = _script("search", str(collection.index), "q", "--budget", "99,1")
     assert result.returncode == 2
     assert result.stderr.startswith("error: budget 99,1") and "Traceback" not in result.stderr
+
+
+def test_read_only_commands_skip_teardown_but_lose_no_output(collection, capsys):
+    # search and index info end with os._exit after flushing: piped output must still be complete
+    code, expected, _ = run(capsys, "search", str(collection.index), "item", "--json", "-k", "3")
+    assert code == 0
+    result = _script("search", str(collection.index), "item", "--json", "-k", "3")
+    assert result.returncode == 0 and json.loads(result.stdout) == json.loads(expected)
+    info = _script("index", "info", str(collection.index), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["size"] == 7
+    assert _script("index", "info", str(collection.index / "missing")).returncode == 2
 
 
 def test_train_from_yaml_saves_a_loadable_trained_model(tmp_path, collection, capsys):
