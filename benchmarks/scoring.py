@@ -63,6 +63,9 @@ from metaembed.scoring import maxsim, maxsim_flops
 NUM_QUERIES = 16
 QUERY_VECTORS = 16
 SHORTLIST = 1000
+#: libxsmm JIT-compiles GEMMs up to (M*N*K)^(1/3) = 64; past that, maxsim-cpu 0.1.0 (which links no
+#: BLAS) crashes with a segmentation fault: seen at (16,64) with D = 2048, twice on the Zen 3 machine.
+MAXSIM_CPU_MAX_MNK = 64 ** 3
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ def budget_methods(size, corpus, budget, fp16, int8, built, built_engines, queri
     if found["pylate"]:
         methods.append(Method("pylate", blockwise(peers.pylate_colbert_scores, blocks, q), exact_flops, peer_bytes,
                               note + "; its torch path does not chunk, so each block is one einsum", peer_cap, n, ref))
-    if found["maxsim_cpu"]:
+    if found["maxsim_cpu"] and budget.r_q * budget.r_c * dim > MAXSIM_CPU_MAX_MNK:
+        print(f"[{size.name}] {budget} maxsim-cpu skipped: {budget.r_q}x{budget.r_c}x{dim} is past libxsmm's small-GEMM "
+              "limit, where the maxsim-cpu wheel falls back to a BLAS sgemm it does not link and crashes the process", flush=True)
+    elif found["maxsim_cpu"]:
         methods.append(Method("maxsim-cpu", blockwise(peers.maxsim_cpu_scores, blocks, q), exact_flops, peer_bytes,
                               note + "; one maxsim_scores call per query", peer_cap, n, ref))
     for name, (engine, subset, build_s) in built_engines.items():
