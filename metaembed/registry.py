@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
-from typing import Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from metaembed.errors import InputError
 
@@ -91,4 +91,24 @@ class Registry(Generic[T]):
         return name in self._members
 
 
-__all__ = ["Registry"]
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's module-level ``__getattr__`` and ``__dir__`` that import ``exports`` on first use.
+
+    ``exports`` maps each public name to the module that defines it, so importing the package
+    costs nothing until a name is read (the CLI and Ray workers stay light).
+    """
+    namespace = importlib.import_module(package).__dict__
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    def __dir__() -> list[str]:
+        return sorted(list(namespace) + list(exports))
+
+    return __getattr__, __dir__
+
+
+__all__ = ["Registry", "lazy_exports"]

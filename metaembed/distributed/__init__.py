@@ -14,8 +14,9 @@ package (the lease keeper, the manifest) does not pay for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from metaembed.registry import lazy_exports
 
 _EXPORTS = {
     "ShardedIndex": "metaembed.distributed.sharded",
@@ -30,15 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from metaembed.distributed.sharded import ShardedIndex, ShardedResults
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metaembed.distributed' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["ShardedIndex", "ShardedResults", "shard_of", "is_collection"]
