@@ -5,6 +5,10 @@ The shipped model (``metaembed-minilm``: 384-d, 16 page vectors) encodes once, c
 
 * the packaged held-out collection (500 pages of ten Python libraries' manuals, 1,098 queries
   with qrels: :mod:`metaembed.quickstart.collection`), and
+* the validation collection (``--corpus validation``): the 300 pages of the training manuals
+  that training kept out (``runs/docpages/validation.json.gz``, written by
+  :mod:`metaembed.quickstart.docpages`), where codecs and their parameters are chosen before
+  the held-out pages are looked at, and
 * ``--extra-pages`` pages of the *training* manual python3.11-doc
   (:mod:`metaembed.quickstart.docpages`), added to the held-out pages as a larger corpus
   (distractors: the held-out qrels still score nDCG@10 on it).
@@ -54,19 +58,26 @@ def _pages_text(collection: dict[str, Any]) -> list[str]:
     return [page["text"] for page in collection["corpus"]]
 
 
-def encode_all(cache: Path, extra_pages: int) -> None:
-    """Encode the held-out pages and queries and ``extra_pages`` python3.11-doc pages into ``cache`` (once)."""
+def _jobs(prefix: str, collection: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"{prefix}_pages": lambda m: m.encode_candidates(_pages_text(collection), batch_size=16),
+        f"{prefix}_queries": lambda m: m.encode_queries([q["text"] for q in collection["queries"]], batch_size=64),
+    }
+
+
+def encode_all(cache: Path, extra_pages: int, validation: Path | None = None) -> None:
+    """Encode into ``cache`` (once) the held-out pages and queries, or the ``validation`` collection's
+    instead, and ``extra_pages`` python3.11-doc pages."""
     from metaembed.model import MetaEmbedModel
     from metaembed.quickstart import docpages
     from metaembed.quickstart.collection import load_collection
 
     cache.mkdir(parents=True, exist_ok=True)
     model = None
-    collection = load_collection()
-    jobs = {
-        "heldout_pages": lambda m: m.encode_candidates(_pages_text(collection), batch_size=16),
-        "heldout_queries": lambda m: m.encode_queries([q["text"] for q in collection["queries"]], batch_size=64),
-    }
+    if validation is not None:
+        jobs = _jobs("validation", load_collection(validation))
+    else:
+        jobs = _jobs("heldout", load_collection())
     if extra_pages:
         manual = {"python3.11-doc": docpages.TRAIN_MANUALS["python3.11-doc"]}
         pages = docpages.collect(manual, extra_pages, seed=0)
@@ -83,17 +94,19 @@ def encode_all(cache: Path, extra_pages: int) -> None:
         print(f"encoded {name}: {tuple(vectors.shape)} in {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def _load(cache: Path, extra_pages: int, which: str = "both") -> dict[str, Any]:
+def _load(cache: Path, extra_pages: int, which: str = "both", validation: Path | None = None) -> dict[str, Any]:
     from metaembed.quickstart.collection import load_collection
 
-    collection = load_collection()
-    pages = torch.from_numpy(np.load(cache / "heldout_pages.npy"))
-    queries = torch.from_numpy(np.load(cache / "heldout_queries.npy"))
+    prefix = "validation" if which == "validation" else "heldout"
+    collection = load_collection(validation) if which == "validation" else load_collection()
+    pages = torch.from_numpy(np.load(cache / f"{prefix}_pages.npy"))
+    queries = torch.from_numpy(np.load(cache / f"{prefix}_queries.npy"))
     page_ids = [page["_id"] for page in collection["corpus"]]
     qrels: dict[str, dict[str, int]] = {}
     for query_id, page_id, grade in collection["qrels"]:
         qrels.setdefault(query_id, {})[page_id] = int(grade)
-    corpora = {f"held-out ({len(page_ids)} pages)": (page_ids, pages)} if which != "large" else {}
+    title = "validation" if which == "validation" else "held-out"
+    corpora = {f"{title} ({len(page_ids)} pages)": (page_ids, pages)} if which != "large" else {}
     if extra_pages and which != "heldout":
         extra = torch.from_numpy(np.load(cache / f"python_pages_{extra_pages}.npy"))
         ids = page_ids + [f"python3.11-doc/{i}" for i in range(extra.shape[0])]
@@ -222,9 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("runs/codecs"), help="where the encoded vectors are kept")
     parser.add_argument("--extra-pages", type=int, default=3000, help="python3.11-doc pages added as a larger corpus")
-    parser.add_argument("--codecs", default="bfloat16,int8,pq4,pq2,pq1", help="codecs beside float32 and float16")
-    parser.add_argument("--corpus", choices=("both", "heldout", "large"), default="both",
-                        help="measure the held-out pages, the larger corpus, or both")
+    parser.add_argument("--codecs", default="bfloat16,int8,pq4,pq2,apq2,pq1", help="codecs beside float32 and float16")
+    parser.add_argument("--corpus", choices=("both", "heldout", "large", "validation"), default="both",
+                        help="measure the held-out pages, the larger corpus, both, or the validation pages "
+                             "(where codecs are chosen; see --validation)")
+    parser.add_argument("--validation", type=Path, default=Path("runs/docpages/validation.json.gz"),
+                        help="the validation collection (python -m metaembed.quickstart.docpages --out runs/docpages)")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="rows of earlier --out JSON files to put beside this run's in OUT (another corpus)")
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per codec and budget (best kept)")
@@ -234,8 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.cache = args.cache / model_key()  # vectors of other weights are never reused
-    encode_all(args.cache, args.extra_pages if args.corpus != "heldout" else 0)
-    data = _load(args.cache, args.extra_pages, args.corpus)
+    validation = args.validation if args.corpus == "validation" else None
+    extra = args.extra_pages if args.corpus in ("both", "large") else 0
+    encode_all(args.cache, extra, validation)
+    data = _load(args.cache, extra, args.corpus, validation)
     print(HEADER)
     rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
     rows += measure(data, [c for c in args.codecs.split(",") if c], args.repeats)

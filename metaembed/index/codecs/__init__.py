@@ -31,7 +31,8 @@ Adding a codec is one new module in this package with a :class:`Codec` subclass 
 ``CODECS.register`` call from anywhere before the index is created. The first members:
 ``float32`` (exact), ``float16`` (the default) and ``bfloat16`` in :mod:`.floats`,
 ``int8`` with a scale per 64 values in :mod:`.int8`, and the product quantisers ``pq4``,
-``pq2`` and ``pq1`` (4, 2 and 1 bits a value: 1/4, 1/8 and 1/16 of float16) in :mod:`.pq`.
+``pq2`` and ``pq1`` (4, 2 and 1 bits a value: 1/4, 1/8 and 1/16 of float16) in :mod:`.pq`, and
+``apq2`` (pq2's bytes, codes chosen for inner products by the anisotropic loss) in :mod:`.anisotropic`.
 
 >>> embedding_bytes(64, 128, "float16"), embedding_bytes(64, 128, "int8")
 (16384, 8704)
