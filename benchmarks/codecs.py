@@ -226,7 +226,24 @@ def markdown(report: dict[str, Any]) -> str:
                        f"| {row['train_seconds']:.1f} s | {latency} |")
         out.append("")
     out += ["## Target", "", *[f"    {line}" for line in report["verdict"]], ""]
+    if report.get("tried"):
+        tried = report["tried"]
+        out += [f"## Other quantisers tried ({tried['corpus']})", "", tried["note"], "",
+                "| method | bytes/vector | " + " | ".join(f"overlap {b}" for b in report["budgets"]) + " | worst |",
+                "|---|---|" + "---|" * (len(report["budgets"]) + 1)]
+        for method in tried["methods"]:
+            values = [method["overlap@10"][b] for b in report["budgets"]]
+            out.append(f"| {method['method']} | {method['bytes_per_vector']} | "
+                       + " | ".join(f"{v:.3f}" for v in values) + f" | {min(values):.3f} |")
+        out.append("")
     return "\n".join(out)
+
+
+def merged_rows(paths: list[Path], measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of earlier ``--out`` JSON files, less those of a (corpus, codec) this run measured again."""
+    fresh = {(row["corpus"], row["codec"]) for row in measured}
+    rows = [row for path in paths for row in json.loads(path.read_text())["rows"]]
+    return [row for row in rows if (row["corpus"], row["codec"]) not in fresh]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the validation collection (python -m metaembed.quickstart.docpages --out runs/docpages)")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="rows of earlier --out JSON files to put beside this run's in OUT (another corpus)")
+    parser.add_argument("--tried", type=Path,
+                        help="a JSON file {corpus, note, methods: [{method, bytes_per_vector, overlap@10: {budget: value}}]} "
+                             "of quantisers measured outside the index (scratch runs), shown in OUT.md")
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per codec and budget (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-machine", action="store_true", help="say in the results that latency was taken on a loaded machine")
@@ -255,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     encode_all(args.cache, extra, validation)
     data = _load(args.cache, extra, args.corpus, validation)
     print(HEADER)
-    rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
-    rows += measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
+    measured = measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
+    rows = merged_rows(args.merge, measured) + measured
     lines = verdict(rows)
     print("\n".join(lines))
     if args.out:
@@ -266,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             "latency_note": ("Train and latency are wall times on a SHARED, loaded machine (this process got a few % "
                              "of a core): they say nothing about the codecs; rerun on a quiet machine for them."
                              if args.shared_machine else "Latency: best of the repeats on this machine."),
+            "tried": json.loads(args.tried.read_text()) if args.tried else None,
             "command": "python -m benchmarks.codecs " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,3 +27,19 @@ def test_every_codec_and_budget_is_measured_against_float32() -> None:
     assert ("MET" if worst >= 0.95 else "NOT met") in lines[0]
     report = {"model": "random", "rows": rows, "verdict": lines, "machine": "m", "latency_note": "", "command": "c"}
     assert "| pq2 | 8,16 | 4 | 0.125 |" in markdown(report)
+
+
+def test_merged_rows_give_way_to_this_runs_and_scratch_methods_are_tabled(tmp_path) -> None:
+    import json
+
+    from benchmarks.codecs import merged_rows
+
+    old = [{"corpus": "a", "codec": c, "budget": b} for c in ("float32", "pq2") for b in ("1,1", "2,4")]
+    (tmp_path / "old.json").write_text(json.dumps({"rows": old}))
+    fresh = [{"corpus": "a", "codec": "float32", "budget": "1,1"}, {"corpus": "b", "codec": "pq2", "budget": "1,1"}]
+    assert merged_rows([tmp_path / "old.json"], fresh) == [r for r in old if r["codec"] == "pq2"]
+    tried = {"corpus": "validation", "note": "scratch", "methods": [
+        {"method": "opq", "bytes_per_vector": 96, "overlap@10": {"1,1": 0.9, "2,4": 0.85}}]}
+    report = {"model": "m", "rows": [], "verdict": [], "machine": "m", "latency_note": "", "command": "c",
+              "budgets": ["1,1", "2,4"], "tried": tried}
+    assert "| opq | 96 | 0.900 | 0.850 | 0.850 |" in markdown(report)
