@@ -863,20 +863,29 @@ def build_index(
                 "use a new --out or the same model"
             )
     loaded = load_model(model)
-    if index is None:
-        ladder = ladder_within(budgets, loaded.num_query_tokens, loaded.num_candidate_tokens)
-        metadata = index_metadata(
-            model_path, out, ladder, loaded.num_query_tokens, loaded.supports_images, source, copied_model=copy_model
+    created = index is None
+    try:
+        if index is None:
+            ladder = ladder_within(budgets, loaded.num_query_tokens, loaded.num_candidate_tokens)
+            metadata = index_metadata(
+                model_path, out, ladder, loaded.num_query_tokens, loaded.supports_images, source, copied_model=copy_model
+            )
+            index = MultiVectorIndex.create(
+                out, dim=loaded.embedding_dim, num_vectors=loaded.num_candidate_tokens, dtype=dtype, metadata=metadata
+            )
+            if copy_model:
+                loaded.save_pretrained(out / COPIED_MODEL_DIR)
+        retriever = Retriever(index, loaded)
+        update_index(
+            retriever, source, atomic=False, strict=strict, batch_size=batch_size, progress=progress, on_batch=on_batch
         )
-        index = MultiVectorIndex.create(
-            out, dim=loaded.embedding_dim, num_vectors=loaded.num_candidate_tokens, dtype=dtype, metadata=metadata
-        )
-        if copy_model:
-            loaded.save_pretrained(out / COPIED_MODEL_DIR)
-    retriever = Retriever(index, loaded)
-    update_index(
-        retriever, source, atomic=False, strict=strict, batch_size=batch_size, progress=progress, on_batch=on_batch
-    )
+    except BaseException:
+        # A build that created the index and failed before its first batch was saved (a bad input
+        # row, an interrupt) leaves no empty index behind; once items are saved, rerunning resumes.
+        if created and index is not None and len(index) == 0:
+            index.close()
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return retriever
 
 

@@ -104,6 +104,18 @@ def test_missing_input_creates_no_index(tmp_path, collection, capsys):
     assert not out.exists()
 
 
+def test_a_build_that_fails_before_its_first_batch_leaves_no_index(tmp_path, collection, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "a", "text": "cats"}\n{"id": "a", "text": "dogs"}\n')
+    out = tmp_path / "dup.index"
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", rows, "-o", out)
+    assert code == 2 and "id 'a' appears twice in the input" in err
+    assert not out.exists()  # no half-made index to trip over (or to resume from) next time
+    rows.write_text('{"id": "a", "text": "cats"}\n{"id": "b", "text": "dogs"}\n')
+    code, out_text, _ = run(capsys, "index", "build", "-m", collection.model_dir, "-i", rows, "-o", out)
+    assert code == 0 and len(Retriever.open(out)) == 2
+
+
 def test_index_build_info_add_delete(tmp_path, collection, capsys):
     out_index = tmp_path / "built.index"
     code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", collection.docs, "-o", out_index,
