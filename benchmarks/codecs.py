@@ -15,7 +15,7 @@ The shipped model (``metaembed-minilm``: 384-d, 16 page vectors) encodes once, c
 
 For each corpus, codec and budget it prints bytes per vector (and the ratio to float16), the
 top-10 overlap with exact fp32 search (the fraction of fp32's top 10 a codec's top 10 holds,
-averaged over queries), nDCG@10 beside fp32's, the codec's training time and the search
+averaged over queries), nDCG@10 beside fp32's, the time to add the corpus (a trained codec's training and encoding) and the search
 latency relative to float16 on the same index sizes. Every search goes through
 :class:`~metaembed.index.MultiVectorIndex` (the codec's own scoring path)::
 
@@ -147,14 +147,11 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
         fp16_time: dict[str, float] = {}
         for name in ["float32", "float16"] + [c for c in codecs if c not in ("float32", "float16")]:
             codec = get_codec(name)
-            train_seconds = 0.0
-            if codec.trained:  # the index trains on its first add; time the same fit on its own
-                started = time.perf_counter()
-                codec.fit(pages.reshape(-1, dim))
-                train_seconds = time.perf_counter() - started
             index = MultiVectorIndex.create(None, dim=dim, num_vectors=num_vectors, dtype=name)
             try:
-                index.add(ids, pages)
+                started = time.perf_counter()
+                index.add(ids, pages)  # a trained codec learns its codebooks here, then encodes the corpus
+                build_seconds = time.perf_counter() - started
                 for text in BUDGETS:
                     budget = Budget.parse(text)
                     top, hits, seconds = _search(index, queries, budget, repeats)
@@ -168,7 +165,7 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
                         "corpus": corpus, "pages": len(ids), "codec": name, "budget": text,
                         "bytes_per_vector": per_vector, "ratio_to_float16": per_vector / (2 * dim),
                         "overlap@10": overlap(top, reference[text][0]), "ndcg@10": ndcg,
-                        "ndcg@10_float32": reference[text][1], "train_seconds": train_seconds,
+                        "ndcg@10_float32": reference[text][1], "build_seconds": build_seconds,
                         "search_seconds": seconds,
                         "latency_vs_float16": seconds / fp16_time[text] if text in fp16_time else None,
                     })
@@ -178,15 +175,20 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
     return rows
 
 
+def _build(row: dict[str, Any]) -> float:
+    """Seconds to add the corpus (training included); rows of older files hold the training time alone."""
+    return row.get("build_seconds", row.get("train_seconds", 0.0))
+
+
 def _line(row: dict[str, Any]) -> str:
     latency = "" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}x"
     return (f"{row['codec']:>9} {row['budget']:>5} {row['bytes_per_vector']:>6} B {row['ratio_to_float16']:>6.3f} "
             f"{row['overlap@10']:>8.3f} {row['ndcg@10']:>7.3f} {row['ndcg@10_float32']:>6.3f} "
-            f"{row['train_seconds']:>6.1f}s {latency:>8}")
+            f"{_build(row):>6.1f}s {latency:>8}")
 
 
 HEADER = (f"{'codec':>9} {'budget':>5} {'bytes/vec':>8} {'/fp16':>6} {'overlap':>8} {'nDCG@10':>7} {'fp32':>6} "
-          f"{'train':>7} {'latency':>8}")
+          f"{'build':>7} {'latency':>8}")
 
 
 def verdict(rows: list[dict[str, Any]], ratio: float = 1 / 8, target: float = 0.95) -> list[str]:
@@ -215,7 +217,7 @@ def markdown(report: dict[str, Any]) -> str:
            f"Command: `{report['command']}`", ""]
     for corpus in dict.fromkeys(row["corpus"] for row in report["rows"]):
         out += [f"## {corpus}", "",
-                "| codec | budget | bytes/vector | of float16 | top-10 overlap with fp32 | nDCG@10 | fp32 nDCG@10 | train | latency vs float16 |",
+                "| codec | budget | bytes/vector | of float16 | top-10 overlap with fp32 | nDCG@10 | fp32 nDCG@10 | build (train + encode) | latency vs float16 |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for row in report["rows"]:
             if row["corpus"] != corpus:
@@ -223,7 +225,7 @@ def markdown(report: dict[str, Any]) -> str:
             latency = "—" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}×"
             out.append(f"| {row['codec']} | {row['budget']} | {row['bytes_per_vector']} | {row['ratio_to_float16']:.3f} "
                        f"| {row['overlap@10']:.3f} | {row['ndcg@10']:.3f} | {row['ndcg@10_float32']:.3f} "
-                       f"| {row['train_seconds']:.1f} s | {latency} |")
+                       f"| {_build(row):.1f} s | {latency} |")
         out.append("")
     out += ["## Target", "", *[f"    {line}" for line in report["verdict"]], ""]
     if report.get("tried"):
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
             "model": MODEL, "weights": model_key(), "rows": rows, "verdict": lines, "budgets": list(BUDGETS),
             "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
             "latency_note": ("Train and latency are wall times on a SHARED, loaded machine (this process got a few % "
-                             "of a core): they say nothing about the codecs; rerun on a quiet machine for them."
+                             "of a core): they say nothing about the codecs; rerun on a quiet machine for them. Rows merged "
+                             "from an earlier file (--merge) keep that file's timings (the codec's training alone)."
                              if args.shared_machine else "Latency: best of the repeats on this machine."),
             "tried": json.loads(args.tried.read_text()) if args.tried else None,
             "command": "python -m benchmarks.codecs " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
