@@ -33,6 +33,16 @@ def brute_force(queries: torch.Tensor, candidates: torch.Tensor, ids: list[str],
     return out
 
 
+def built_in_two_adds(path, dtype: str, ids: list[str], candidates: torch.Tensor, first: int):
+    """An index of ``candidates`` ``(N, R, D)`` in ``dtype``, added as ``[:first]`` (a trained codec's sample) then the rest."""
+    from metaembed.index import MultiVectorIndex
+
+    index = MultiVectorIndex.create(path, dim=candidates.shape[-1], num_vectors=candidates.shape[1], dtype=dtype)
+    index.add(ids[:first], candidates[:first])
+    index.add(ids[first:], candidates[first:])
+    return index
+
+
 @pytest.fixture
 def corpus() -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """60 candidates of 8 vectors, 5 queries of 4 vectors, D = 16."""

@@ -14,7 +14,7 @@ from metaembed.index import MultiVectorIndex
 from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.codecs.anisotropic import ETA
 
-from .conftest import brute_force, unit_vectors
+from .conftest import brute_force, built_in_two_adds, unit_vectors
 
 
 def _loss(vectors: np.ndarray, decoded: np.ndarray, eta: float) -> np.ndarray:
@@ -96,18 +96,14 @@ def apq2_index(tmp_path):
     """An index of 200 candidates x 8 clustered vectors of D = 32 in apq2, its codebooks learnt from the first add."""
     ids = [f"doc-{i}" for i in range(200)]
     candidates, queries = clustered(10, 200, 8, 32), clustered(11, 12, 4, 32)
-    index = MultiVectorIndex.create(tmp_path / "apq2.index", dim=32, num_vectors=8, dtype="apq2")
-    index.add(ids[:150], candidates[:150])  # 1,200 vectors: the training sample
-    index.add(ids[150:], candidates[150:])
+    index = built_in_two_adds(tmp_path / "apq2.index", "apq2", ids, candidates, 150)  # 1,200 vectors: the training sample
     yield index, ids, candidates, queries
     index.close()
 
 
 def test_search_stays_close_to_exact_and_closer_than_pq2(apq2_index, tmp_path) -> None:
     index, ids, candidates, queries = apq2_index
-    plain = MultiVectorIndex.create(tmp_path / "pq2.index", dim=32, num_vectors=8, dtype="pq2")
-    plain.add(ids[:150], candidates[:150])
-    plain.add(ids[150:], candidates[150:])
+    plain = built_in_two_adds(tmp_path / "pq2.index", "pq2", ids, candidates, 150)
     overlaps = {"apq2": [], "pq2": []}
     for budget in (Budget(1, 1), Budget(2, 4), Budget(4, 8)):
         exact = [{i for i, _ in row} for row in brute_force(queries, candidates, ids, budget.r_q, budget.r_c, 10)]

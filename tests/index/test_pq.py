@@ -15,7 +15,7 @@ from metaembed.index import MultiVectorIndex
 from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.codecs.pq import CENTROIDS
 
-from .conftest import brute_force, unit_vectors
+from .conftest import brute_force, built_in_two_adds, unit_vectors
 
 
 def _nearest_codes(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -82,9 +82,7 @@ def pq_index(tmp_path):
     """An index of 120 candidates x 8 vectors of D = 32 in pq2; the codebooks learnt from its first add."""
     ids = [f"doc-{i}" for i in range(120)]
     candidates, queries = unit_vectors(10, 120, 8, 32), unit_vectors(11, 6, 4, 32)
-    index = MultiVectorIndex.create(tmp_path / "pq.index", dim=32, num_vectors=8, dtype="pq2")
-    index.add(ids[:80], candidates[:80])  # 640 vectors: the training sample
-    index.add(ids[80:], candidates[80:])
+    index = built_in_two_adds(tmp_path / "pq.index", "pq2", ids, candidates, 80)  # 640 vectors: the training sample
     yield index, ids, candidates, queries
     index.close()
 
