@@ -46,3 +46,19 @@ builtin-model: builtin-data
 
 builtin-report:
 	$(PYTHON) experiments/builtin_model.py --phases report
+
+.PHONY: bench-approximate
+
+# Approximate search on real embeddings at N = 100k (issue 20): 100,000 40-word passages of three
+# Debian manuals (root, apt; no manual pages) embedded by the built-in model (about 75 minutes on
+# 2 Zen 3 cores; rerun to resume an interrupted build), 512 heading queries; exact, coarse and ann
+# beside xtr-warp-rs over the same stored vectors. xtr-warp needs its own environment
+# (requirements-peers.txt): XTR_PYTHON=/path/to/its/bin/python.
+APPROX_DIR ?= runs/approximate
+XTR_PYTHON ?= $(METAEMBED_XTR_PYTHON)
+bench-approximate:
+	apt-get install -y --no-install-recommends python3.11-doc python-django-doc postgresql-doc-15
+	$(PYTHON) -m benchmarks.data --out $(APPROX_DIR)
+	$(PYTHON) -m metaembed.cli index build -i $(APPROX_DIR)/passages.jsonl -o $(APPROX_DIR)/index --batch-size 64
+	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.coarse_to_fine --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
+		--field text --shortlists 100,200,500,1000,2000 --xtr-python $(XTR_PYTHON) --name "approximate-{cpu}"

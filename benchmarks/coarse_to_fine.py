@@ -11,25 +11,34 @@ For every budget of the index's ladder above ``(1,1)`` and every shortlist size 
 * ``ann``: the shortlist from the FAISS HNSW graph over first vectors, re-ranked exactly;
 
 each as top-10 overlap with exact search at the same budget (1.0 = the same ten items) and the
-median latency per batch of queries beside exact search's.
+median latency per batch of queries beside exact search's. With ``--xtr-python`` it also builds an
+``xtr-warp-rs`` WARP index over the same stored vectors (the first ``r_c`` of each candidate) at the
+budgets of ``--xtr-budgets`` and times its own search on the same query vectors, one call per batch,
+with the same threads; the report then says, for each of its settings, whether one of ours is at
+least as fast at equal or better overlap (issue 20's target, at N = 100k).
 
     python -m benchmarks.coarse_to_fine                                  # the quickstart's index
     python -m benchmarks.coarse_to_fine --index IDX --queries q.jsonl --field text
+    make bench-approximate     # 100k passages of Debian manuals, the built-in model, xtr-warp beside
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from benchmarks import engines
 from benchmarks.measure import K, overlap
+from benchmarks.scoring import cpu_class, cpu_description, load_average
+from metaembed import native
+from metaembed.cache import cache_root
 from metaembed.budget import Budget
 from metaembed.errors import InputError
 from metaembed.jsonl import iter_jsonl
@@ -38,12 +47,13 @@ from metaembed.retriever import Retriever
 #: Shortlists as fractions of the index size (a 1,000 shortlist is 1% of N = 100,000).
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.1)
 BATCH = 16
+#: xtr-warp search settings: its own tuned defaults, then wider probes.
+WARP_SETTINGS = '[{}, {"nprobe": 32}, {"nprobe": 64}]'
 
 
 def default_index() -> Path:
     """The quickstart's index: ``$METAEMBED_CACHE/quickstart/index`` (``~/.cache/metaembed`` by default)."""
-    cache = Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed"))
-    return cache / "quickstart" / "index"
+    return cache_root() / "quickstart" / "index"
 
 
 def read_queries(path: Path, field: str, limit: int | None) -> list[str]:
@@ -75,23 +85,70 @@ def _timed_search(retriever: Retriever, embeddings: torch.Tensor, **search: Any)
     return statistics.median(seconds), found
 
 
-def measure(retriever: Retriever, texts: Sequence[str], shortlists: Sequence[int]) -> list[dict[str, Any]]:
-    """Rows of (budget, method, shortlist, overlap with exact top-10, median latency per batch)."""
-    embeddings = retriever.model.encode_queries(list(texts), show_progress=False)
+def measure(retriever: Retriever, embeddings: torch.Tensor, shortlists: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, list[list[str]]]]:
+    """Rows of (budget, method, shortlist, overlap with exact top-10, median latency per batch), and
+    exact search's top-10 ids per budget."""
+    begin = time.perf_counter()
     retriever.index.search(embeddings[:1], k=K, mode="ann", budget=Budget(1, 1))  # build the graph untimed
-    rows = []
+    graph_s = time.perf_counter() - begin
+    rows, exact_ids = [], {}
     for budget in retriever.ladder:
         if budget == Budget(1, 1):
             continue
         exact_s, exact = _timed_search(retriever, embeddings, budget=budget)
+        exact_ids[str(budget)] = exact
         rows.append({"budget": str(budget), "method": "exact", "shortlist": len(retriever), "overlap": 1.0,
                      "latency_ms": 1e3 * exact_s})
         for shortlist in shortlists:
             for mode in ("coarse", "ann"):
                 seconds, found = _timed_search(retriever, embeddings, budget=budget, mode=mode, shortlist=shortlist)
                 rows.append({"budget": str(budget), "method": mode, "shortlist": shortlist,
-                             "overlap": overlap(found, exact), "latency_ms": 1e3 * seconds})
+                             "overlap": overlap(found, exact), "latency_ms": 1e3 * seconds,
+                             **({"graph_build_s": graph_s} if mode == "ann" else {})})
+    return rows, exact_ids
+
+
+def warp_rows(retriever: Retriever, embeddings: torch.Tensor, exact_ids: dict[str, list[list[str]]],
+              budgets: Sequence[Budget], python: str, settings: list[dict], reps: int,
+              work: Path) -> list[dict[str, Any]]:
+    """xtr-warp's rows: a WARP index over the first ``r_c`` stored vectors of every candidate (built
+    by its worker, timed there), searched with each setting at ``(r_q, r_c)``, one call per batch."""
+    import numpy as np
+
+    rows = []
+    for budget in budgets:
+        ids, parts = [], []
+        for batch_ids, vectors in retriever.index.export(budget.r_c):
+            ids += batch_ids
+            parts.append(vectors.numpy())
+        engine = engines.XtrWarp(str(work), retriever.index.dim, [budget.r_c], python, torch.get_num_threads(), settings)
+        engine.add(0, np.concatenate(parts))
+        parts.clear()
+        engine.finish()
+        queries = embeddings[:, : budget.r_q].numpy()
+        for result in engine.timed_search(queries, budget.r_q, budget.r_c, K, reps, batch=BATCH):
+            setting = ", ".join(f"{key}={value}" for key, value in result["setting"].items()) or "its tuned defaults"
+            found = [[ids[pid] for pid in row] for row in result["ids"]]
+            rows.append({"budget": str(budget), "method": f"xtr-warp ({setting})", "shortlist": None,
+                         "overlap": overlap(found, exact_ids[str(budget)]),
+                         "latency_ms": 1e3 * statistics.median(result["times"]),
+                         "build_s": engine.build_seconds[budget.r_c], "stored_bytes": engine.index_bytes[budget.r_c]})
     return rows
+
+
+def targets(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """For each xtr-warp row: the fastest of ours at equal or better overlap, and whether it is as fast."""
+    lines = []
+    for peer in (row for row in rows if row["method"].startswith("xtr-warp")):
+        ours = [row for row in rows if row["budget"] == peer["budget"] and not row["method"].startswith("xtr-warp")
+                and row["overlap"] >= peer["overlap"]]
+        best = min(ours, key=lambda row: row["latency_ms"])
+        shortlist = "" if best["method"] == "exact" else f", shortlist {best['shortlist']:,}"
+        verdict = "met" if best["latency_ms"] <= peer["latency_ms"] else "NOT met"
+        lines.append(f"vs {peer['method']} at ({peer['budget']}): it takes {peer['latency_ms']:.1f} ms at overlap "
+                     f"{peer['overlap']:.3f}; ours {best['method']}{shortlist}: {best['latency_ms']:.1f} ms at "
+                     f"{best['overlap']:.3f} ({peer['latency_ms'] / best['latency_ms']:.1f}x): {verdict}")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -99,19 +156,31 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Coarse-to-fine search on a trained model's embeddings",
         "",
+        f"{report.get('cpu', '')}; {report['torch_threads']} threads; load before: {report.get('load', '?')}. "
         f"Index {report['index']} ({report['size']:,} candidates, model {report['model']}); "
         f"{report['num_queries']} queries from {report['queries']} (field {report['field']!r}); "
         f"top-{K}; latency = median per batch of {BATCH} queries; overlap = top-{K} overlap with exact search "
         "at the same budget. coarse = (1,1) over every candidate, ann = FAISS HNSW over first vectors; "
-        "both re-rank their shortlist exactly.",
+        "both re-rank their shortlist exactly. xtr-warp = a WARP index over the same stored vectors "
+        "(its k-means centroids and residual codes), its own search, one call per batch.",
         "",
         "| budget | method | shortlist | % of index | top-10 overlap | latency ms |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:
-        share = 100 * row["shortlist"] / report["size"]
-        lines.append(f"| {row['budget']} | {row['method']} | {row['shortlist']:,} | {share:.0f}% | "
+    for row in sorted(report["rows"], key=lambda row: (row["budget"] != "2,4", row["budget"], row["latency_ms"])):
+        if row["shortlist"] is None:
+            shortlist = share = "—"
+        else:
+            shortlist, share = f"{row['shortlist']:,}", f"{100 * row['shortlist'] / report['size']:.1f}%"
+        lines.append(f"| {row['budget']} | {row['method']} | {shortlist} | {share} | "
                      f"{row['overlap']:.3f} | {row['latency_ms']:.1f} |")
+    warp = [row for row in report["rows"] if "build_s" in row]
+    if warp:
+        lines += ["", "xtr-warp index: " + "; ".join(
+            f"({row['budget']}) built in {row['build_s']:.0f} s, {row['stored_bytes'] / 2**20:,.1f} MiB"
+            for row in {row["budget"]: row for row in warp}.values())]
+    if report.get("targets"):
+        lines += ["", "## Target", ""] + [f"- {line}" for line in report["targets"]]
     return "\n".join(lines) + "\n"
 
 
@@ -127,8 +196,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shortlists", default=None,
                         help="comma-separated shortlist sizes (default: 1%%, 2%%, 5%%, 10%% of the index)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                        help="folder for coarse_to_fine.json / .md")
+                        help="folder for NAME.json / .md")
+    parser.add_argument("--name", default="coarse_to_fine",
+                        help="output stem (default coarse_to_fine); {cpu} becomes the CPU class and kernel ISA, e.g. zen3-avx2")
+    parser.add_argument("--xtr-python", default=engines.default_warp_python(),
+                        help="an interpreter with xtr-warp-rs (see requirements-peers.txt); default $METAEMBED_XTR_PYTHON")
+    parser.add_argument("--xtr-budgets", default="4,8", help="budgets at which to build WARP indexes, e.g. '4,8 8,16'")
+    parser.add_argument("--xtr-settings", default=WARP_SETTINGS, help="JSON list of XTRWarp.search keyword dicts")
+    parser.add_argument("--xtr-reps", type=int, default=3, help="timed passes over the queries per setting")
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder for the WARP indexes")
     args = parser.parse_args(argv)
+    args.name = args.name.replace("{cpu}", f"{cpu_class()}-{native.isa() or 'blas'}")
     index = args.index or default_index()
     if not index.exists():
         raise SystemExit(f"no index at {index}: run `metaembed quickstart` first, or pass --index")
@@ -142,13 +220,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         shortlists = sorted({max(K, round(size * fraction)) for fraction in DEFAULT_FRACTIONS})
     texts = read_queries(queries, args.field, args.max_queries)
-    report = {"index": str(index), "model": str(retriever.index.metadata.get("model", "")), "size": size,
+    report = {"cpu": cpu_description(), "load": load_average(), "index": str(index),
+              "model": str(retriever.index.metadata.get("model", "")), "size": size,
               "queries": str(queries), "field": args.field, "num_queries": len(texts),
-              "torch_threads": torch.get_num_threads(), "rows": measure(retriever, texts, shortlists)}
+              "torch_threads": torch.get_num_threads()}
+    embeddings = retriever.model.encode_queries(list(texts), show_progress=False)
+    report["rows"], exact_ids = measure(retriever, embeddings, shortlists)
+    if args.xtr_python:
+        budgets = [retriever.check_budget(Budget.parse(text)) for text in args.xtr_budgets.split()]
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+            report["rows"] += warp_rows(retriever, embeddings, exact_ids, budgets, args.xtr_python,
+                                        json.loads(args.xtr_settings), args.xtr_reps, Path(work))
+        report["targets"] = targets(report["rows"])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "coarse_to_fine.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
-    (args.out / "coarse_to_fine.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
     print(text)
     return report
 

@@ -224,13 +224,15 @@ class XtrWarp:
             vectors.unlink()
             self.build_seconds[r_c], self.index_bytes[r_c] = built["seconds"], built["bytes"]
 
-    def timed_search(self, queries: np.ndarray, r_q: int, r_c: int, k: int, reps: int) -> list[dict]:
-        """Each setting's search of ``queries`` at ``(r_q, r_c)``: ``{"setting", "times", "ids"}``."""
+    def timed_search(self, queries: np.ndarray, r_q: int, r_c: int, k: int, reps: int,
+                     batch: int | None = None) -> list[dict]:
+        """Each setting's search of ``queries`` at ``(r_q, r_c)``: ``{"setting", "times", "ids"}``, one
+        timed call per ``batch`` queries (default: all in one call) in each of ``reps`` passes."""
         with tempfile.NamedTemporaryFile(suffix=".npy", dir=self.folder, delete=False) as handle:
             np.save(handle, np.ascontiguousarray(queries[:, :r_q], dtype=np.float32))
         try:
             return self._worker("search", str(Path(self.folder) / f"warp-c{r_c}"), handle.name, str(k), str(reps),
-                                str(self.threads), json.dumps(self.settings))["results"]
+                                str(self.threads), json.dumps(self.settings), str(batch or len(queries)))["results"]
         finally:
             os.unlink(handle.name)
 

@@ -3,10 +3,12 @@
     python warp_worker.py build VECTORS.npy INDEX_FOLDER
         VECTORS: (N, R_c, D) fp32; builds a WARP index (its defaults: 4-bit residuals,
         k-means centroids) on the CPU. Prints {"seconds": build time, "bytes": index bytes}.
-    python warp_worker.py search INDEX_FOLDER QUERIES.npy K REPS THREADS SETTINGS_JSON
+    python warp_worker.py search INDEX_FOLDER QUERIES.npy K REPS THREADS SETTINGS_JSON [BATCH]
         QUERIES: (Q, R_q, D) fp32. For each setting (a dict of XTRWarp.search keywords,
-        e.g. {"nprobe": 32}; {} = its own tuned defaults) runs one untimed search, then
-        REPS timed ones of the whole batch. Prints {"results": [{"setting", "times", "ids"}]}.
+        e.g. {"nprobe": 32}; {} = its own tuned defaults) runs one untimed search of the first
+        batch, then REPS timed passes over the queries, one search call per BATCH queries
+        (default: all Q in one call). Prints {"results": [{"setting", "times", "ids"}]}: the
+        seconds of every call of every pass, and the last pass's ids.
 
 The last line of stdout is the JSON answer; everything else goes to stderr.
 """
@@ -38,19 +40,22 @@ def main(argv: list[str]) -> dict:
         if command == "search":
             folder, queries = argv[1], torch.from_numpy(np.load(argv[2]))
             k, reps, threads, settings = int(argv[3]), int(argv[4]), int(argv[5]), json.loads(argv[6])
+            batch = int(argv[7]) if len(argv) > 7 else len(queries)
             torch.set_num_threads(threads)
             index = XTRWarp(folder).load(device="cpu")
             results = []
             for setting in settings:
-                def run():
-                    return index.search(queries, top_k=k, num_threads=threads, show_progress=False, **setting)
+                def run(part):
+                    return index.search(part, top_k=k, num_threads=threads, show_progress=False, **setting)
 
-                found = run()
-                times = []
+                run(queries[:batch])
+                times, found = [], []
                 for _ in range(reps):
-                    start = time.perf_counter()
-                    found = run()
-                    times.append(time.perf_counter() - start)
+                    found = []
+                    for first in range(0, len(queries), batch):
+                        start = time.perf_counter()
+                        found += run(queries[first:first + batch])
+                        times.append(time.perf_counter() - start)
                 results.append({"setting": setting, "times": times,
                                 "ids": [[int(pid) for pid, _ in row] for row in found]})
             return {"results": results}

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from metaembed.cache import cache_root
 from metaembed.errors import IndexCorruptError, MetaEmbedError
 from metaembed.model.builtin import DEFAULT_MODEL
 
@@ -721,7 +722,7 @@ def serve(
 @app.command()
 def quickstart(
     cache: Path = typer.Option(
-        Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed")) / "quickstart",
+        cache_root() / "quickstart",
         "--cache", help="Folder for the held-out collection, the index, the results table and plot.",
     ),
     retrain: bool = typer.Option(

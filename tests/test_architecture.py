@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metaembed"
 #: Bottom to top: a module may import its own top-level unit and the units of lower layers only.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"budget", "registry", "jsonl", "workers", "native", "ocr"},
+    {"budget", "registry", "jsonl", "cache", "workers", "native", "ocr"},
     {"scoring"},
     {"index", "model"},
     {"training", "evaluation", "ingest"},

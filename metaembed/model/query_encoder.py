@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from metaembed.cache import cache_root
 from metaembed.errors import InputError, MetaEmbedError, QueryExportError
 from metaembed.model.builtin import builtin_path, is_builtin, is_package_reference, package_model_path
 from metaembed.model.items import Item, ItemLike, to_items
@@ -64,16 +65,11 @@ class StaleExportError(QueryExportError):
     """An export folder's files do not match its manifest (or the manifest another model)."""
 
 
-def cache_root() -> Path:
-    """``$METAEMBED_CACHE`` (default ``~/.cache/metaembed``): where metaembed keeps what it derives."""
-    return Path(os.environ.get("METAEMBED_CACHE", Path.home() / ".cache" / "metaembed"))
-
-
 def exports_root() -> Path:
     """The folder holding one subfolder per exported query encoder.
 
     ``$METAEMBED_QUERY_ENCODERS`` when set (the test suite points it at a scratch folder), else
-    ``query-encoders`` in :func:`cache_root`.
+    ``query-encoders`` in :func:`metaembed.cache.cache_root`.
     """
     chosen = os.environ.get("METAEMBED_QUERY_ENCODERS")
     return Path(chosen) if chosen else cache_root() / "query-encoders"
@@ -323,7 +319,6 @@ __all__ = [
     "ExportedQueryEncoder",
     "Manifest",
     "StaleExportError",
-    "cache_root",
     "export_folder",
     "exports_root",
     "file_crc",

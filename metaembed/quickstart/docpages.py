@@ -70,10 +70,12 @@ _MAIN_IDS = {"yui-main"}
 
 
 class _MainText(HTMLParser):
-    """Blocks of the main content of a Sphinx HTML page: ``div[role=main]`` (or a ``div`` of :data:`_MAIN_IDS`)."""
+    """Blocks of the main content of a Sphinx HTML page: ``div[role=main]`` (or a ``div`` of :data:`_MAIN_IDS`,
+    or of one of ``main_classes``, e.g. DocBook's ``sect1``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, main_classes: frozenset[str] = frozenset()) -> None:
         super().__init__(convert_charrefs=True)
+        self._main_classes = main_classes
         self.blocks: list[Block] = []
         self._main_depth: int | None = None
         self._div_depth = 0
@@ -86,7 +88,8 @@ class _MainText(HTMLParser):
         values = dict(attrs)
         if tag == "div":
             self._div_depth += 1
-            if self._main_depth is None and (values.get("role") == "main" or values.get("id") in _MAIN_IDS):
+            if self._main_depth is None and (values.get("role") == "main" or values.get("id") in _MAIN_IDS
+                                            or values.get("class") in self._main_classes):
                 self._main_depth = self._div_depth
         if tag in _SKIP_TAGS:
             self._skip += 1
@@ -126,9 +129,10 @@ class _MainText(HTMLParser):
         self.blocks.append(Block(kind, text))
 
 
-def read_blocks(path: Path) -> list[Block]:
-    """The main-content blocks of one HTML file, in reading order."""
-    parser = _MainText()
+def read_blocks(path: Path, main_classes: frozenset[str] = frozenset()) -> list[Block]:
+    """The main-content blocks of one HTML file, in reading order; ``main_classes``: classes of the
+    ``div`` that holds the main content where it is not Sphinx's (DocBook: ``sect1``, ``chapter`` ...)."""
+    parser = _MainText(main_classes)
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
     parser.close()
     return parser.blocks

