@@ -21,6 +21,7 @@ latency relative to float16 on the same index sizes. Every search goes through
 
     nice -n 19 python -m benchmarks.codecs                      # encodes once, then measures
     nice -n 19 python -m benchmarks.codecs --out benchmarks/results/codecs-zen3-avx2
+    nice -n 19 python -m benchmarks.codecs --corpus validation   # where a codec is chosen
 
 Latency is taken on whatever machine runs it; the committed file says if that machine was shared.
 """
