@@ -51,13 +51,21 @@ class Registry(Generic[T]):
         """Add ``member`` (a class or an instance with a ``name``) and return it: usable as a decorator.
 
         Registering a second member under a taken name replaces the first (a plug-in may
-        override a built-in one deliberately).
+        override a built-in one deliberately), except that a built-in member (one defined in
+        ``package``, imported lazily) never replaces a plug-in registered before it was imported.
         """
         name = getattr(member, "name", None)
         if not isinstance(name, str) or not name:
             raise InputError(f"a {self.kind} needs a non-empty string 'name', got {name!r}")
+        taken = self._members.get(name)
+        if taken is not None and self._builtin(member) and not self._builtin(taken):
+            return member
         self._members[name] = member
         return member
+
+    def _builtin(self, member: Any) -> bool:
+        module = getattr(member, "__module__", None) or ""
+        return self.package is not None and module.startswith(self.package + ".")
 
     def unregister(self, name: str) -> None:
         """Remove the member called ``name`` (tests use it to clean up a toy member)."""
@@ -82,9 +90,10 @@ class Registry(Generic[T]):
         return self._members[name]
 
     def names(self) -> list[str]:
-        """Registered names, in the order they were registered."""
+        """Registered names: the built-in members in the order they were registered, then plug-ins."""
         self._load()
-        return list(self._members)
+        builtin = [name for name, member in self._members.items() if self._builtin(member)]
+        return builtin + [name for name in self._members if name not in builtin]
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -24,7 +24,7 @@ import torch
 
 from metaembed.index.segments import Segment
 from metaembed.index.topk import blocked_topk
-from metaembed.scoring import CandidateSource, query_matrix, score_sources
+from metaembed.scoring import CandidateSource, query_matrix, score_many, score_sources
 
 # fp32 bytes of the (Q, block) score buffer of one step of exact search: a step scores
 # 64 MiB / (4 Q) rows, at least _BLOCK_ROWS (65,536 rows x 256 queries = 64 MiB). Fewer queries
@@ -120,19 +120,17 @@ def _blocks(views: tuple[SegmentView, ...], block_rows: int) -> list[list[tuple[
 def gather(views: tuple[SegmentView, ...], refs: np.ndarray, r_c: int) -> list[CandidateSource]:
     """The first ``r_c`` vectors of the candidates ``refs`` (sorted, unique, valid), ready to score.
 
-    Reads only those rows from the memory maps and keeps them in their storage
-    precision (with their int8 scales): the kernel upcasts them block by block,
-    so no fp32 copy of the shortlist is made. One source per segment, each at the
-    columns its refs hold in ``refs``, so the parts are never concatenated.
+    One source per segment, each at the columns its refs hold in ``refs``, so the parts are
+    never concatenated. Stored floats and int8 codes are read in place by the kernel (the
+    source carries the row numbers; it upcasts each row as it reads it), so no copy of the
+    shortlist is made; other codecs decode a gathered copy (:meth:`Segment.rows_source`).
     """
     offsets = bases(views)
     owner = np.searchsorted(offsets, refs, side="right") - 1
     sources = []
     for index in np.unique(owner):
         mine = np.flatnonzero(owner == index)  # contiguous: refs are sorted
-        segment = views[index].segment
-        codes, scales = segment.gather(refs[mine] - offsets[index], r_c)  # (r_c, n, W), position-major
-        sources.append(segment.fmt.source(codes, scales, int(mine[0])))
+        sources.append(views[index].segment.rows_source(refs[mine] - offsets[index], r_c, int(mine[0])))
     return sources
 
 
@@ -164,14 +162,18 @@ def rerank(
             parts = [(start, stop, union)]
         else:
             parts = [(q, q + 1, np.unique(shortlist[q][shortlist[q] >= 0].numpy())) for q in range(start, stop)]
-        for first, last, candidates in parts:
+        scored = _score_in_place(views, queries, parts, r_q, r_c)
+        for part, (first, last, candidates) in enumerate(parts):
             if candidates.size == 0:
                 continue
-            rows = query_matrix(queries[first:last], r_q)
-            scores = torch.cat([
-                score_sources(rows, r_q, gather(views, candidates[i : i + piece], r_c))
-                for i in range(0, candidates.size, piece)
-            ], dim=1)  # (G, |candidates|)
+            if scored is not None:
+                scores = scored[part]
+            else:
+                rows = query_matrix(queries[first:last], r_q)
+                scores = torch.cat([
+                    score_sources(rows, r_q, gather(views, candidates[i : i + piece], r_c))
+                    for i in range(0, candidates.size, piece)
+                ], dim=1)  # (G, |candidates|)
             group = shortlist[first:last].numpy()
             columns = torch.from_numpy(np.searchsorted(candidates, np.maximum(group, 0)).clip(0, candidates.size - 1))
             mine = scores.gather(1, columns)
@@ -181,6 +183,17 @@ def rerank(
             picked = torch.from_numpy(group).gather(1, where)
             out_refs[first:last] = torch.where(torch.isinf(top), torch.full_like(picked, -1), picked)
     return out_scores, out_refs
+
+
+def _score_in_place(views: tuple[SegmentView, ...], queries: torch.Tensor, parts: list[tuple[int, int, np.ndarray]],
+                    r_q: int, r_c: int) -> list[torch.Tensor] | None:
+    """Every part's scores ``(last - first, |candidates|)`` in one parallel pass, when its candidates
+    are read in place (no gathered copies, so no memory to bound); ``None`` when some codec copies."""
+    if len(parts) < 2 or any(view.segment.fmt.kernel_dtype is None for view in views):
+        return None
+    jobs = [(query_matrix(queries[first:last], r_q), r_q, gather(views, candidates, r_c))
+            for first, last, candidates in parts]
+    return score_many(jobs)
 
 
 def resolve(views: tuple[SegmentView, ...], refs: torch.Tensor) -> list[list[str]]:

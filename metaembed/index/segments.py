@@ -82,6 +82,21 @@ class Segment:
         scales = None if self.scales is None else self.scales[:r_c, start:stop]
         return self.fmt.source(self.codes[:r_c, start:stop], scales, column)
 
+    def rows_source(self, rows: np.ndarray, r_c: int, column: int) -> CandidateSource:
+        """The first ``r_c`` vectors of the sorted ``rows`` for the kernel, at output ``column`` on.
+
+        Where the kernel reads the stored codes (floats, int8), the source is the stored slabs
+        with the row numbers, so the kernel reads each shortlisted row in place: no gathered
+        copy. Other codecs decode a gathered copy. The chunks read are verified first.
+        """
+        if self.fmt.kernel_dtype is None:
+            codes, scales = self.gather(rows, r_c)
+            return self.fmt.source(codes, scales, column)
+        self.check_chunks(r_c, np.unique(rows // self.chunk_rows))
+        scales = None if self.scales is None else self.scales[:r_c]
+        whole = self.fmt.source(self.codes[:r_c], scales, column)
+        return CandidateSource(whole.positions, whole.scales, column, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
+
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
         order = np.sort(rows)  # sorted reads are sequential on a memmap

@@ -73,6 +73,7 @@ def score_run(
     positions: Sequence[torch.Tensor],
     scales: Sequence[torch.Tensor] | None,
     out: torch.Tensor,
+    rows: torch.Tensor | None = None,
 ) -> None:
     """Write the MaxSim scores of ``query_rows`` against one run of candidates into ``out``.
 
@@ -85,6 +86,9 @@ def score_run(
         scales: for int8, ``r_c`` fp32 ``(n, G)`` tensors (value = code * scale of its
             group of ``D / G`` values) sharing one row stride; ``None`` otherwise.
         out: fp32 ``(Q, n)`` view whose rows are contiguous; receives the scores.
+        rows: optional int64 ``(n,)`` contiguous row numbers: candidate ``c`` is row ``rows[c]``
+            of ``positions`` (a shortlist scored in place, no gathered copy); their range is the
+            caller's to check.
 
     Raises:
         NativeUnsupported: the kernel is unavailable or these layouts are outside it.
@@ -99,8 +103,10 @@ def score_run(
         raise NativeUnsupported("query rows must be contiguous fp32")
     if out.dtype != torch.float32 or (out.shape[1] > 1 and out.stride(1) != 1):
         raise NativeUnsupported("out must be fp32 with contiguous rows")
-    rows, dim = query_rows.shape
-    count = positions[0].shape[0]
+    if rows is not None and (rows.dtype != torch.int64 or rows.dim() != 1 or not rows.is_contiguous()):
+        raise NativeUnsupported("row numbers must be a contiguous int64 vector")
+    num_rows, dim = query_rows.shape
+    count = positions[0].shape[0] if rows is None else rows.shape[0]
     row_stride = _common_row_stride(positions, "candidate")
     scale_pointers, scale_stride, groups = b"", 0, 1
     if dtype == torch.int8:
@@ -111,10 +117,10 @@ def score_run(
         groups = scales[0].shape[1]
         scale_pointers = _pointers(scales)
     _maxsim.score(
-        query_rows.data_ptr(), rows, r_q, dim,
+        query_rows.data_ptr(), num_rows, r_q, dim,
         _pointers(positions), row_stride, _DTYPE_CODES[dtype],
         scale_pointers, scale_stride, groups,
-        count, out.data_ptr(), out.stride(0), _ISA_CODES[instruction_set],
+        count, out.data_ptr(), out.stride(0), _ISA_CODES[instruction_set], 0 if rows is None else rows.data_ptr(),
     )  # fmt: skip
 
 

@@ -54,18 +54,19 @@ typedef struct {
     int64_t count;     /* candidates to score */
     float *out;        /* (rows / r_q, out_stride) fp32; this call writes columns [0, count) */
     int64_t out_stride;
+    const int64_t *index; /* NULL: candidate c is row c; else row index[c] (a shortlist read in place) */
 } Job;
 
 #ifdef METAEMBED_X86
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 
-/* Upcast `n` candidate rows of one position into dst (n, dim) fp32. */
+/* Upcast `n` candidate rows of one position into dst (n, dim) fp32 (through job->index when set). */
 TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, int64_t n, float *dst) {
     const int64_t dim = job->dim;
     const char *base = (const char *)job->positions[position];
     for (int64_t i = 0; i < n; i++) {
-        const int64_t row = first + i;
+        const int64_t row = job->index ? job->index[first + i] : first + i;
         float *out = dst + i * dim;
         int64_t k = 0;
         switch (job->dtype) {
@@ -208,7 +209,7 @@ TARGET static int run_job(const Job *job, const Isa *isa) {
         return -1;
     }
     pack_queries(job, isa, padded, packed);
-    const int direct = job->dtype == DTYPE_F32; /* fp32 rows are read in place, no copy */
+    const int direct = job->dtype == DTYPE_F32 && !job->index; /* fp32 runs are read in place, no copy */
     for (int64_t c0 = 0; c0 < job->count; c0 += cb) {
         const int64_t n = job->count - c0 < cb ? job->count - c0 : cb;
         for (int64_t j = 0; j < job->r_c; j++) {
@@ -309,12 +310,12 @@ static PyObject *py_has_avx512(PyObject *self, PyObject *args) {
  */
 static PyObject *py_score(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long queries, out;
+    unsigned long long queries, out, index = 0;
     long long rows, r_q, dim, row_stride, scale_stride, groups, count, out_stride;
     int dtype, wanted = 0;
     Py_buffer positions, scales;
-    if (!PyArg_ParseTuple(args, "KLLLy*Liy*LLLKL|i", &queries, &rows, &r_q, &dim, &positions, &row_stride,
-                          &dtype, &scales, &scale_stride, &groups, &count, &out, &out_stride, &wanted))
+    if (!PyArg_ParseTuple(args, "KLLLy*Liy*LLLKL|iK", &queries, &rows, &r_q, &dim, &positions, &row_stride,
+                          &dtype, &scales, &scale_stride, &groups, &count, &out, &out_stride, &wanted, &index))
         return NULL;
     PyObject *result = NULL;
     const int64_t r_c = (int64_t)(positions.len / (Py_ssize_t)sizeof(void *));
@@ -329,7 +330,7 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
     } else {
         Job job = {(const float *)(uintptr_t)queries, rows, r_q, dim, (const void *const *)positions.buf, r_c,
                    row_stride, dtype, (const float *const *)scales.buf, scale_stride, groups, count,
-                   (float *)(uintptr_t)out, out_stride};
+                   (float *)(uintptr_t)out, out_stride, (const int64_t *)(uintptr_t)index};
         int status;
         Py_BEGIN_ALLOW_THREADS
         status = run_job(&job, isa);

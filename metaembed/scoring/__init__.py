@@ -18,6 +18,7 @@ from metaembed.scoring.kernel import (
     query_matrix,
     resolve_budget,
     score_dense,
+    score_many,
     score_positions,
     score_sources,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "query_matrix",
     "resolve_budget",
     "score_dense",
+    "score_many",
     "score_positions",
     "score_sources",
 ]

@@ -37,9 +37,10 @@ a strided view without a copy.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -115,23 +116,27 @@ def chunk_size(dim: int, query_rows: int) -> int:
 
 @dataclass(frozen=True)
 class CandidateSource:
-    """One contiguous run of candidates for :func:`score_sources`, given position by position.
+    """One run of candidates for :func:`score_sources`, given position by position.
 
     Attributes:
-        positions: ``r_c`` tensors ``(n, D)``; ``positions[j][c]`` is the ``j``-th vector of
+        positions: ``r_c`` tensors ``(N, D)``; ``positions[j][c]`` is the ``j``-th vector of
             candidate ``c`` (any float dtype or int8, any row stride).
-        scales: for int8 ``positions``, ``r_c`` fp32 tensors ``(n, G)`` (see
+        scales: for int8 ``positions``, ``r_c`` fp32 tensors ``(N, G)`` (see
             :func:`score_positions`); ``None`` otherwise.
         column: the column of the output where this source's first candidate goes.
+        rows: ``None`` (the run is all ``N`` rows), or int64 ``(n,)`` row numbers in ``[0, N)``:
+            the run is those rows, in that order, read in place (a shortlist scored
+            without gathering a copy of its vectors first).
     """
 
     positions: Sequence[torch.Tensor]
     scales: Sequence[torch.Tensor] | None = None
     column: int = 0
+    rows: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
-        return int(self.positions[0].shape[0])
+        return int(self.positions[0].shape[0] if self.rows is None else self.rows.shape[0])
 
 
 def score_positions(
@@ -183,9 +188,41 @@ def score_sources(
     return out
 
 
+def score_many(jobs: Sequence[tuple[torch.Tensor, int, Sequence[CandidateSource]]]) -> list[torch.Tensor]:
+    """:func:`score_sources` for several independent ``(query_rows, r_q, sources)`` jobs in one
+    parallel pass: the chunks of every job go to the worker threads together, so many small jobs
+    (one query's shortlist each, in coarse-to-fine re-ranking) share one dispatch instead of
+    paying one each. Returns each job's fp32 ``(Q_i, C_i)`` scores; every job's query rows must
+    fit one query group (at most 1,024 rows)."""
+    outs, tasks = [], []
+    for query_rows, r_q, sources in jobs:
+        if query_rows.shape[0] > _MAX_QUERY_ROWS:
+            raise ValueError(f"score_many takes at most {_MAX_QUERY_ROWS} query rows a job")
+        width = max((source.column + source.size for source in sources), default=0)
+        outs.append(torch.empty(query_rows.shape[0] // r_q, width, dtype=torch.float32))
+        tasks += _chunk_tasks(query_rows, r_q, sources, outs[-1])
+    _run(tasks)
+    return outs
+
+
+def _run(tasks: list[Callable[[], None]]) -> None:
+    if len(tasks) > 1 and pool_size() > 1:
+        run_parallel(lambda task: task(), tasks, pool_size())
+    else:
+        for task in tasks:
+            task()
+
+
 def _score_query_group(
     query_rows: torch.Tensor, r_q: int, sources: Sequence[CandidateSource], out: torch.Tensor
 ) -> None:
+    _run(_chunk_tasks(query_rows, r_q, sources, out))
+
+
+def _chunk_tasks(
+    query_rows: torch.Tensor, r_q: int, sources: Sequence[CandidateSource], out: torch.Tensor
+) -> list[Callable[[], None]]:
+    """The scoring of ``sources`` against one query group, as independent chunks for the workers."""
     rows, dim = query_rows.shape
     num_queries = rows // r_q
     num_candidates = sum(source.size for source in sources)
@@ -205,12 +242,14 @@ def _score_query_group(
         best = torch.empty(n, rows, dtype=torch.float32)
         similarity = torch.empty(n, rows, dtype=torch.float32)
         upcast = torch.empty(n, dim, dtype=torch.float32)
+        picked = None if source.rows is None else source.rows[start:stop]
         for j, block in enumerate(source.positions):
-            block = block[start:stop]
+            block = block[start:stop] if picked is None else block.index_select(0, picked)
             if block.dtype != torch.float32:
                 upcast.copy_(block)  # upcast one (chunk, D) block; fp32 arithmetic from compact storage
                 if source.scales is not None:
-                    group_scales = source.scales[j][start:stop]
+                    group_scales = source.scales[j]
+                    group_scales = group_scales[start:stop] if picked is None else group_scales.index_select(0, picked)
                     upcast.view(n, group_scales.shape[1], -1).mul_(group_scales[:, :, None])
                 block = upcast
             if j == 0:
@@ -228,24 +267,24 @@ def _score_query_group(
         if use_native:
             column = source.column + start
             try:
-                native.score_run(
-                    query_rows,
-                    r_q,
-                    [block[start:stop] for block in source.positions],
-                    None if source.scales is None else [scales[start:stop] for scales in source.scales],
-                    out[:, column : column + stop - start],
-                )
+                if source.rows is None:
+                    native.score_run(
+                        query_rows,
+                        r_q,
+                        [block[start:stop] for block in source.positions],
+                        None if source.scales is None else [scales[start:stop] for scales in source.scales],
+                        out[:, column : column + stop - start],
+                    )
+                else:
+                    native.score_run(query_rows, r_q, source.positions, source.scales,
+                                     out[:, column : column + stop - start], source.rows[start:stop])
                 return
             except native.NativeUnsupported:
                 pass  # a layout the fused kernel does not take: the BLAS path handles every layout
         for block_start in range(start, stop, blas_block):
             score_blas(source, block_start, min(stop, block_start + blas_block))
 
-    if len(tasks) > 1 and workers > 1:
-        run_parallel(score_chunk, tasks, workers)
-    else:
-        for task in tasks:
-            score_chunk(task)
+    return [functools.partial(score_chunk, task) for task in tasks]
 
 
 def score_dense(query_rows: torch.Tensor, r_q: int, candidates: torch.Tensor) -> torch.Tensor:
@@ -357,6 +396,7 @@ __all__ = [
     "maxsim_flops",
     "score_positions",
     "score_sources",
+    "score_many",
     "CandidateSource",
     "score_dense",
     "query_matrix",

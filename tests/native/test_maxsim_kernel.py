@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metaembed import native
-from metaembed.scoring import CandidateSource, query_matrix, score_sources
+from metaembed.scoring import CandidateSource, query_matrix, score_many, score_sources
 
 needs_kernel = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
 
@@ -103,6 +103,48 @@ def test_score_sources_falls_back_to_blas_for_unsupported_layouts() -> None:
     first, second = torch.randn(5, 8, generator=generator), torch.randn(5, 16, generator=generator)[:, :8]
     out = score_sources(query_matrix(queries, 2), 2, [CandidateSource([first, second])])
     np.testing.assert_allclose(out.numpy(), reference(queries, torch.stack([first, second]), 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("blas", [False, True], ids=["kernel", "blas"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
+def test_a_shortlist_is_scored_in_place_through_its_row_numbers(monkeypatch, dtype: torch.dtype, blas: bool) -> None:
+    if blas:
+        monkeypatch.setenv("METAEMBED_NATIVE", "0")
+    elif not native.available():
+        pytest.skip("the compiled MaxSim kernel is not built here")
+    generator = torch.Generator().manual_seed(11)
+    r_c, stored_rows, dim = 3, 200, 72
+    if dtype == torch.int8:
+        stored = torch.randint(-127, 128, (r_c, stored_rows, dim), generator=generator, dtype=torch.int8)
+        scales = torch.rand(r_c, stored_rows, 3, generator=generator) / 50
+        values = (stored.float().unflatten(-1, (3, -1)) * scales[..., None]).flatten(-2)
+        scale_list = list(scales)
+    else:
+        stored = torch.randn(r_c, stored_rows, dim, generator=generator).to(dtype)
+        values, scale_list = stored.float(), None
+    rows = torch.tensor([199, 3, 3, 0, 57, 120, 121, 8, 64, 150, 42, 77, 5], dtype=torch.int64)  # any order, repeats
+    queries = torch.randn(5, 4, dim, generator=generator)
+    out = torch.full((5, 20), -9.0)
+    score_sources(query_matrix(queries, 4), 4, [CandidateSource(list(stored), scale_list, 6, rows)], out)
+    np.testing.assert_allclose(out[:, 6:19].numpy(), reference(queries, values[:, rows], 4), rtol=1e-4, atol=1e-4)
+    assert (out[:, :6] == -9.0).all() and (out[:, 19:] == -9.0).all()  # other columns untouched
+
+
+@pytest.mark.parametrize("blas", [False, True], ids=["kernel", "blas"])
+def test_many_small_jobs_in_one_pass_score_as_each_alone(monkeypatch, blas: bool) -> None:
+    if blas:
+        monkeypatch.setenv("METAEMBED_NATIVE", "0")
+    generator = torch.Generator().manual_seed(5)
+    stored = torch.randn(4, 300, 40, generator=generator).half()
+    jobs = []
+    for number in range(6):  # one query a job, each with its own shortlist, as coarse-to-fine re-ranks
+        rows = torch.randperm(300, generator=generator)[: 20 + 37 * number].sort().values
+        queries = torch.randn(1, 3, 40, generator=generator)
+        jobs.append((queries, [CandidateSource(list(stored), None, 0, rows[:10]),
+                               CandidateSource(list(stored), None, 10, rows[10:])], rows))
+    got = score_many([(query_matrix(q, 3), 3, sources) for q, sources, _ in jobs])
+    for (queries, _, rows), scores in zip(jobs, got):
+        np.testing.assert_allclose(scores.numpy(), reference(queries, stored.float()[:, rows], 3), rtol=1e-4, atol=1e-4)
 
 
 def test_switched_off_by_environment(monkeypatch) -> None:
