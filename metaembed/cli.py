@@ -308,7 +308,8 @@ def index_info(
         _echo_json(info)
         return
     typer.echo(f"index:       {index}\nmodel:       {info['model']}\nfolder:      {info['source'] or '-'}")
-    typer.echo(f"items:       {info['size']}\nstorage:     {info['dtype']}")
+    shards = f" in {info['shards']} shards" if info["shards"] > 1 else ""
+    typer.echo(f"items:       {info['size']}{shards}\nstorage:     {info['dtype']}")
     typer.echo(f"dimension:   {info['dim']}\nmax budget:  {info['max_budget']}")
     typer.echo(f"{'budget':>8}  {'memory':>12}  {'FLOPs/query':>14}")
     for row in info["per_budget"]:

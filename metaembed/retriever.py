@@ -382,6 +382,7 @@ class Retriever:
             "model": str(self._model_source if self._model_source is not None else self.model.name_or_path or ""),
             "source": str(source) if source is not None else None,
             "size": size,
+            "shards": int(getattr(self.index, "num_shards", 1)),  # a sharded collection's, else 1
             "dim": self._index_dim,
             "dtype": self.index.dtype,
             "max_budget": f"{self.max_r_q},{self.max_r_c}",

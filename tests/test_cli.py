@@ -469,10 +469,13 @@ def test_info_and_search_open_a_sharded_collection_without_ray(tmp_path, collect
 
     infos = [json.loads(run(capsys, "index", "info", where, "--json")[1]) for where in (root, collection.index)]
     assert infos[0]["size"] == 7 and infos[0]["per_budget"] == infos[1]["per_budget"]
-    assert {k: v for k, v in infos[0].items() if k not in ("model", "source")} == \
-        {k: v for k, v in infos[1].items() if k not in ("model", "source")}
+    assert (infos[0]["shards"], infos[1]["shards"]) == (2, 1)
+    assert {k: v for k, v in infos[0].items() if k not in ("model", "source", "shards")} == \
+        {k: v for k, v in infos[1].items() if k not in ("model", "source", "shards")}
     code, out, _ = run(capsys, "index", "info", root)
-    assert code == 0 and "items:       7" in out
+    assert code == 0 and "items:       7 in 2 shards" in out
+    code, out, _ = run(capsys, "index", "info", collection.index)
+    assert code == 0 and "items:       7\n" in out
     for options in (["--budget", "2,4"], ["--budget", "4,8", "--mode", "coarse"]):
         got, expected = (json.loads(run(capsys, "search", where, "cats sleeping", "-k", "7", "--json", *options)[1])
                          for where in (root, collection.index))

@@ -317,6 +317,7 @@ class BudgetCost(BaseModel):
 class InfoResponse(BaseModel):
     model: str
     size: int
+    shards: int = Field(1, description="shards of a sharded collection (1 for one index)")
     dim: int
     max_budget: str
     budgets: list[str]

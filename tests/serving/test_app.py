@@ -20,6 +20,7 @@ def test_health_info_and_openapi(served):
     assert client.get("/health").json() == {"status": "ok", "size": 7}
     info = client.get("/info").json()
     assert info["budgets"] == ["1,1", "2,4", "4,8"] and info["size"] == 7 and info["max_budget"] == "4,8"
+    assert info["shards"] == 1
     assert [row["memory_bytes"] for row in info["per_budget"]] == [retriever.index.memory_bytes(b) for b in retriever.ladder]
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/items", "/items/{item_id}", "/health", "/info"} <= set(paths)
