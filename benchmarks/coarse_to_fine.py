@@ -161,8 +161,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['num_queries']} queries from {report['queries']} (field {report['field']!r}); "
         f"top-{K}; latency = median per batch of {BATCH} queries; overlap = top-{K} overlap with exact search "
         "at the same budget. coarse = (1,1) over every candidate, ann = FAISS HNSW over first vectors; "
-        "both re-rank their shortlist exactly. xtr-warp = a WARP index over the same stored vectors "
-        "(its k-means centroids and residual codes), its own search, one call per batch.",
+        "both re-rank their shortlist exactly." + (
+            " xtr-warp = a WARP index over the same stored vectors (its k-means centroids and residual "
+            "codes), its own search, one call per batch." if any("build_s" in row for row in report["rows"]) else ""),
         "",
         "| budget | method | shortlist | % of index | top-10 overlap | latency ms |",
         "|---|---|---:|---:|---:|---:|",
@@ -189,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--index", type=Path, default=None, help="an index built by a trained model "
                         "(default: the quickstart's, under $METAEMBED_CACHE)")
     parser.add_argument("--queries", type=Path, default=None,
-                        help="JSONL of queries (default: the quickstart's pages.jsonl beside its index)")
-    parser.add_argument("--field", default="names",
+                        help="JSONL of queries (default: the quickstart's held-out queries beside its index)")
+    parser.add_argument("--field", default="text",
                         help="the JSONL field holding the query text (a string or a list of strings)")
     parser.add_argument("--max-queries", type=int, default=512, help="queries used, evenly spread over the file")
     parser.add_argument("--shortlists", default=None,
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     index = args.index or default_index()
     if not index.exists():
         raise SystemExit(f"no index at {index}: run `metaembed quickstart` first, or pass --index")
-    queries = args.queries or index.parent / "pages.jsonl"
+    queries = args.queries or index.parent / "heldout" / "queries.jsonl"
     if not queries.is_file():
         raise SystemExit(f"no query file at {queries}: pass --queries")
     retriever = Retriever.open(index)
