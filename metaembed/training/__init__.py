@@ -12,8 +12,7 @@ Names are imported lazily so that ``metaembed.training.losses`` (pure tensors) d
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from metaembed.registry import lazy_exports
 
 _EXPORTS = {
     "InfoNCELoss": "metaembed.training.losses",
@@ -42,15 +41,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metaembed.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
