@@ -67,6 +67,8 @@ class Segment:
     checks: tuple[FileChecks, FileChecks | None] | None = None
     chunk_rows: int = CHUNK_ROWS
     _legacy_verified: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
+    # The kernel's views of the first r_c slabs, by r_c: made once (the files never change), not per shortlist.
+    _slabs: dict[int, CandidateSource] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
@@ -93,8 +95,10 @@ class Segment:
             codes, scales = self.gather(rows, r_c)
             return self.fmt.source(codes, scales, column)
         self.check_chunks(r_c, np.unique(rows // self.chunk_rows))
-        scales = None if self.scales is None else self.scales[:r_c]
-        whole = self.fmt.source(self.codes[:r_c], scales, column)
+        whole = self._slabs.get(r_c)
+        if whole is None:
+            scales = None if self.scales is None else self.scales[:r_c]
+            whole = self._slabs.setdefault(r_c, self.fmt.source(self.codes[:r_c], scales))
         return CandidateSource(whole.positions, whole.scales, column, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
