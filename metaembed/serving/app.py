@@ -31,7 +31,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
@@ -69,6 +69,9 @@ from metaembed.serving.schemas import (
 if TYPE_CHECKING:
     from metaembed.index import MultiVectorIndex, SearchResult
     from metaembed.model import MetaEmbedModel
+
+#: The Swagger UI files ``/docs`` loads, with their media types (only these are served).
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +259,19 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False, dependencies=guarded)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="metaembed API")
+        # Swagger UI's script, style and icon are served from here, not a CDN: /docs works offline.
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="metaembed API",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="/docs/favicon-32x32.png")
+
+    @app.get("/docs/{asset}", include_in_schema=False)
+    def docs_asset(asset: str) -> FileResponse:
+        """One of Swagger UI's files (the swagger-ui-bundle-v2 package's copy); 404 for anything else."""
+        from swagger_ui_bundle import swagger_ui_path
+
+        if asset not in _DOCS_ASSETS:
+            raise HTTPException(status_code=404, detail=f"no docs asset {asset!r}")
+        return FileResponse(Path(str(swagger_ui_path)) / asset, media_type=_DOCS_ASSETS[asset])
 
     @app.get("/health", response_model=HealthResponse, responses=_documented(500))
     def health() -> dict[str, Any]:

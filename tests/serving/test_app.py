@@ -205,6 +205,15 @@ def test_keys_docs_and_schema(served):
     for path in ("/docs", "/openapi.json", "/info"):
         assert httpx.get(url + path, timeout=60).status_code == 401
         assert httpx.get(url + path, headers={"X-API-Key": API_KEY}, timeout=60).status_code == 200
+    # /docs loads Swagger UI from this server, never from a CDN (it must render offline)
+    page = httpx.get(url + "/docs", headers={"X-API-Key": API_KEY}, timeout=60).text
+    assert "/docs/swagger-ui-bundle.js" in page and "/docs/swagger-ui.css" in page and "cdn" not in page.lower()
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css"), ("favicon-32x32.png", "png")):
+        response = httpx.get(url + "/docs/" + asset, timeout=60)
+        assert response.status_code == 200 and kind in response.headers["content-type"] and len(response.content) > 500
+    assert "SwaggerUIBundle" in httpx.get(url + "/docs/swagger-ui-bundle.js", timeout=60).text
+    assert httpx.get(url + "/docs/..%2Fpyproject.toml", timeout=60).status_code == 404
+    assert httpx.get(url + "/docs/index.html", timeout=60).status_code == 404
     # a header that is not ASCII (latin-1 and UTF-8 bytes) is a wrong key, not a crash
     for raw in ("é".encode("latin-1"), "ключ".encode()):
         response = httpx.get(url + "/info", headers=[(b"X-API-Key", raw)], timeout=60)
