@@ -175,11 +175,11 @@ class MultiVectorIndex(Searcher):
         """Move to the newest committed state (commits by other processes); ``True`` if it changed.
 
         Cheap when nothing changed (one catalog read); searches running meanwhile keep their snapshot.
+        First stages keep their state: segments are immutable and named once, so the ``ann`` graph
+        adds the new segments' rows, filters deleted ones, and is rebuilt only when a compaction
+        merged segments away (as after this process's own writes).
         """
-        changed = self._store.refresh()
-        if changed:
-            self._first_stages = {}
-        return changed
+        return self._store.refresh()
 
     def close(self) -> None:
         """Release the catalog and memory maps; a scratch (``path=None``) index is deleted."""

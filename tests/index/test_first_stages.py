@@ -65,3 +65,33 @@ def test_a_first_stage_object_is_a_mode_too(corpus) -> None:
         got = index.search(queries, k=2, budget="4,8", mode=stage, shortlist=5, first_stage_budget="1,2")
     assert stage.calls == [(Budget(1, 2), 5)]
     assert all(hit.id in ids[55:] for row in got for hit in row)
+
+
+def test_refresh_keeps_the_ann_graph_and_grows_it_with_another_writers_commits(tmp_path) -> None:
+    """An outside add extends the graph in place (no rebuild); an outside delete is filtered; a compaction rebuilds."""
+    from .conftest import unit_vectors
+
+    budget, first = Budget.parse("2,4"), Budget.parse("2,1")
+    pages = unit_vectors(5, 60, 4, 16)
+    reader = MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4)
+    reader.add([f"p{i}" for i in range(40)], pages[:40])
+    queries = pages[40:, :2].clone()  # each query is the first two vectors of a page not yet added
+    reader.search_batch(queries, 5, budget, mode="ann", first_stage_budget=first)
+    stage = reader._first_stages["ann"]
+    assert stage._graph.ntotal == 40
+    writer = MultiVectorIndex.open(tmp_path / "ix")
+    writer.add([f"p{i}" for i in range(40, 60)], pages[40:])
+    assert reader.refresh()
+    hits = reader.search_batch(queries, 5, budget, mode="ann", first_stage_budget=first)
+    assert reader._first_stages["ann"] is stage and stage._graph.ntotal == 60  # grown, not rebuilt
+    assert [row[0].id for row in hits] == [f"p{i}" for i in range(40, 60)]
+    writer.delete(["p40"])
+    assert reader.refresh()
+    hits = reader.search_batch(queries[:1], 5, budget, mode="ann", first_stage_budget=first)
+    assert "p40" not in [hit.id for hit in hits[0]]
+    writer.compact()
+    assert reader.refresh()
+    hits = reader.search_batch(queries[1:2], 5, budget, mode="ann", first_stage_budget=first)
+    assert hits[0][0].id == "p41" and stage._graph.ntotal == 59  # merged segments: the graph was rebuilt
+    writer.close()
+    reader.close()
