@@ -60,6 +60,20 @@ def test_adds_and_deletes_reach_the_owning_actor(served):
     collection.delete(ids[10:])
 
 
+def _wait_until_dead(ray, handle, timeout: float = 60.0) -> None:
+    """Until a call on the killed actor fails (``ray.kill`` only asks for the kill)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_killed_actors_are_restarted_from_storage(served, ray_cluster):
     collection, single, root = served
     handles = collection.backend.handles
@@ -91,6 +105,7 @@ def test_killed_actors_are_restarted_from_storage(served, ray_cluster):
 
     # An actor that stays down: the search fails naming it, or returns a flagged partial result.
     ray_cluster.kill(handles[0], no_restart=True)
+    _wait_until_dead(ray_cluster, handles[0])  # kill() returns first: a search meanwhile may still be answered whole
     with pytest.raises(ShardUnavailableError, match=r"shards \[0\]"):
         collection.search(queries, k=5, budget="2,4", timeout=1.0)
     partial = collection.search(queries, k=5, budget="2,4", timeout=1.0, allow_partial=True)
