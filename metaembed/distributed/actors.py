@@ -15,12 +15,15 @@ and then looks the shard actors up, starting those that do not run; :meth:`RaySh
 gives the lease back; when the last lease is given back the keeper stops the shard actors
 and itself. A shard actor whose process
 dies is restarted by Ray (``max_restarts``) under the same actor id, reopening its folder at
-its last commit. A client that dies without closing leaves its lease behind (the actors keep
-running); :func:`stop_shards` stops them whatever the leases.
+its last commit. Each client renews its lease from a background thread; a client that dies
+without closing stops renewing, and its lease runs out :data:`~metaembed.distributed.keeper.LEASE_SECONDS`
+later (then, if it was the last, the actors stop). :func:`stop_shards` stops them at once,
+whatever the leases.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 import weakref
@@ -28,7 +31,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaembed.errors import IndexStateError, MetaEmbedError, ShardUnavailableError
-from metaembed.distributed.keeper import NAMESPACE, STOP_WAIT, Keeper, actor_name, keeper_name, stop_actors
+from metaembed.distributed.keeper import (
+    LEASE_SECONDS,
+    NAMESPACE,
+    STOP_WAIT,
+    Keeper,
+    actor_name,
+    keeper_name,
+    stop_actors,
+)
 from metaembed.distributed.shard import Call, ShardServer
 
 
@@ -59,11 +70,27 @@ class _RayCall:
             raise ShardUnavailableError(f"shard {self.shard} is unavailable ({type(error).__name__})", [self.shard]) from None
 
 
-def _give_back(root: Path, client: str) -> None:
+def _renew(root: Path, client: str, every: float, stop: threading.Event) -> None:
+    """Renew ``client``'s lease every ``every`` seconds until ``stop`` is set (a daemon thread's loop).
+
+    Holds no reference to its :class:`RayShards`, so dropping that object still gives the lease back.
+    """
+    import ray
+
+    while not stop.wait(every):
+        try:
+            ray.get_actor(keeper_name(root), namespace=NAMESPACE).renew.remote(client)
+        except Exception:  # noqa: BLE001 - no keeper right now (it is restarting), or Ray shut down: try again later
+            if not ray.is_initialized():
+                return
+
+
+def _give_back(root: Path, client: str, renewing: threading.Event) -> None:
     """Return ``client``'s lease to the collection's keeper (and let the keeper exit if it was the last)."""
     import ray
     from ray import exceptions
 
+    renewing.set()
     if not ray.is_initialized():
         return  # the cluster went first (a local one stops with this process): nothing is left to stop
     try:
@@ -89,13 +116,15 @@ class RayShards:
             a shard's searches are short bursts, and a build's encoders need the cores more.
         max_restarts: restarts Ray attempts per actor (``-1``: unlimited).
         max_concurrency: calls one actor serves at once (searches run concurrently; writes are serialised).
+        lease_seconds: how long the lease lasts without renewal (renewed every sixth of it): how
+            long the actors outlive a client killed without closing. The keeper's first opener sets it.
 
     The actor options count when the actors start: a collection whose actors already run is
     served by them as they are.
     """
 
     def __init__(self, root: Path, paths: Sequence[Path], *, num_cpus: float = 0.5, max_restarts: int = -1,
-                 max_concurrency: int = 4) -> None:
+                 max_concurrency: int = 4, lease_seconds: float = LEASE_SECONDS) -> None:
         import ray
         from ray import exceptions
 
@@ -108,7 +137,7 @@ class RayShards:
                                             lifetime="detached", num_cpus=0, max_restarts=-1)
         for _ in range(100):  # a keeper that is exiting (its last lease just went) answers no more: ask its successor
             try:
-                ray.get(keeper.remote(names).acquire.remote(self.client), timeout=120)
+                ray.get(keeper.remote(names, lease_seconds).acquire.remote(self.client), timeout=120)
                 break
             except exceptions.RayActorError:
                 time.sleep(0.05)
@@ -122,15 +151,18 @@ class RayShards:
                                       max_concurrency=max_concurrency).remote(str(path))
                         for name, path in zip(names, paths)]
         self.num_shards = len(self.handles)
+        self._renewing = renewing = threading.Event()
+        threading.Thread(target=_renew, args=(self.root, self.client, lease_seconds / 6, renewing),
+                         name="metaembed-lease-renewal", daemon=True).start()
         # Give the lease back if this object is dropped (or the process exits) without close().
-        self._lease = weakref.finalize(self, _give_back, self.root, self.client)
+        self._lease = weakref.finalize(self, _give_back, self.root, self.client, renewing)
 
     @classmethod
     def sharing(cls, handles: Sequence[Any]) -> "RayShards":
         """A backend on another backend's actor handles (passed to a Ray task or actor), without a lease of its own:
         its owner's lease keeps the actors alive while the borrower runs."""
         shards = cls.__new__(cls)
-        shards.root, shards.client, shards._lease = None, None, None
+        shards.root, shards.client, shards._lease, shards._renewing = None, None, None, None
         shards.handles, shards.num_shards = list(handles), len(handles)
         return shards
 
@@ -154,6 +186,7 @@ class RayShards:
         """Give the lease back (the last one stops the actors); ``terminate=True`` stops them now, whatever the leases."""
         if terminate and self._lease is not None:
             self._lease.detach()
+            self._renewing.set()
             stop_shards(self.root, len(self.handles))
         elif self._lease is not None:
             self._lease()

@@ -7,11 +7,17 @@ back on close (:meth:`Keeper.release`); when the last lease comes back the keepe
 shard actors and waits until their names are free, then retires. The keeper serves one call
 at a time, so a lease taken while the last one is being given back waits for the old actors
 to be gone and then starts new ones: no client ever gets a handle to a dying actor.
+
+A lease lasts :data:`LEASE_SECONDS` unless renewed; every client renews its own several times a
+lease (:meth:`Keeper.renew`, from a background thread). So a client killed without closing (an
+OOM kill, ``kill -9``, a lost node) loses its lease a lease's time later, and when no lease is
+left the keeper stops the shard actors and itself as if the last one had been given back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +26,8 @@ from typing import Sequence
 NAMESPACE = "metaembed"
 #: Seconds a stop waits for the stopped actors' names to be free again.
 STOP_WAIT = 30.0
+#: Seconds a lease lasts without a renewal (clients renew every sixth of it).
+LEASE_SECONDS = 60.0
 
 
 def _digest(root: str | Path) -> str:
@@ -56,15 +64,34 @@ def stop_actors(names: Sequence[str]) -> None:
 
 
 class Keeper:
-    """The leases on one collection's shard actors (a detached Ray actor; calls served one at a time)."""
+    """The leases on one collection's shard actors (a detached Ray actor; calls served one at a time).
 
-    def __init__(self, shard_names: list[str]) -> None:
+    ``clients`` maps each lease holder to the time (``time.monotonic``) its lease runs out. A
+    background thread expires leases that were not renewed; the calls and that thread share
+    one lock, and once the last lease has gone and the shard actors are stopped, the keeper
+    answers no more calls (a client then asks its successor).
+    """
+
+    def __init__(self, shard_names: list[str], lease_seconds: float = LEASE_SECONDS) -> None:
         self.shard_names = shard_names
-        self.clients: set[str] = set()
+        self.lease_seconds = float(lease_seconds)
+        self.clients: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        threading.Thread(target=self._expire, name="metaembed-lease-expiry", daemon=True).start()
 
     def acquire(self, client: str) -> None:
         """Take a lease for ``client``: the shard actors may be looked up (or started) now."""
-        self.clients.add(client)
+        self.renew(client)
+
+    def renew(self, client: str) -> None:
+        """Extend ``client``'s lease by :attr:`lease_seconds` (taking it again if this keeper restarted since)."""
+        import ray
+
+        with self._lock:
+            if self._stopped:  # the actors are gone: this keeper is about to exit, and its successor starts them again
+                ray.actor.exit_actor()
+            self.clients[client] = time.monotonic() + self.lease_seconds
 
     def release(self, client: str) -> bool:
         """Give ``client``'s lease back; whether it was the last (then the shard actors are stopped).
@@ -72,13 +99,11 @@ class Keeper:
         A client the keeper does not know (it leased from a keeper that has since been restarted)
         stops nothing: better a shard left running than one stopped under a client that uses it.
         """
-        if client not in self.clients:
-            return False
-        self.clients.discard(client)
-        if self.clients:
-            return False
-        stop_actors(self.shard_names)
-        return True
+        with self._lock:
+            if self.clients.pop(client, None) is None or self.clients:
+                return False
+            stop_actors(self.shard_names)
+            return True
 
     def retire(self) -> None:
         """Exit, unless a lease was taken since the last one was given back."""
@@ -87,5 +112,23 @@ class Keeper:
         if not self.clients:
             ray.actor.exit_actor()
 
+    def _expire(self) -> None:
+        """Drop leases that ran out; when that leaves none, stop the shard actors and this keeper."""
+        import ray
 
-__all__ = ["Keeper", "actor_name", "keeper_name", "stop_actors", "NAMESPACE", "STOP_WAIT"]
+        while True:
+            time.sleep(max(0.05, min(5.0, self.lease_seconds / 6)))
+            with self._lock:
+                now = time.monotonic()
+                expired = [client for client, deadline in self.clients.items() if deadline < now]
+                for client in expired:
+                    del self.clients[client]
+                if not expired or self.clients:
+                    continue
+                stop_actors(self.shard_names)
+                self._stopped = True
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return
+
+
+__all__ = ["Keeper", "actor_name", "keeper_name", "stop_actors", "NAMESPACE", "STOP_WAIT", "LEASE_SECONDS"]

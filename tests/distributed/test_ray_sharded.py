@@ -123,23 +123,33 @@ def test_a_shard_that_cannot_be_opened_fails_at_once(ray_cluster, tmp_path):
     assert time.monotonic() - started < 60  # not the 180 s a shard gets to start
 
 
-def test_actors_live_while_any_client_holds_the_collection(ray_cluster, tmp_path):
+def _running(ray, root) -> list[bool]:
+    """Whether the keeper and the two shard actors of the collection at ``root`` run."""
     from metaembed.distributed.keeper import NAMESPACE, actor_name, keeper_name
 
-    root = tmp_path / "c"
+    found = []
+    for name in [keeper_name(root), actor_name(root, 0), actor_name(root, 1)]:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+            found.append(True)
+        except ValueError:
+            found.append(False)
+    return found
+
+
+def _two_shards(root):
     vectors = _unit(6, 2, 4, seed=8)
     with ShardedIndex.create(root, num_shards=2, dim=4, num_vectors=2) as local:
         local.add([f"d{i}" for i in range(6)], vectors)
+    return vectors
+
+
+def test_actors_live_while_any_client_holds_the_collection(ray_cluster, tmp_path):
+    root = tmp_path / "c"
+    vectors = _two_shards(root)
 
     def running() -> list[bool]:
-        found = []
-        for name in [keeper_name(root), actor_name(root, 0), actor_name(root, 1)]:
-            try:
-                ray_cluster.get_actor(name, namespace=NAMESPACE)
-                found.append(True)
-            except ValueError:
-                found.append(False)
-        return found
+        return _running(ray_cluster, root)
 
     first = ShardedIndex.open(root, backend="ray", num_cpus=0.1)
     serving = [first.backend.submit(s, "process").result(30) for s in range(2)]
@@ -156,3 +166,35 @@ def test_actors_live_while_any_client_holds_the_collection(ray_cluster, tmp_path
 
     gc.collect()
     assert running() == [False, False, False]
+
+
+def test_a_client_killed_without_closing_loses_its_lease_and_a_live_one_keeps_it(ray_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "c"
+    vectors = _two_shards(root)
+    address = ray_cluster.get_runtime_context().gcs_address
+    client = (f"import time, ray\nray.init(address={address!r}, log_to_driver=False, configure_logging=False)\n"
+              "from metaembed.distributed import ShardedIndex\n"
+              f"collection = ShardedIndex.open({str(root)!r}, backend='ray', num_cpus=0.1, lease_seconds=3)\n"
+              "print(collection.search(collection.vectors(['d0']), k=1)[0][0].id, flush=True)\ntime.sleep(600)\n")
+    process = subprocess.Popen([sys.executable, "-c", client], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "d0"  # it opened the collection, started the actors and searched
+        assert _running(ray_cluster, root) == [True, True, True]
+    finally:
+        process.kill()  # no close(), no finaliser: only the lease's expiry can stop the actors
+        process.wait()
+    deadline = time.monotonic() + 60
+    while _running(ray_cluster, root) != [False, False, False] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running(ray_cluster, root) == [False, False, False]
+
+    # A live client renews: it outlives several lease times, then close() stops the actors at once.
+    collection = ShardedIndex.open(root, backend="ray", num_cpus=0.1, lease_seconds=1.5)
+    time.sleep(5)
+    assert _running(ray_cluster, root) == [True, True, True]
+    assert collection.search(vectors[:1], k=1)[0][0].id == "d0"
+    collection.close()
+    assert _running(ray_cluster, root) == [False, False, False]
