@@ -76,8 +76,6 @@ PASSAGE_OVERLAP = 0.125
 def load_model(path_or_name: "str | Path | MetaEmbedModel" = DEFAULT_MODEL) -> "MetaEmbedModel":
     """Load a saved MetaEmbed model folder or a built-in model by name, with a clear error otherwise."""
     from metaembed.model import MetaEmbedModel
-    # Registers the "bert_vision" family (the quickstart's backbone) until the registry lists it.
-    from metaembed.model.backbones import bert_vision  # noqa: F401
 
     if isinstance(path_or_name, MetaEmbedModel):
         return path_or_name

@@ -95,6 +95,20 @@ def test_save_and_load_round_trip(model, tmp_path):
     torch.testing.assert_close(loaded.encode_queries(items), model.encode_queries(items))
 
 
+def test_a_saved_folder_loads_in_a_fresh_process_that_never_imported_the_family(model, tmp_path):
+    """The backbone config's model_type is registered by its family's module: loading imports it."""
+    import subprocess
+    import sys
+
+    model.save_pretrained(tmp_path / "m")
+    script = ("from metaembed.model import MetaEmbedModel\n"
+              f"loaded = MetaEmbedModel.from_pretrained({str(tmp_path / 'm')!r})\n"
+              "print(type(loaded.backbone).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "BertVisionModel"
+
+
 def test_frozen_state_cache_gives_the_same_embeddings(model):
     texts = ["alpha beta", "gamma", "alpha beta", "delta epsilon zeta"]
     model.backbone.inputs.text_encoder.requires_grad_(False)
