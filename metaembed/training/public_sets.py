@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from metaembed.errors import InputError
 from metaembed.model.items import Item
+from metaembed.registry import Registry
 from metaembed.training.examples import (
     file_source,
     has_data_files,
@@ -180,14 +181,69 @@ def load_colpali_train(
     return file_source(path, image_root, name, example_from_colpali, weight, max_samples, seed, rows=_QueriedRows)
 
 
+class DataFormat:
+    """A format of the ``data`` entries of a training config: how a :class:`DataSpec` becomes sources.
+
+    A format is a small object with a ``name`` (the entry's ``format``) and ``load(spec, seed)``
+    returning the entry's :class:`TrainingSource` list; registering one in :data:`DATA_FORMATS`
+    makes its name a valid ``format``.
+    """
+
+    name: str = ""
+
+    def load(self, spec: "DataSpec", seed: int) -> list[TrainingSource]:
+        raise NotImplementedError
+
+
+#: The training data formats by name: ``pairs``, ``mmeb`` and ``colpali``, and any registered plug-in.
+DATA_FORMATS: Registry[DataFormat] = Registry("training data format")
+
+
+class PairsFormat(DataFormat):
+    """Our own ``pairs`` JSONL (:func:`~metaembed.training.examples.load_pairs`)."""
+
+    name = "pairs"
+
+    def load(self, spec: "DataSpec", seed: int) -> list[TrainingSource]:
+        return [load_pairs(spec.path, spec.image_root, spec.name, spec.weight, spec.max_samples, seed)]
+
+
+class ColPaliFormat(DataFormat):
+    """The ColPali training set (:func:`load_colpali_train`)."""
+
+    name = "colpali"
+
+    def load(self, spec: "DataSpec", seed: int) -> list[TrainingSource]:
+        return [load_colpali_train(spec.path, spec.image_root, spec.name or "colpali_train", spec.weight,
+                                   spec.max_samples, seed)]
+
+
+class MmebFormat(DataFormat):
+    """MMEB-train / MoCa subsets (:func:`load_mmeb_train`); ``subsets: moca`` is the paper's mixture."""
+
+    name = "mmeb"
+
+    def load(self, spec: "DataSpec", seed: int) -> list[TrainingSource]:
+        subsets = spec.subsets
+        if subsets == "moca":
+            subsets = MOCA_MIXTURE
+        elif isinstance(subsets, (list, tuple)):
+            subsets = {name: SubsetSpec(spec.weight, spec.max_samples) for name in subsets}
+        return load_mmeb_train(spec.path, subsets, spec.image_root, seed, default=SubsetSpec(spec.weight, spec.max_samples))
+
+
+for _format in (PairsFormat(), MmebFormat(), ColPaliFormat()):
+    DATA_FORMATS.register(_format)
+
+
 @dataclass
 class DataSpec:
     """One entry of the ``data`` list of a training config.
 
-    ``format`` is ``"pairs"``, ``"mmeb"`` or ``"colpali"``; ``path`` the file or folder;
-    ``image_root`` where relative image paths start; ``weight`` / ``max_samples`` the mixture
-    weight and cap (for ``"mmeb"``: defaults of every subset unless ``subsets`` names them, or
-    ``subsets: moca`` for the paper's mixture).
+    ``format`` names a :data:`DATA_FORMATS` member (``"pairs"``, ``"mmeb"`` or ``"colpali"``);
+    ``path`` the file or folder; ``image_root`` where relative image paths start; ``weight`` /
+    ``max_samples`` the mixture weight and cap (for ``"mmeb"``: defaults of every subset unless
+    ``subsets`` names them, or ``subsets: moca`` for the paper's mixture).
     """
 
     path: str
@@ -199,28 +255,13 @@ class DataSpec:
     subsets: Any = None
 
     def load(self, seed: int = 0) -> list[TrainingSource]:
-        """The training sources this entry describes."""
-        if self.format == "pairs":
-            return [load_pairs(self.path, self.image_root, self.name, self.weight, self.max_samples, seed)]
-        if self.format == "colpali":
-            return [
-                load_colpali_train(
-                    self.path, self.image_root, self.name or "colpali_train", self.weight, self.max_samples, seed
-                )
-            ]
-        if self.format == "mmeb":
-            subsets = self.subsets
-            if subsets == "moca":
-                subsets = MOCA_MIXTURE
-            elif isinstance(subsets, (list, tuple)):
-                subsets = {name: SubsetSpec(self.weight, self.max_samples) for name in subsets}
-            return load_mmeb_train(
-                self.path, subsets, self.image_root, seed, default=SubsetSpec(self.weight, self.max_samples)
-            )
-        raise InputError(f"unknown data format {self.format!r}; expected 'pairs', 'mmeb' or 'colpali'")
+        """The training sources this entry describes (:class:`InputError` naming the formats for an unknown one)."""
+        return DATA_FORMATS.get(self.format).load(self, seed)
 
 
 __all__ = [
+    "DataFormat",
+    "DATA_FORMATS",
     "SubsetSpec",
     "MOCA_MIXTURE",
     "DataSpec",

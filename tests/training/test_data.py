@@ -191,3 +191,24 @@ def test_collator_chunks_and_caps_negatives(tiny_qwen2_vl, images):
     assert "negative" not in ContrastiveCollator(tiny_qwen2_vl, num_negatives=0)(examples)
     with pytest.raises(InputError, match="chunk_size"):
         ContrastiveCollator(tiny_qwen2_vl, chunk_size=0)
+
+
+def test_data_formats_are_registered_objects_and_a_plug_in_is_one_more_format(tmp_path) -> None:
+    from metaembed.errors import InputError
+    from metaembed.training.public_sets import DATA_FORMATS, DataFormat
+
+    assert DATA_FORMATS.names()[:3] == ["pairs", "mmeb", "colpali"]
+    with pytest.raises(InputError, match=r"unknown training data format 'csv'; expected one of \['pairs', 'mmeb', 'colpali'"):
+        DataSpec(path=str(tmp_path), format="csv").load()
+
+    class Seen(DataFormat):
+        name = "toy-seen"
+
+        def load(self, spec, seed):
+            return [(spec.path, seed)]  # whatever its sources are: DataSpec hands them on
+
+    DATA_FORMATS.register(Seen())
+    try:
+        assert DataSpec(path="x", format="toy-seen").load(seed=3) == [("x", 3)]
+    finally:
+        DATA_FORMATS.unregister("toy-seen")
