@@ -214,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     queries = args.queries or index.parent / "heldout" / "queries.jsonl"
     if not queries.is_file():
         raise SystemExit(f"no query file at {queries}: pass --queries")
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)  # checked now, not after the minutes of measuring before WARP
     retriever = Retriever.open(index)
     size = len(retriever)
     if args.shortlists:
