@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.cache = args.cache / model_key()  # vectors of other weights are never reused
     validation = args.validation if args.corpus == "validation" else None
+    if validation is not None and not validation.is_file():
+        raise SystemExit(f"no validation collection at {validation}: write it with "
+                         "`python -m metaembed.quickstart.docpages --out runs/docpages` (30 s), or pass --validation")
     extra = args.extra_pages if args.corpus in ("both", "large") else 0
     encode_all(args.cache, extra, validation)
     data = _load(args.cache, extra, args.corpus, validation)

@@ -4,7 +4,7 @@
 Click, Requests, attrs, pytest, Python-Markdown, Babel, setuptools; the Debian ``python-*-doc``
 packages, free software licences) that the built-in model never saw in training, and queries
 that each target one part of a page: a sentence taken out of it, or one of its headings. It is
-built by ``experiments/docpages.py``; :func:`write_beir_folder` unpacks it into the BEIR layout
+built by ``python -m metaembed.quickstart.docpages``; :func:`write_beir_folder` unpacks it into the BEIR layout
 that :mod:`metaembed.evaluation.beir` reads.
 """
 
@@ -25,7 +25,7 @@ def load_collection(path: str | Path = COLLECTION_FILE) -> dict[str, Any]:
     """``{"corpus": [{_id, title, text}], "queries": [{_id, text, kind}], "qrels": [[qid, doc, grade]], "manuals": [...]}``."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"the held-out collection {path} is missing; rebuild it with experiments/docpages.py")
+        raise InputError(f"the collection {path} is missing; write it with `python -m metaembed.quickstart.docpages`")
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         return json.load(handle)
 

@@ -7,7 +7,7 @@ with Meta Tokens appended to its input under one-way attention
 stay exactly the pretrained MiniLM's, and the Meta Tokens are a learned multi-query read-out
 through all six layers, with LoRA adapters on their path only. Training is Matryoshka
 Multi-Vector Retrieval through the public trainer (:func:`metaembed.training.train`) on the
-documentation pairs that ``experiments/docpages.py`` builds.
+documentation pairs that ``python -m metaembed.quickstart.docpages`` builds.
 
 Variants (the comparison in ``docs/results/``) share everything but what their name says:
 
