@@ -149,8 +149,18 @@ def test_models_without_an_export_fall_back_to_the_model(exports, tmp_path, fami
     assert not exports.exists() or not any(exports.iterdir())  # nothing was exported
 
 
-def _cli_search(index, env: dict[str, str]) -> tuple[list[str], list[str]]:
-    """Ids found by a fresh 'metaembed search' process, and which of transformers / peft it imported."""
+def _same_ranking(found: list[tuple[str, float]], reference: dict[str, float], ranked: list[str], tol: float = 1e-4) -> bool:
+    """Whether ``found`` ranks as ``ranked`` (reference order, scores in ``reference``), but for swaps of
+    near-ties: a different id at a rank must score within ``tol`` of the reference's id there.
+
+    The export reproduces the model's query rows up to float rounding (< 1e-4), which may order two
+    candidates scoring that close either way."""
+    return all(item == ranked[rank] or abs(reference.get(item, float("inf")) - reference[ranked[rank]]) < tol
+               for rank, (item, _) in enumerate(found))
+
+
+def _cli_search(index, env: dict[str, str]) -> tuple[list[tuple[str, float]], list[str]]:
+    """``(id, score)`` found by a fresh 'metaembed search' process, and which of transformers / peft it imported."""
     script = (
         "import json, sys\n"
         "from metaembed.cli import main\n"
@@ -161,7 +171,7 @@ def _cli_search(index, env: dict[str, str]) -> tuple[list[str], list[str]]:
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     *answer, imported = done.stdout.strip().splitlines()
-    return [hit["id"] for hit in json.loads("\n".join(answer))["results"]], json.loads(imported)
+    return [(hit["id"], hit["score"]) for hit in json.loads("\n".join(answer))["results"]], json.loads(imported)
 
 
 def test_cli_search_uses_the_export_without_transformers(exports, tmp_path, saved_one_way):
@@ -171,13 +181,14 @@ def test_cli_search_uses_the_export_without_transformers(exports, tmp_path, save
     for number, text in enumerate(TEXTS):
         (docs / f"{number:02d}.txt").write_text(text)
     build_index(folder, docs, tmp_path / "idx", progress=False).index.close()
-    reference = [hit.id for hit in Retriever.open(tmp_path / "idx", model).search(QUERIES[0], k=5)]
+    hits = Retriever.open(tmp_path / "idx", model).search(QUERIES[0], k=len(TEXTS))
+    reference, ranked = {hit.id: hit.score for hit in hits}, [hit.id for hit in hits[:5]]
     env = dict(os.environ, METAEMBED_QUERY_ENCODERS=str(exports))
-    ids, imported = _cli_search(tmp_path / "idx", env)  # no export yet: the model, then an export
-    assert ids == reference and imported == ["peft", "transformers"]
+    found, imported = _cli_search(tmp_path / "idx", env)  # no export yet: the model, then an export
+    assert len(found) == 5 and _same_ranking(found, reference, ranked) and imported == ["peft", "transformers"]
     assert find_query_encoder(folder) is not None
-    ids, imported = _cli_search(tmp_path / "idx", env)
-    assert ids == reference and imported == []
+    found, imported = _cli_search(tmp_path / "idx", env)
+    assert len(found) == 5 and _same_ranking(found, reference, ranked) and imported == []
 
 
 @pytest.mark.skipif(DEFAULT_MODEL not in builtin_names(), reason="the built-in model is not in this installation")
