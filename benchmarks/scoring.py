@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         # Small cache: the small budgets use cached blocks, the large ones the streaming path.
         args.reps, args.time_cap, args.peer_time_cap, args.cache_bytes = 1, 5.0, 5.0, 1 << 20
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="metaembed-bench-", dir=args.work_dir))
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"CPU: {cpu_description()}; our kernel: {kernel_description()}; results -> {args.out / args.name}.*")

@@ -9,7 +9,8 @@ from benchmarks.scoring import main
 
 
 def test_quick_benchmark_runs_every_scorer_and_they_agree(tmp_path) -> None:
-    report = main(["--quick", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--name", "scoring"])
+    # A --work-dir that does not exist yet is created (a fresh scratch path must not fail after the imports).
+    report = main(["--quick", "--out", str(tmp_path), "--work-dir", str(tmp_path / "scratch" / "bench"), "--name", "scoring"])
     saved = json.loads((tmp_path / "scoring.json").read_text())
     assert saved["targets"] == json.loads(json.dumps(report["targets"]))
     assert "| 16,64 | ours exact |" in (tmp_path / "scoring.md").read_text()
