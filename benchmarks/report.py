@@ -169,7 +169,7 @@ def markdown_report(report: dict) -> str:
     lines += ["`*` = repetitions capped by the time limit.", ""]
     lines += _tradeoff_table(report["results"])
     if "avx512" in machine.get("our_kernel", ""):
-        lines += ["The peak is what `torch.mm` reaches on this CPU. On AMD CPUs the MKL sgemm it calls takes an "
+        lines += ["The peak is what `torch.mm` reaches on this CPU. On AMD CPUs the MKL sgemm it calls may take an "
                   "AVX2 path (on the Zen 5 machine `MKL_ENABLE_INSTRUCTIONS=AVX512` left it at 166-176 GFLOP/s), "
                   "while our kernel runs AVX-512: it can exceed 100% of that peak, and the ceiling speedups below "
                   "(all FLOPs at that peak) bound the peers' code paths, not ours.", ""]
