@@ -72,10 +72,12 @@ TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, 
     const int64_t row_bytes = dim * element_bytes[job->dtype], stride_bytes = job->row_stride * element_bytes[job->dtype];
     for (int64_t i = 0; i < n; i++) {
         const int64_t row = job->index ? job->index[first + i] : first + i;
-        if (job->index && i + PREFETCH_ROWS < n) {
-            /* A shortlist's rows come in no order the hardware prefetcher can follow: ask for a later
-             * row now, so that its cache (and TLB) misses overlap the work on this one. */
-            const char *next = base + job->index[first + i + PREFETCH_ROWS] * stride_bytes;
+        if ((job->index || stride_bytes > 2 * row_bytes) && i + PREFETCH_ROWS < n) {
+            /* A shortlist's rows come in no order the hardware prefetcher can follow, and a prefix of
+             * long rows leaves gaps (a page apart) that it does not cross: ask for a later row now,
+             * so that its cache (and TLB) misses overlap the work on this one. */
+            const int64_t ahead = job->index ? job->index[first + i + PREFETCH_ROWS] : first + i + PREFETCH_ROWS;
+            const char *next = base + ahead * stride_bytes;
             for (int64_t byte = 0; byte < row_bytes; byte += 64)
                 _mm_prefetch(next + byte, _MM_HINT_T0);
         }
