@@ -95,3 +95,23 @@ def test_refresh_keeps_the_ann_graph_and_grows_it_with_another_writers_commits(t
     assert hits[0][0].id == "p41" and stage._graph.ntotal == 59  # merged segments: the graph was rebuilt
     writer.close()
     reader.close()
+
+
+def test_ann_keeps_the_first_live_rows_of_the_graph_answer_in_snapshot_refs() -> None:
+    """Graph ordinals of three segments (added b, a, c) map to refs of a snapshot ordered a, b, c;
+    dead rows and faiss's -1 padding are skipped, and each query keeps its first ``width`` live rows."""
+    import numpy as np
+
+    from metaembed.index.first_stages.ann import _live_refs
+
+    starts = np.array([0, 3, 5, 9])  # graph: b = 0..2, a = 3..4, c = 5..8
+    order = ["b", "a", "c"]
+    offsets = {"a": 0, "b": 2, "c": 5}  # snapshot: a = refs 0..1, b = 2..4, c = 5..8
+    alive = {"a": np.array([True, False]), "b": np.array([True, True, False]), "c": np.ones(4, bool)}
+    ordinals = np.array([
+        [4, 2, 8, 0, 3, 1],   # a1 dead, b2 dead -> c3, b0, a0 (b1 is fourth: cut at width 3)
+        [5, -1, -1, -1, -1, -1],  # one point found, then padding
+        [4, 2, 4, 2, 2, 4],   # only dead rows
+    ])
+    got = _live_refs(ordinals, starts, order, offsets, alive, width=3)
+    assert got.tolist() == [[8, 2, 0], [5, -1, -1], [-1, -1, -1]]

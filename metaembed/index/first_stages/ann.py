@@ -94,20 +94,31 @@ class FirstVectorANN(FirstStage):
             offsets = dict(zip((v.segment.name for v in views), bases(views)))
             alive = {v.segment.name: v.alive.numpy() for v in views}
             order = list(self._segments)
-        out = np.full((queries.shape[0], width), -1, dtype=np.int64)
-        for q, row in enumerate(ordinals):
-            row = row[row >= 0]
-            owner = np.searchsorted(starts, row, side="right") - 1
-            kept = []
-            for ordinal, index in zip(row, owner):
-                name = order[index]
-                local = ordinal - starts[index]
-                if alive[name][local]:
-                    kept.append(offsets[name] + local)
-                if len(kept) == width:
-                    break
-            out[q, : len(kept)] = kept
-        return torch.from_numpy(out)
+        return torch.from_numpy(_live_refs(ordinals, starts, order, offsets, alive, width))
+
+
+def _live_refs(ordinals: np.ndarray, starts: np.ndarray, order: list[str], offsets: dict[str, int],
+               alive: dict[str, np.ndarray], width: int) -> np.ndarray:
+    """The first ``width`` live rows of each query's graph answer, as snapshot refs ``(Q, width)``.
+
+    ``ordinals`` ``(Q, F)`` are graph points best first (``-1`` = none); ``starts`` ``(S + 1,)``
+    the graph ordinal of each segment's row 0 in ``order`` (and the graph size); ``offsets`` and
+    ``alive`` the snapshot's first ref and live rows of each segment. Every segment in ``order``
+    is in the snapshot (a graph holding a segment the snapshot lacks is rebuilt first).
+    Vectorised: a filtered search may fetch most of the graph to find ``width`` live rows.
+    """
+    refs = np.full(ordinals.shape, -1, dtype=np.int64)
+    owner = np.searchsorted(starts, ordinals, side="right") - 1
+    for index, name in enumerate(order):
+        mine = (owner == index) & (ordinals >= 0)
+        local = ordinals[mine] - starts[index]
+        refs[mine] = np.where(alive[name][local], offsets[name] + local, -1)
+    live = refs >= 0
+    rank = np.cumsum(live, axis=1) - 1  # each live entry's place among its query's live entries
+    keep = live & (rank < width)
+    out = np.full((ordinals.shape[0], width), -1, dtype=np.int64)
+    out[np.nonzero(keep)[0], rank[keep]] = refs[keep]
+    return out
 
 
 __all__ = ["FirstVectorANN"]
