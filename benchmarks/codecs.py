@@ -24,6 +24,13 @@ latency relative to float16 on the same index sizes. Every search goes through
     nice -n 19 python -m benchmarks.codecs                      # encodes once, then measures
     nice -n 19 python -m benchmarks.codecs --out benchmarks/results/codecs-zen3-avx2
     nice -n 19 python -m benchmarks.codecs --corpus validation   # where a codec is chosen
+    nice -n 19 python -m benchmarks.codecs --index runs/approximate/index --queries runs/approximate/queries.jsonl
+
+``--index`` measures at scale instead: the vectors an index of the built-in model stores (e.g.
+the 100k passages of ``make bench-approximate``) and its queries, with no qrels (overlap only).
+A trained codec there learns its codebooks from ``--fit-pages`` pages drawn at random from the
+index (what a large first add gives it) and codes the others, which are the corpus every codec
+and fp32 search: every coded vector is unseen, as in a live index after its first batch.
 
 Latency is taken on whatever machine runs it; the committed file says if that machine was shared.
 """
@@ -118,6 +125,34 @@ def _load(cache: Path, extra_pages: int, which: str = "both", validation: Path |
             "corpora": corpora}
 
 
+def _load_index(path: Path, queries: Path, field: str, max_queries: int, fit_pages: int) -> dict[str, Any]:
+    """The stored vectors of the index at ``path`` (fp32 ``(N, R, D)``) and ``queries`` encoded by its model.
+
+    ``fit_pages`` pages, drawn at random (seeded), are set apart as the trained codecs' fitting
+    sample (``data["fit"]``); the other pages are the corpus.
+    """
+    from benchmarks.coarse_to_fine import read_queries
+    from metaembed.retriever import Retriever
+
+    retriever = Retriever.open(path)
+    try:
+        batches = list(retriever.index.export(batch=8192))  # sequential reads of the stored vectors
+        ids = [item for batch_ids, _ in batches for item in batch_ids]
+        pages = torch.cat([vectors for _, vectors in batches])
+        del batches
+        if len(ids) <= fit_pages:
+            raise SystemExit(f"the index at {path} holds {len(ids)} items: fewer than --fit-pages {fit_pages} + 1")
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0)).tolist()
+        fit, rest = sorted(order[:fit_pages]), sorted(order[fit_pages:])
+        encoded = retriever.model.encode_queries(read_queries(queries, field, max_queries), show_progress=False)
+    finally:
+        retriever.index.close()
+    corpus = f"{len(rest):,} passages of {path} (codebooks fit on {fit_pages:,} other passages of it)"
+    return {"queries": encoded, "query_ids": [f"q{i}" for i in range(encoded.shape[0])], "qrels": {},
+            "corpora": {corpus: ([ids[i] for i in rest], pages[rest])},
+            "fit": ([ids[i] for i in fit], pages[fit])}
+
+
 def _search(index: Any, queries: torch.Tensor, budget: Any, repeats: int) -> tuple[list[list[str]], dict, float]:
     """Top-10 ids and scores per query, and the best of ``repeats`` wall times of the whole batch."""
     best = float("inf")
@@ -128,7 +163,10 @@ def _search(index: Any, queries: torch.Tensor, budget: Any, repeats: int) -> tup
     return [[hit.id for hit in row] for row in hits], hits, best
 
 
-def _ndcg(hits: list, query_ids: list[str], qrels: dict) -> float:
+def _ndcg(hits: list, query_ids: list[str], qrels: dict) -> float | None:
+    """nDCG@10 of ``hits``; ``None`` without qrels (an index's own queries at scale)."""
+    if not qrels:
+        return None
     from metaembed.evaluation.metrics import retrieval_metrics
 
     run = {qid: {hit.id: float(hit.score) for hit in row} for qid, row in zip(query_ids, hits)}
@@ -172,7 +210,9 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
     everything: a static index, whose codes have seen their own vectors) and on unseen vectors
     (:func:`_unseen_indexes`: codebooks learnt from one half of the pages code the other half),
     which is what every vector added after an index's first batch gets. The target is judged on
-    the unseen overlap.
+    the unseen overlap. With ``data["fit"]`` (``(ids, pages)`` outside every corpus) a trained codec
+    instead learns from those pages, adds the corpus, then drops them: one index whose codes are
+    all unseen, its overlap both columns' value.
     """
     from metaembed.budget import Budget
     from metaembed.index import MultiVectorIndex
@@ -188,11 +228,17 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
         for name in ["float32", "float16"] + [c for c in codecs if c not in ("float32", "float16")]:
             codec = get_codec(name)
             index = MultiVectorIndex.create(None, dim=dim, num_vectors=num_vectors, dtype=name)
-            unseen = _unseen_indexes(name, ids, pages) if codec.trained else []
+            fit = data.get("fit") if codec.trained else None
+            unseen = _unseen_indexes(name, ids, pages) if codec.trained and fit is None else []
             try:
                 started = time.perf_counter()
+                if fit is not None:
+                    index.add(*fit)  # the codebooks are learnt from the fitting sample alone
                 index.add(ids, pages)  # a trained codec learns its codebooks here, then encodes the corpus
                 build_seconds = time.perf_counter() - started
+                if fit is not None:
+                    index.delete(fit[0])
+                    index.compact()
                 for text in BUDGETS:
                     budget = Budget.parse(text)
                     top, hits, seconds = _search(index, queries, budget, repeats)
@@ -210,6 +256,8 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
                         "search_seconds": seconds,
                         "latency_vs_float16": seconds / fp16_time[text] if text in fp16_time else None,
                     }
+                    if fit is not None:
+                        row["overlap@10_unseen"], row["ndcg@10_unseen"] = row["overlap@10"], ndcg
                     if unseen:
                         unseen_top, unseen_hits = _merged_search(unseen, queries, budget)
                         row["overlap@10_unseen"] = overlap(unseen_top, reference[text][0])
@@ -235,12 +283,16 @@ def _build(row: dict[str, Any]) -> float:
 def _line(row: dict[str, Any]) -> str:
     latency = "" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}x"
     return (f"{row['codec']:>9} {row['budget']:>5} {row['bytes_per_vector']:>6} B {row['ratio_to_float16']:>6.3f} "
-            f"{row['overlap@10']:>8.3f} {_unseen(row, 'overlap@10'):>8} {row['ndcg@10']:>7.3f} {_unseen(row, 'ndcg@10'):>8} "
-            f"{row['ndcg@10_float32']:>6.3f} {_build(row):>6.1f}s {latency:>8}")
+            f"{row['overlap@10']:>8.3f} {_unseen(row, 'overlap@10'):>8} {_number(row['ndcg@10']):>7} "
+            f"{_unseen(row, 'ndcg@10'):>8} {_number(row['ndcg@10_float32']):>6} {_build(row):>6.1f}s {latency:>8}")
 
 
 def _unseen(row: dict[str, Any], key: str) -> str:
-    value = row.get(f"{key}_unseen")
+    return _number(row.get(f"{key}_unseen"))
+
+
+def _number(value: float | None) -> str:
+    """A measured fraction to three places; a dash where none was measured."""
     return "—" if value is None else f"{value:.3f}"
 
 
@@ -284,8 +336,8 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             latency = "—" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}×"
             out.append(f"| {row['codec']} | {row['budget']} | {row['bytes_per_vector']} | {row['ratio_to_float16']:.3f} "
-                       f"| {row['overlap@10']:.3f} | {_unseen(row, 'overlap@10')} | {row['ndcg@10']:.3f} "
-                       f"| {_unseen(row, 'ndcg@10')} | {row['ndcg@10_float32']:.3f} "
+                       f"| {row['overlap@10']:.3f} | {_unseen(row, 'overlap@10')} | {_number(row['ndcg@10'])} "
+                       f"| {_unseen(row, 'ndcg@10')} | {_number(row['ndcg@10_float32'])} "
                        f"| {_build(row):.1f} s | {latency} |")
         out.append("")
     out += ["## Target", "", *[f"    {line}" for line in report["verdict"]], ""]
@@ -321,6 +373,13 @@ def main(argv: list[str] | None = None) -> None:
                              "(where codecs are chosen; see --validation)")
     parser.add_argument("--validation", type=Path, default=Path("runs/docpages/validation.json.gz"),
                         help="the validation collection (python -m metaembed.quickstart.docpages --out runs/docpages)")
+    parser.add_argument("--index", type=Path,
+                        help="measure the vectors this index stores instead of the page collections (needs --queries)")
+    parser.add_argument("--queries", type=Path, help="with --index: JSONL of queries, encoded by the index's model")
+    parser.add_argument("--field", default="text", help="with --index: the queries' text field")
+    parser.add_argument("--max-queries", type=int, default=512, help="with --index: queries used, evenly spread")
+    parser.add_argument("--fit-pages", type=int, default=1024,
+                        help="with --index: pages set apart to fit trained codecs (1,024 x 16 vectors: pq's whole sample)")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="rows of earlier --out JSON files to put beside this run's in OUT (another corpus)")
     parser.add_argument("--tried", type=Path,
@@ -337,9 +396,14 @@ def main(argv: list[str] | None = None) -> None:
     if validation is not None and not validation.is_file():
         raise SystemExit(f"no validation collection at {validation}: write it with "
                          "`python -m metaembed.quickstart.docpages --out runs/docpages` (30 s), or pass --validation")
-    extra = args.extra_pages if args.corpus in ("both", "large") else 0
-    encode_all(args.cache, extra, validation)
-    data = _load(args.cache, extra, args.corpus, validation)
+    if args.index is not None:
+        if args.queries is None or not args.queries.is_file():
+            raise SystemExit(f"--index needs --queries, a JSONL file of queries (got {args.queries})")
+        data = _load_index(args.index, args.queries, args.field, args.max_queries, args.fit_pages)
+    else:
+        extra = args.extra_pages if args.corpus in ("both", "large") else 0
+        encode_all(args.cache, extra, validation)
+        data = _load(args.cache, extra, args.corpus, validation)
     print(HEADER)
     measured = measure(data, [c for c in args.codecs.split(",") if c], args.repeats)
     rows = merged_rows(args.merge, measured) + measured

@@ -63,3 +63,47 @@ def test_merged_rows_give_way_to_this_runs_and_scratch_methods_are_tabled(tmp_pa
     report = {"model": "m", "rows": [], "verdict": [], "machine": "m", "latency_note": "", "command": "c",
               "budgets": ["1,1", "2,4"], "tried": tried}
     assert "| opq | 96 | 0.900 | 0.850 | 0.850 |" in markdown(report)
+
+
+def test_at_scale_a_trained_codec_codes_the_corpus_with_codebooks_fit_on_the_set_apart_pages() -> None:
+    """With ``data["fit"]`` pq2 learns from those pages only; its overlap is that of their codebooks
+    decoding the corpus (brute force here), both overlap columns hold it, and no qrels means no nDCG."""
+    from benchmarks.measure import overlap
+    from metaembed.index.codecs import get_codec
+    from tests.index.conftest import brute_force
+
+    ids = [f"p{i}" for i in range(40)]
+    pages, queries, fit = unit_vectors(3, 40, 16, 16), unit_vectors(4, 6, 8, 16), unit_vectors(5, 20, 16, 16)
+    data = {"queries": queries, "query_ids": [f"q{i}" for i in range(6)], "qrels": {},
+            "corpora": {"scale": (ids, pages)}, "fit": ([f"f{i}" for i in range(20)], fit)}
+    rows = measure(data, ["pq2"], repeats=1)
+    codec = get_codec("pq2").fit(fit.reshape(-1, 16))
+    decoded = codec.decode(codec.encode(pages)[0])
+    for row in (r for r in rows if r["codec"] == "pq2"):
+        r_q, r_c = map(int, row["budget"].split(","))
+        ranked = [[i for i, _ in hits] for hits in brute_force(queries, decoded, ids, r_q, r_c, 10)]
+        exact = [[i for i, _ in hits] for hits in brute_force(queries, pages, ids, r_q, r_c, 10)]
+        assert row["overlap@10"] == row["overlap@10_unseen"] == overlap(ranked, exact)
+        assert row["ndcg@10"] is None and row["ndcg@10_unseen"] is None and row["ndcg@10_float32"] is None
+    report = {"model": "random", "rows": rows, "verdict": verdict(rows), "machine": "m", "latency_note": "", "command": "c"}
+    assert "| pq2 | 8,16 | 4 | 0.125 |" in markdown(report) and "| — | — | — |" in markdown(report)
+
+
+def test_an_index_is_read_whole_with_its_fitting_sample_set_apart(tmp_path) -> None:
+    import pytest
+
+    from benchmarks.codecs import _load_index
+    from metaembed.index import MultiVectorIndex
+    from tests.frontdoor_helpers import make_collection, write_jsonl
+
+    collection = make_collection(tmp_path)
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"text": t} for t in ("cats asleep", "a red bus", "tax form")])
+    data = _load_index(collection.index, queries, "text", 2, fit_pages=3)
+    (corpus, (ids, pages)), = data["corpora"].items()
+    fit_ids, fit_pages = data["fit"]
+    with MultiVectorIndex.open(collection.index) as index:
+        assert sorted(ids + fit_ids) == sorted(index.ids) and len(fit_ids) == 3 and not set(ids) & set(fit_ids)
+        assert torch.equal(pages, index.vectors(ids)) and torch.equal(fit_pages, index.vectors(fit_ids))
+    assert corpus.startswith("4 passages of") and data["queries"].shape[0] == 2 and data["qrels"] == {}
+    with pytest.raises(SystemExit, match="fewer than --fit-pages 7"):
+        _load_index(collection.index, queries, "text", 2, fit_pages=7)
