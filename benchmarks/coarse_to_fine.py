@@ -175,6 +175,10 @@ def markdown(report: dict[str, Any]) -> str:
             shortlist, share = f"{row['shortlist']:,}", f"{100 * row['shortlist'] / report['size']:.1f}%"
         lines.append(f"| {row['budget']} | {row['method']} | {shortlist} | {share} | "
                      f"{row['overlap']:.3f} | {row['latency_ms']:.1f} |")
+    graph = next((row["graph_build_s"] for row in report["rows"] if "graph_build_s" in row), None)
+    if graph is not None:
+        lines += ["", f"ann graph: built in {graph:.1f} s by the first `ann` search of a process (kept in memory, "
+                      "grown as segments are added; untimed above)"]
     warp = [row for row in report["rows"] if "build_s" in row]
     if warp:
         lines += ["", "xtr-warp index: " + "; ".join(
