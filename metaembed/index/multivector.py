@@ -430,7 +430,9 @@ class MultiVectorIndex(Searcher):
             raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         with self._store.state_lock:
             if mode not in self._first_stages:
-                self._first_stages[mode] = FIRST_STAGES.get(mode)(self.dim)
+                stage = FIRST_STAGES.get(mode)(self.dim)
+                stage.folder = self.path
+                self._first_stages[mode] = stage
             return self._first_stages[mode]
 
     def _results(self, views: tuple[SegmentView, ...], scores: torch.Tensor, refs: torch.Tensor) -> list[list[SearchResult]]:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from metaembed.cache import cache_root
+from metaembed.cache import cache_folder
 from metaembed.errors import InputError, MetaEmbedError, QueryExportError
 from metaembed.model.builtin import builtin_path, is_builtin, is_package_reference, package_model_path
 from metaembed.model.items import Item, ItemLike, to_items
@@ -71,8 +70,7 @@ def exports_root() -> Path:
     ``$METAEMBED_QUERY_ENCODERS`` when set (the test suite points it at a scratch folder), else
     ``query-encoders`` in :func:`metaembed.cache.cache_root`.
     """
-    chosen = os.environ.get("METAEMBED_QUERY_ENCODERS")
-    return Path(chosen) if chosen else cache_root() / "query-encoders"
+    return cache_folder("query-encoders", "METAEMBED_QUERY_ENCODERS")
 
 
 def model_folder(source: str | Path) -> Path | None:

@@ -115,3 +115,93 @@ def test_ann_keeps_the_first_live_rows_of_the_graph_answer_in_snapshot_refs() ->
     ])
     got = _live_refs(ordinals, starts, order, offsets, alive, width=3)
     assert got.tolist() == [[8, 2, 0], [5, -1, -1], [-1, -1, -1]]
+
+
+@pytest.fixture
+def kept_graphs(monkeypatch, tmp_path):
+    """Every ann graph is kept (however fast its build), in a fresh folder; counts the points added to graphs."""
+    import faiss
+
+    from metaembed.index.first_stages import ann
+
+    monkeypatch.setattr(ann, "_KEEP_SECONDS", -1.0)
+    monkeypatch.setenv("METAEMBED_ANN_GRAPHS", str(tmp_path / "graphs"))
+    added: list[int] = []
+    original = faiss.IndexHNSWFlat.add
+
+    def counting_add(self, x, *args, **kwargs):
+        added.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(faiss.IndexHNSWFlat, "add", counting_add)
+    return tmp_path / "graphs", added
+
+
+def _ann_ids(index, queries):
+    hits = index.search(queries, k=5, budget="2,4", mode="ann", shortlist=40, first_stage_budget="2,1")
+    return [[hit.id for hit in row] for row in hits]
+
+
+def test_the_next_process_loads_the_kept_graph_and_grows_it_by_the_segments_added_since(tmp_path, kept_graphs) -> None:
+    from .conftest import unit_vectors
+
+    folder, added = kept_graphs
+    pages = unit_vectors(7, 60, 4, 16)
+    ids = [f"p{i}" for i in range(60)]
+    queries = pages[:6, :2].clone()
+    with MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4) as index:
+        index.add(ids[:30], pages[:30])
+        index.add(ids[30:50], pages[30:50])
+        first = _ann_ids(index, queries)
+    assert added == [30, 20] and len(list(folder.glob("*.faiss"))) == 1
+    with MultiVectorIndex.open(tmp_path / "ix") as index:  # a new process: nothing built, the same answers
+        assert _ann_ids(index, queries) == first and added == [30, 20]
+        index.add(ids[50:], pages[50:])
+    with MultiVectorIndex.open(tmp_path / "ix") as index:  # the kept graph holds 50 rows: only the new 10 are added
+        grown = _ann_ids(index, queries)
+        assert added == [30, 20, 10] and index._first_stages["ann"]._graph.ntotal == 60
+        # a graph this small answers exactly: the shortlist is exact (2,1) top-40, as in coarse mode
+        coarse = index.search(queries, k=5, budget="2,4", mode="coarse", shortlist=40, first_stage_budget="2,1")
+    assert grown == [[hit.id for hit in row] for row in coarse]
+
+
+def test_a_damaged_or_stale_kept_graph_is_built_again(tmp_path, kept_graphs) -> None:
+    from .conftest import unit_vectors
+
+    folder, added = kept_graphs
+    pages = unit_vectors(8, 40, 4, 16)
+    ids = [f"p{i}" for i in range(40)]
+    queries = pages[:4, :2].clone()
+    with MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4) as index:
+        index.add(ids[:20], pages[:20])
+        index.add(ids[20:], pages[20:])
+        expected = _ann_ids(index, queries)
+    (kept,) = folder.glob("*.faiss")
+    data = bytearray(kept.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the graph: its CRC no longer matches
+    kept.write_bytes(bytes(data))
+    with MultiVectorIndex.open(tmp_path / "ix") as index:
+        assert _ann_ids(index, queries) == expected and added == [20, 20, 20, 20]  # built again, from both segments
+        index.delete(["p39"])
+        index.compact()  # segments rewritten without the deleted row: the kept graph names segments that are gone
+        names = {view.segment.name for view in index._store.views}
+    with MultiVectorIndex.open(tmp_path / "ix") as index:
+        got = _ann_ids(index, queries)
+        assert sorted(added[4:]) == sorted(view.rows for view in index._store.views)  # built from the new segments
+        assert {view.segment.name for view in index._store.views} == names
+        coarse = index.search(queries, k=5, budget="2,4", mode="coarse", shortlist=40, first_stage_budget="2,1")
+    assert got == [[hit.id for hit in row] for row in coarse] and all("p39" not in row for row in got)
+
+
+def test_a_graph_that_cannot_be_kept_is_only_a_warning(tmp_path, kept_graphs, monkeypatch) -> None:
+    from .conftest import unit_vectors
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("METAEMBED_ANN_GRAPHS", str(blocker / "graphs"))
+    pages = unit_vectors(9, 30, 4, 16)
+    with MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4) as index:
+        index.add([f"p{i}" for i in range(30)], pages)
+        with pytest.warns(UserWarning, match="could not keep the ann graph"):
+            hits = _ann_ids(index, pages[:2, :2].clone())
+    assert [row[0] for row in hits] == ["p0", "p1"]

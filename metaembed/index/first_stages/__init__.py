@@ -8,6 +8,8 @@ object with a ``name`` (the search ``mode`` that selects it):
 ``__init__(dim)``
     one instance per index, made on its first use and kept (it may hold state, such as
     a graph over the index's candidates; ``reset()`` drops it when the index moves).
+    The index then sets ``folder`` (its folder; ``None`` for a scratch index), where a
+    stage may key state it keeps across processes (``ann`` keeps its graph in the cache).
 ``check_budget(budget)``
     :class:`~metaembed.errors.InputError` when the stage cannot serve that first-stage budget.
 ``shortlist(views, queries, budget, width)``
@@ -22,6 +24,7 @@ search may also pass an instance as ``mode``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -38,6 +41,8 @@ class FirstStage:
 
     #: the search ``mode`` that selects this first stage
     name: ClassVar[str] = ""
+    #: the folder of the index this stage serves, set by the index after making it (``None``: a scratch index)
+    folder: Path | None = None
 
     def __init__(self, dim: int) -> None:
         self.dim = dim

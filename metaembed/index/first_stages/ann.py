@@ -11,17 +11,37 @@ grows incrementally as segments are added. HNSW cannot remove points, so
 deleted rows are filtered out of its answers (it is asked for extra
 neighbours), and the graph is rebuilt when segments are merged away or when too
 many of its points are dead.
+
+A graph that took more than :data:`_KEEP_SECONDS` to build is also written to the cache
+(:func:`graph_folder`: ``ann-graphs/`` of the cache root, one file per index folder, replaced atomically, CRC-32C
+checked), so the next process that searches the index (a CLI call, a restarted server)
+loads it in a fraction of a second instead of building it again (11.8 s at 100k
+candidates, D = 384, on 2 Zen 3 cores). The file names the segments it covers; segments
+are immutable, so it serves any later state of the index that still holds them all (the
+segments added since are grown in). It is derived data: a missing, stale, damaged or
+unwritable file only means a build.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import struct
 import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from metaembed.budget import Budget
+from metaembed.cache import cache_folder
 from metaembed.errors import InputError
+from metaembed.index.checksum import crc
 from metaembed.index.first_stages import FIRST_STAGES, FirstStage
 from metaembed.index.search import SegmentView, bases
 
@@ -30,6 +50,10 @@ _HNSW_M = 32
 # Rebuild once more than this fraction of the graph's points are deleted rows.
 _MAX_DEAD_FRACTION = 0.25
 _ADD_ROWS = 65536
+# A graph whose build (or growth) took longer than this is kept in the cache for the next process.
+_KEEP_SECONDS = 1.0
+_MAGIC = b"metaembed-ann-graph\n"
+_VERSION = 1
 
 
 @FIRST_STAGES.register
@@ -54,14 +78,19 @@ class FirstVectorANN(FirstStage):
         self._graph = faiss.IndexHNSWFlat(self.dim, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
         self._segments: list[str] = []  # segments in the graph, in the order their rows were added
         self._starts: list[int] = []  # graph ordinal of each segment's row 0
+        self._loaded = False  # whether the cache was tried since the graph was last emptied
 
     def _sync(self, views: tuple[SegmentView, ...]) -> None:
         names = [v.segment.name for v in views]
+        if not self._loaded and self._graph.ntotal == 0:
+            self._loaded = True
+            self._load(views)
         live = sum(int(v.alive.sum()) for v in views)
         stale = any(name not in names for name in self._segments)
         if stale or (self._graph.ntotal and 1 - live / self._graph.ntotal > _MAX_DEAD_FRACTION):
             self.reset()
         known = set(self._segments)
+        started = time.perf_counter()
         for view in views:
             if view.segment.name in known:
                 continue
@@ -73,6 +102,70 @@ class FirstVectorANN(FirstStage):
                 scales = None if segment.scales is None else segment.scales[0, start:stop]
                 first = segment.fmt.decode(segment.codes[0, start:stop], scales)
                 self._graph.add(np.ascontiguousarray(first.numpy(), dtype=np.float32))
+        if time.perf_counter() - started > _KEEP_SECONDS:
+            self._save()
+
+    # ------------------------------------------------------------- the cache
+    def _cache_file(self) -> Path | None:
+        """This index's graph file in the cache; ``None`` for a scratch index."""
+        if self.folder is None:
+            return None
+        key = hashlib.blake2b(str(Path(self.folder).resolve()).encode("utf-8"), digest_size=8).hexdigest()
+        return graph_folder() / f"{key}.faiss"
+
+    def _load(self, views: tuple[SegmentView, ...]) -> None:
+        """Adopt the cached graph if it covers only segments of ``views``, row for row; else keep the empty one."""
+        import faiss
+
+        path = self._cache_file()
+        try:
+            if path is None or not path.is_file():
+                return
+            data = path.read_bytes()
+        except OSError:
+            return
+        header = _read_header(data)
+        rows = {view.segment.name: view.rows for view in views}
+        try:
+            segments, starts = list(header["segments"]), [int(start) for start in header["starts"]]
+            fits = (header["dim"] == self.dim and header["m"] == _HNSW_M and len(segments) == len(starts)
+                    and all(name in rows for name in segments))
+            ends = starts[1:] + [int(header["points"])]
+            fits = fits and all(end - start == rows[name] for name, start, end in zip(segments, starts, ends))
+            fits = fits and (not starts or starts[0] == 0)
+        except (TypeError, KeyError, ValueError):  # no header (a damaged file), or one of another shape
+            return
+        if not fits:
+            return
+        try:
+            graph = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=header["offset"]))
+        except RuntimeError:
+            return
+        if int(graph.ntotal) == int(header["points"]) and graph.d == self.dim:
+            self._graph, self._segments, self._starts = graph, segments, starts
+
+    def _save(self) -> None:
+        """Write the graph to the cache (atomically: a temporary file renamed over the old one)."""
+        import faiss
+
+        path = self._cache_file()
+        if path is None:
+            return
+        payload = faiss.serialize_index(self._graph)
+        header = json.dumps({"version": _VERSION, "dim": self.dim, "m": _HNSW_M, "segments": self._segments,
+                             "starts": self._starts, "points": int(self._graph.ntotal), "bytes": int(payload.nbytes), "crc": crc(payload)}).encode()
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:
+                handle.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+                handle.write(memoryview(payload))
+            os.replace(partial, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            warnings.warn(f"could not keep the ann graph in {path.parent} ({error}); the next process builds it again",
+                          stacklevel=2)
 
     def shortlist(self, views: tuple[SegmentView, ...], queries: torch.Tensor, budget: Budget, width: int) -> torch.Tensor:
         """Approximate top-``width`` refs ``(Q, width)`` of ``queries`` ``(Q, R_q, D)`` at budget ``(r_q, 1)``.
@@ -95,6 +188,28 @@ class FirstVectorANN(FirstStage):
             alive = {v.segment.name: v.alive.numpy() for v in views}
             order = list(self._segments)
         return torch.from_numpy(_live_refs(ordinals, starts, order, offsets, alive, width))
+
+
+def graph_folder() -> Path:
+    """Where graphs are kept: ``$METAEMBED_ANN_GRAPHS`` when set (the test suite points it at a
+    scratch folder), else ``ann-graphs/`` of the cache root."""
+    return cache_folder("ann-graphs", "METAEMBED_ANN_GRAPHS")
+
+
+def _read_header(data: bytes) -> dict | None:
+    """The header of a graph file, with ``offset`` (where the FAISS bytes start); ``None`` unless
+    the file is whole: the right magic and version, and a payload of the recorded size and CRC-32C."""
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
+        return None
+    size = struct.unpack_from("<Q", data, len(_MAGIC))[0]
+    offset = len(_MAGIC) + 8 + size
+    try:
+        header = json.loads(data[len(_MAGIC) + 8 : offset])
+        whole = (header["version"] == _VERSION and len(data) - offset == header["bytes"]
+                 and crc(memoryview(data)[offset:]) == header["crc"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return {**header, "offset": offset} if whole else None
 
 
 def _live_refs(ordinals: np.ndarray, starts: np.ndarray, order: list[str], offsets: dict[str, int],
@@ -121,4 +236,4 @@ def _live_refs(ordinals: np.ndarray, starts: np.ndarray, order: list[str], offse
     return out
 
 
-__all__ = ["FirstVectorANN"]
+__all__ = ["FirstVectorANN", "graph_folder"]
