@@ -6,34 +6,30 @@ import pytest
 from PIL import Image, ImageDraw
 
 
+def _scratch_folder(tmp_path_factory, variable: str, name: str):
+    """Point environment ``variable`` at a new scratch folder ``name`` for the session, then restore it."""
+    import os
+
+    folder = tmp_path_factory.mktemp(name)
+    previous = os.environ.get(variable)
+    os.environ[variable] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = previous
+
+
 @pytest.fixture(scope="session", autouse=True)
 def query_encoder_cache(tmp_path_factory):
     """Exported query encoders (made by 'index build' and searches) go to a scratch folder, not ~/.cache."""
-    import os
-
-    folder = tmp_path_factory.mktemp("query-encoders")
-    previous = os.environ.get("METAEMBED_QUERY_ENCODERS")
-    os.environ["METAEMBED_QUERY_ENCODERS"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("METAEMBED_QUERY_ENCODERS", None)
-    else:
-        os.environ["METAEMBED_QUERY_ENCODERS"] = previous
+    yield from _scratch_folder(tmp_path_factory, "METAEMBED_QUERY_ENCODERS", "query-encoders")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def ann_graph_cache(tmp_path_factory):
     """Graphs the ann search mode keeps for the next process go to a scratch folder, not ~/.cache."""
-    import os
-
-    folder = tmp_path_factory.mktemp("ann-graphs")
-    previous = os.environ.get("METAEMBED_ANN_GRAPHS")
-    os.environ["METAEMBED_ANN_GRAPHS"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("METAEMBED_ANN_GRAPHS", None)
-    else:
-        os.environ["METAEMBED_ANN_GRAPHS"] = previous
+    yield from _scratch_folder(tmp_path_factory, "METAEMBED_ANN_GRAPHS", "ann-graphs")
 
 
 @pytest.fixture(scope="session")

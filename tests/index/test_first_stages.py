@@ -137,22 +137,29 @@ def kept_graphs(monkeypatch, tmp_path):
     return tmp_path / "graphs", added
 
 
-def _ann_ids(index, queries):
-    hits = index.search(queries, k=5, budget="2,4", mode="ann", shortlist=40, first_stage_budget="2,1")
+def _built(path, seed: int, pages: int, first: int, last: int):
+    """An index at ``path`` of random pages ``p0..`` added as ``[:first]``, then ``[first:last]``; the pages and ids."""
+    from .conftest import unit_vectors
+
+    vectors, ids = unit_vectors(seed, pages, 4, 16), [f"p{i}" for i in range(pages)]
+    index = MultiVectorIndex.create(path, dim=16, num_vectors=4)
+    index.add(ids[:first], vectors[:first])
+    index.add(ids[first:last], vectors[first:last])
+    return index, vectors, ids
+
+
+def _ann_ids(index, queries, mode: str = "ann"):
+    """Top-5 ids at (2,4) from a shortlist of 40 at (2,1); ``mode="coarse"`` takes the exact shortlist
+    (which a graph of a few dozen points also finds)."""
+    hits = index.search(queries, k=5, budget="2,4", mode=mode, shortlist=40, first_stage_budget="2,1")
     return [[hit.id for hit in row] for row in hits]
 
 
 def test_the_next_process_loads_the_kept_graph_and_grows_it_by_the_segments_added_since(tmp_path, kept_graphs) -> None:
-    from .conftest import unit_vectors
-
     folder, added = kept_graphs
-    pages = unit_vectors(7, 60, 4, 16)
-    ids = [f"p{i}" for i in range(60)]
-    queries = pages[:6, :2].clone()
-    with MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4) as index:
-        index.add(ids[:30], pages[:30])
-        index.add(ids[30:50], pages[30:50])
-        first = _ann_ids(index, queries)
+    index, pages, ids = _built(tmp_path / "ix", 7, 60, 30, 50)
+    with index:
+        first = _ann_ids(index, queries := pages[:6, :2].clone())
     assert added == [30, 20] and len(list(folder.glob("*.faiss"))) == 1
     with MultiVectorIndex.open(tmp_path / "ix") as index:  # a new process: nothing built, the same answers
         assert _ann_ids(index, queries) == first and added == [30, 20]
@@ -160,22 +167,14 @@ def test_the_next_process_loads_the_kept_graph_and_grows_it_by_the_segments_adde
     with MultiVectorIndex.open(tmp_path / "ix") as index:  # the kept graph holds 50 rows: only the new 10 are added
         grown = _ann_ids(index, queries)
         assert added == [30, 20, 10] and index._first_stages["ann"]._graph.ntotal == 60
-        # a graph this small answers exactly: the shortlist is exact (2,1) top-40, as in coarse mode
-        coarse = index.search(queries, k=5, budget="2,4", mode="coarse", shortlist=40, first_stage_budget="2,1")
-    assert grown == [[hit.id for hit in row] for row in coarse]
+        assert grown == _ann_ids(index, queries, mode="coarse")
 
 
 def test_a_damaged_or_stale_kept_graph_is_built_again(tmp_path, kept_graphs) -> None:
-    from .conftest import unit_vectors
-
     folder, added = kept_graphs
-    pages = unit_vectors(8, 40, 4, 16)
-    ids = [f"p{i}" for i in range(40)]
-    queries = pages[:4, :2].clone()
-    with MultiVectorIndex.create(tmp_path / "ix", dim=16, num_vectors=4) as index:
-        index.add(ids[:20], pages[:20])
-        index.add(ids[20:], pages[20:])
-        expected = _ann_ids(index, queries)
+    index, pages, _ = _built(tmp_path / "ix", 8, 40, 20, 40)
+    with index:
+        expected = _ann_ids(index, queries := pages[:4, :2].clone())
     (kept,) = folder.glob("*.faiss")
     data = bytearray(kept.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the graph: its CRC no longer matches
@@ -189,8 +188,7 @@ def test_a_damaged_or_stale_kept_graph_is_built_again(tmp_path, kept_graphs) -> 
         got = _ann_ids(index, queries)
         assert sorted(added[4:]) == sorted(view.rows for view in index._store.views)  # built from the new segments
         assert {view.segment.name for view in index._store.views} == names
-        coarse = index.search(queries, k=5, budget="2,4", mode="coarse", shortlist=40, first_stage_budget="2,1")
-    assert got == [[hit.id for hit in row] for row in coarse] and all("p39" not in row for row in got)
+        assert got == _ann_ids(index, queries, mode="coarse") and all("p39" not in row for row in got)
 
 
 def test_a_graph_that_cannot_be_kept_is_only_a_warning(tmp_path, kept_graphs, monkeypatch) -> None:
