@@ -177,8 +177,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['overlap']:.3f} | {row['latency_ms']:.1f} |")
     graph = next((row["graph_build_s"] for row in report["rows"] if "graph_build_s" in row), None)
     if graph is not None:
-        lines += ["", f"ann graph: built in {graph:.1f} s by the first `ann` search of a process (kept in memory, "
-                      "grown as segments are added; untimed above)"]
+        lines += ["", f"ann graph: built in {graph:.1f} s by the first `ann` search (untimed above; kept in memory, "
+                      "grown as segments are added, and in the cache, where the next process loads it)"]
     warp = [row for row in report["rows"] if "build_s" in row]
     if warp:
         lines += ["", "xtr-warp index: " + "; ".join(
