@@ -1,7 +1,9 @@
-"""Build hook for the optional fused MaxSim kernel (metaembed/native/maxsim.c).
+"""Build hook for the optional compiled kernels: the fused MaxSim kernel (metaembed/native/maxsim.c)
+and the apq2 encoder (metaembed/native/apq.c).
 
-Everything else is declared in pyproject.toml. The extension is optional: where no C
-compiler is available the install still succeeds and scoring uses the BLAS path.
+Everything else is declared in pyproject.toml. Both extensions are optional: where no C
+compiler is available the install still succeeds, scoring uses the BLAS path and apq2 its torch
+encoder.
 """
 
 from setuptools import Extension, setup
@@ -16,6 +18,12 @@ setup(
             # micro-kernel's addressing in registers and halves its speed (58 vs 105 GFLOP/s).
             extra_compile_args=["-O3", "-fno-wrapv", "-std=c11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "metaembed.native._apq",
+            ["metaembed/native/apq.c"],
+            extra_compile_args=["-O3", "-fno-wrapv", "-std=c11"],
+            optional=True,
+        ),
     ]
 )

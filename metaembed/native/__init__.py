@@ -1,4 +1,5 @@
-"""Compiled kernels: the fused budgeted MaxSim of :mod:`metaembed.native.maxsim` (C, AVX2 + FMA + F16C).
+"""Compiled kernels: the fused budgeted MaxSim of :mod:`metaembed.native.maxsim` (C, AVX2 + FMA + F16C),
+and the apq2 encoder (``apq.c``, portable C: :func:`apq_encode`).
 
 The kernel picks the widest vector instructions this CPU has (AVX-512 where
 present, else AVX2); ``METAEMBED_NATIVE_ISA=avx2`` keeps it on AVX2.
@@ -22,6 +23,10 @@ try:
     from metaembed.native import _maxsim  # type: ignore[attr-defined]
 except ImportError:  # built without a compiler, or a platform the wheel was not built for
     _maxsim = None
+try:
+    from metaembed.native import _apq  # type: ignore[attr-defined]
+except ImportError:
+    _apq = None
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
 
@@ -30,11 +35,40 @@ class NativeUnsupported(Exception):
     """These inputs are outside what the compiled kernel handles; use the BLAS path."""
 
 
+def _switched_off() -> bool:
+    return os.environ.get("METAEMBED_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}
+
+
 def available() -> bool:
     """True when the fused kernel is built, runs on this CPU, and is not switched off (``METAEMBED_NATIVE=0``)."""
-    if os.environ.get("METAEMBED_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    return _maxsim is not None and bool(_maxsim.available())
+    return not _switched_off() and _maxsim is not None and bool(_maxsim.available())
+
+
+def apq_available() -> bool:
+    """True when the compiled apq2 encoder is built and not switched off (``METAEMBED_NATIVE=0``)."""
+    return not _switched_off() and _apq is not None
+
+
+def apq_encode(vectors: torch.Tensor, centroids: torch.Tensor, eta: float, passes: int) -> torch.Tensor:
+    """apq2 codes ``(n, M)`` uint8 of fp32 unit ``vectors`` ``(n, M * run)`` against codebooks
+    ``(M, 256, run)`` fp32: anisotropic coordinate descent with weight ``eta``, ``passes`` passes
+    (see :mod:`metaembed.index.codecs.anisotropic`). Runs on the calling thread, GIL released.
+
+    Raises:
+        NativeUnsupported: the encoder is not built or switched off.
+    """
+    if not apq_available():
+        raise NativeUnsupported("the compiled apq2 encoder is not available")
+    width, centroid_count, run = centroids.shape
+    if (vectors.dtype != torch.float32 or centroids.dtype != torch.float32 or vectors.dim() != 2
+            or vectors.shape[1] != width * run or centroid_count != 256):
+        raise ValueError(f"apq_encode needs fp32 (n, {width * run}) vectors and (M, 256, run) codebooks")
+    lengths = (centroids**2).sum(-1).contiguous()
+    vectors, centroids = vectors.contiguous(), centroids.transpose(1, 2).contiguous()  # (M, run, 256)
+    codes = torch.empty(vectors.shape[0], width, dtype=torch.uint8)
+    _apq.encode(vectors.data_ptr(), vectors.shape[0], width, run, centroids.data_ptr(), lengths.data_ptr(),
+                float(eta), int(passes), codes.data_ptr())
+    return codes
 
 
 _ISA_CODES = {"auto": 0, "avx2": 1, "avx512": 2}
@@ -124,4 +158,4 @@ def score_run(
     )  # fmt: skip
 
 
-__all__ = ["available", "isa", "score_run", "NativeUnsupported"]
+__all__ = ["available", "isa", "score_run", "NativeUnsupported", "apq_available", "apq_encode"]
