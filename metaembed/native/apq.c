@@ -9,9 +9,10 @@
  * + |x_m|^2, changing run m to c gives a loss, up to terms that do not depend on c, of
  *     |c|^2 - 2 p + (eta - 1) (A - p)^2.
  * Why C: the torch path materialises an (n, M, 256) table of inner products and walks it with
- * M x passes small elementwise ops and an argmin over 256, ~200 us a 384-d vector on 2 Zen 5
- * cores (541 s for the 1.6M vectors of 99k passages); here the table of one vector (M x 256
- * floats, 96 KiB at D = 384) stays in L2 and each step is one pass over 256 floats.
+ * M x passes small elementwise ops and an argmin over 256 (training and coding the 99k passages
+ * of benchmarks/results/codecs-scale-zen5-avx512.md took 541 s with it, 42 s with this); here
+ * the table of one vector (M x 256 floats, 96 KiB at D = 384) stays in L2 and each step is one
+ * pass over 256 floats.
  *
  * Portable C (the compiler vectorises the inner loops); fp32 throughout. The caller checks shapes
  * and hands each thread its own rows; the GIL is released while it runs.

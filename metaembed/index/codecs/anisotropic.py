@@ -23,7 +23,8 @@ with one table look-up and one normalisation, then scores it with the exact MaxS
 Encoding costs about 3 x 256 multiply-adds a value (three descent passes) against pq2's one
 nearest-centroid search; it runs in C (``metaembed/native/apq.c``, the vectors' chunks spread over
 the compute threads) where the extension is built, else in torch (:meth:`AnisotropicProductQuantizer._encode_chunk`,
-about 13x slower: 195 against 14.5 us a 384-d vector on 2 Zen 5 cores). What it keeps on real embeddings: ``benchmarks/results/codecs-*.md``.
+over ten times slower: 541 s against 42 s to train and code the 99k passages of
+``benchmarks/results/codecs-scale-zen5-avx512.md``). What it keeps on real embeddings: ``benchmarks/results/codecs-*.md``.
 Measured on vectors the codebooks never saw (the benchmark's cross-fit), the anisotropic weight
 adds nothing over ``eta = 1`` (validation worst-budget overlap 0.855 at 4 against 0.857 at 1):
 what apq2 gains over pq2 there comes from the unit-length decoding.
