@@ -47,7 +47,7 @@ builtin-model: builtin-data
 builtin-report:
 	$(PYTHON) experiments/builtin_model.py --phases report
 
-.PHONY: bench-approximate
+.PHONY: bench-approximate bench-memory
 
 # Approximate search on real embeddings at N = 100k (issue 20): 100,000 40-word passages of three
 # Debian doc packages (python3.11-doc, python-django-doc, postgresql-doc-15, installed with apt-get,
@@ -63,3 +63,9 @@ bench-approximate:
 	$(PYTHON) -m metaembed.cli index build -i $(APPROX_DIR)/passages.jsonl -o $(APPROX_DIR)/index --batch-size 64
 	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.coarse_to_fine --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
 		--field text --shortlists 100,200,500,1000,2000 $(if $(XTR_PYTHON),--xtr-python $(XTR_PYTHON),) --name "approximate-{cpu}"
+
+# The index memory each budget and search mode keeps in the page cache, on bench-approximate's index
+# (Linux; a minute).
+bench-memory:
+	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.memory --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
+		--name "memory-{cpu}"
