@@ -61,6 +61,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SCRATCH_BYTES = 16 << 20
 _MAX_CHUNK = 4096
 _MIN_CHUNK = 256  # fewer, larger ops for small candidate sets: per-op overhead is ~10 us
+# fp32 bytes one task of a decoded source (CandidateSource.decode) holds at once: a few chunks stay in L2/L3.
+_DECODE_BYTES = 4 << 20
 # Query rows (Q*r_q) scored per pass; more queries are split into groups so the
 # scratch buffers stay bounded whatever the batch size.
 _MAX_QUERY_ROWS = 1024
@@ -120,19 +122,30 @@ class CandidateSource:
 
     Attributes:
         positions: ``r_c`` tensors ``(N, D)``; ``positions[j][c]`` is the ``j``-th vector of
-            candidate ``c`` (any float dtype or int8, any row stride).
+            candidate ``c`` (any float dtype or int8, any row stride). With ``decode``, the
+            stored codes ``(N, W)`` instead (only their number of rows is read).
         scales: for int8 ``positions``, ``r_c`` fp32 tensors ``(N, G)`` (see
             :func:`score_positions`); ``None`` otherwise.
         column: the column of the output where this source's first candidate goes.
         rows: ``None`` (the run is all ``N`` rows), or int64 ``(n,)`` row numbers in ``[0, N)``:
             the run is those rows, in that order, read in place (a shortlist scored
             without gathering a copy of its vectors first).
+        decode: for codes the kernel cannot read (product quantisation): ``decode(start, stop)``
+            returns the ``r_c`` fp32 ``(stop - start, D)`` positions of candidates ``[start, stop)``.
+            Each scoring task decodes only its own chunk, at most :data:`_DECODE_BYTES` of fp32,
+            so a search's memory does not grow with the index (and decoding runs on every worker).
+            Only with ``rows=None``.
     """
 
     positions: Sequence[torch.Tensor]
     scales: Sequence[torch.Tensor] | None = None
     column: int = 0
     rows: torch.Tensor | None = None
+    decode: Callable[[int, int], Sequence[torch.Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode is not None and self.rows is not None:
+            raise ValueError("a decoded source scores its rows in order: rows must be None")
 
     @property
     def size(self) -> int:
@@ -235,7 +248,14 @@ def _chunk_tasks(
     chunk = max(_MIN_CHUNK, -(-num_candidates // (4 * workers)))
     if not use_native:
         chunk = min(blas_block, chunk)
-    tasks = [(source, start) for source in sources for start in range(0, source.size, chunk)]
+
+    def step(source: CandidateSource) -> int:
+        if source.decode is None:
+            return chunk
+        return max(1, min(chunk, _DECODE_BYTES // (4 * dim * len(source.positions))))
+
+    tasks = [(source, start, min(source.size, start + size))
+             for source in sources for size in (step(source),) for start in range(0, source.size, size)]
 
     def score_blas(source: CandidateSource, start: int, stop: int) -> None:
         n = stop - start
@@ -261,9 +281,11 @@ def _chunk_tasks(
         column = source.column + start
         out[:, column : column + n].copy_(best.view(n, num_queries, r_q).sum(dim=2).t())
 
-    def score_chunk(task: tuple[CandidateSource, int]) -> None:
-        source, start = task
-        stop = min(source.size, start + chunk)
+    def score_chunk(task: tuple[CandidateSource, int, int]) -> None:
+        source, start, stop = task
+        if source.decode is not None:  # this chunk's fp32 vectors, made here and dropped after
+            source = CandidateSource(list(source.decode(start, stop)), None, source.column + start)
+            start, stop = 0, stop - start
         if use_native:
             column = source.column + start
             try:

@@ -109,8 +109,12 @@ def test_codec_sources_feed_the_kernel_views_or_decoded_blocks(nibbles) -> None:
         codes, scales = codec.encode(vectors)
         source = codec.source(codes, scales, column=2)
         assert source.column == 2 and source.size == 6 and len(source.positions) == 3
-        if codec.kernel_dtype is None:  # decoded: fp32 blocks and no scales
-            assert source.scales is None and source.positions[0].dtype == torch.float32
+        if codec.kernel_dtype is None:  # decoded as the kernel's tasks need it: fp32 chunks, no scales
+            assert source.scales is None and source.decode is not None
+            part = source.decode(2, 5)
+            assert len(part) == 3 and all(block.dtype == torch.float32 and block.shape == (3, 64) for block in part)
+            whole = codec.decode(codes, scales)
+            assert all(torch.equal(block, whole[j, 2:5]) for j, block in enumerate(part))
         else:  # a view of the stored codes, no copy
             assert source.positions[0].dtype == codec.kernel_dtype
             assert source.positions[1].data_ptr() == codec.as_torch(codes).data_ptr() + codes[0].nbytes

@@ -226,3 +226,32 @@ def test_several_sources_fill_their_own_columns_in_one_pass() -> None:
     expected = naive_maxsim(queries.numpy(), torch.cat(parts).half().float().numpy(), 4, 5)
     np.testing.assert_allclose(out[:, 2:17].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert torch.all(out[:, :2] == -7.0)  # columns no source covers are left alone
+
+
+def test_a_decoded_source_is_decoded_chunk_by_chunk_within_its_bound(monkeypatch) -> None:
+    import threading
+
+    import metaembed.scoring.kernel as scoring
+
+    generator = torch.Generator().manual_seed(6)
+    queries, candidates = unit_vectors(generator, 4, 3, 16), unit_vectors(generator, 500, 6, 16)
+    stored = candidates.transpose(0, 1)[:5].contiguous()  # (r_c, N, D): what a codec's decode returns
+    calls: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def decode(start: int, stop: int) -> list[torch.Tensor]:
+        with lock:
+            calls.append((start, stop))
+        return list(stored[:, start:stop])
+
+    codes = [torch.zeros(500, 4, dtype=torch.uint8) for _ in range(5)]  # only their row count is read
+    monkeypatch.setattr(scoring, "_DECODE_BYTES", 5 * 16 * 4 * 30)  # 30 candidates of fp32 a task
+    out = torch.full((4, 503), -7.0)
+    score_sources(query_matrix(queries, 3), 3, [CandidateSource(codes, None, 3, decode=decode)], out)
+    expected = naive_maxsim(queries.numpy(), candidates.numpy(), 3, 5)
+    np.testing.assert_allclose(out[:, 3:].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(out[:, :3] == -7.0)
+    assert max(stop - start for start, stop in calls) <= 30  # never more than the bound at once
+    assert sorted(calls) == [(start, min(500, start + 30)) for start in range(0, 500, 30)]  # every row once
+    with pytest.raises(ValueError, match="rows must be None"):
+        CandidateSource(codes, None, 0, torch.arange(3), decode=decode)

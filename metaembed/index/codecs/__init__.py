@@ -131,12 +131,17 @@ class Codec:
     def source(self, codes: np.ndarray, scales: np.ndarray | None, column: int = 0) -> CandidateSource:
         """Position-major ``codes`` ``(r_c, n, W)`` (and ``scales`` ``(r_c, n, G)``) ready for the kernel.
 
-        The result's candidates go to the output columns from ``column`` on. This default
-        decodes the block to fp32, which works for any codec; codecs the kernel reads set
-        :attr:`kernel_dtype` and get views of their codes instead.
+        The result's candidates go to the output columns from ``column`` on. Codecs the kernel
+        reads set :attr:`kernel_dtype` and get views of their codes; for any other, the source
+        decodes with :meth:`decode` chunk by chunk as the kernel's tasks score them
+        (:attr:`CandidateSource.decode`), so no fp32 copy of the block is made.
         """
         if self.kernel_dtype is None:
-            return CandidateSource(list(self.decode(codes, scales)), None, column)
+            def decode(start: int, stop: int) -> list[torch.Tensor]:
+                part = None if scales is None else scales[:, start:stop]
+                return list(self.decode(codes[:, start:stop], part))
+
+            return CandidateSource([tensor_view(codes[j]) for j in range(codes.shape[0])], None, column, decode=decode)
         positions = [self.as_torch(codes[j]) for j in range(codes.shape[0])]
         position_scales = None
         if scales is not None:

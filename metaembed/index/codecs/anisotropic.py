@@ -18,8 +18,9 @@ Vector Quantization", the loss of ScaNN):
   1 (within :data:`NORM_TOLERANCE`).
 
 Nothing is stored per vector beyond the ``D / 4`` code bytes. The state (codebooks and
-``eta``) lives in the index's checksummed codebook file like pq's. Search decodes a block
-with one table look-up and one normalisation, then scores it with the exact MaxSim kernel.
+``eta``) lives in the index's checksummed codebook file like pq's. Search decodes chunk by
+chunk (one table look-up and one normalisation, in the kernel's tasks, as pq's), then scores each
+chunk with the exact MaxSim kernel.
 Encoding costs about 3 x 256 multiply-adds a value (three descent passes) against pq2's one
 nearest-centroid search; it runs in C (``metaembed/native/apq.c``, the vectors' chunks spread over
 the compute threads) where the extension is built, else in torch (:meth:`AnisotropicProductQuantizer._encode_chunk`,

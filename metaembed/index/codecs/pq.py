@@ -5,8 +5,10 @@ values; each run is stored as the number (one byte) of the nearest of 256 centro
 that run by k-means (FAISS's :class:`faiss.ProductQuantizer`). ``pq2`` thus costs 2 bits a
 value, 1/8 of float16; ``pq4`` 1/4 and ``pq1`` 1/16. The codebooks, ``(M, 256, 8 / bits)``
 fp32 (384 KiB at D = 384), are learnt once per index from the vectors of its first add and kept
-with the index (:mod:`metaembed.index.codebook`). A search decodes each block of codes to fp32
-(a table look-up) and scores it with the same exact MaxSim kernel as the float codecs.
+with the index (:mod:`metaembed.index.codebook`). A search decodes the codes to fp32 (a table
+look-up) chunk by chunk, in the kernel's worker tasks, and scores each chunk with the same exact
+MaxSim kernel as the float codecs (:attr:`metaembed.scoring.CandidateSource.decode`): its memory
+stays a few MiB a worker whatever the index size.
 
 What each costs in search quality on real embeddings: ``benchmarks/results/codecs-*.md``.
 """
