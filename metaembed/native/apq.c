@@ -10,7 +10,7 @@
  *     |c|^2 - 2 p + (eta - 1) (A - p)^2.
  * Why C: the torch path materialises an (n, M, 256) table of inner products and walks it with
  * M x passes small elementwise ops and an argmin over 256 (training and coding the 99k passages
- * of benchmarks/results/codecs-scale-zen5-avx512.md took 541 s with it, 42 s with this); here
+ * of benchmarks/results/codecs-scale-zen5-avx512.md took 541 s with it, 40 s with this); here
  * the table of one vector (M x 256 floats, 96 KiB at D = 384) stays in L2 and each step is one
  * pass over 256 floats.
  *

@@ -24,7 +24,7 @@ chunk with the exact MaxSim kernel.
 Encoding costs about 3 x 256 multiply-adds a value (three descent passes) against pq2's one
 nearest-centroid search; it runs in C (``metaembed/native/apq.c``, the vectors' chunks spread over
 the compute threads) where the extension is built, else in torch (:meth:`AnisotropicProductQuantizer._encode_chunk`,
-over ten times slower: 541 s against 42 s to train and code the 99k passages of
+over ten times slower: 541 s against 40 s to train and code the 99k passages of
 ``benchmarks/results/codecs-scale-zen5-avx512.md``). What it keeps on real embeddings: ``benchmarks/results/codecs-*.md``.
 Measured on vectors the codebooks never saw (the benchmark's cross-fit), the anisotropic weight
 adds nothing over ``eta = 1`` (validation worst-budget overlap 0.855 at 4 against 0.857 at 1):
