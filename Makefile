@@ -62,7 +62,7 @@ bench-approximate:
 	$(PYTHON) -m benchmarks.data --out $(APPROX_DIR)
 	$(PYTHON) -m metaembed.cli index build -i $(APPROX_DIR)/passages.jsonl -o $(APPROX_DIR)/index --batch-size 64
 	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.coarse_to_fine --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
-		--field text --shortlists 100,200,500,1000,2000 $(if $(XTR_PYTHON),--xtr-python $(XTR_PYTHON),) --name "approximate-{cpu}"
+		--field text --shortlists 10,20,50,100,200,500,1000,2000 $(if $(XTR_PYTHON),--xtr-python $(XTR_PYTHON),) --name "approximate-{cpu}"
 
 # The index memory each budget and search mode keeps in the page cache, on bench-approximate's index
 # (Linux; a minute).
