@@ -118,10 +118,7 @@ class FirstVectorANN(FirstStage):
     # ------------------------------------------------------------- the cache
     def _cache_file(self) -> Path | None:
         """This index's graph file in the cache; ``None`` for a scratch index."""
-        if self.folder is None:
-            return None
-        key = hashlib.blake2b(str(Path(self.folder).resolve()).encode("utf-8"), digest_size=8).hexdigest()
-        return graph_folder() / f"{key}.faiss"
+        return None if self.folder is None else kept_graph_file(self.folder)
 
     def _load(self, views: tuple[SegmentView, ...]) -> None:
         """Adopt the cached graph if it covers only segments of ``views``, row for row; else keep the empty one."""
@@ -207,6 +204,12 @@ def graph_folder() -> Path:
     """Where graphs are kept: ``$METAEMBED_ANN_GRAPHS`` when set (the test suite points it at a
     scratch folder), else ``ann-graphs/`` of the cache root."""
     return cache_folder("ann-graphs", "METAEMBED_ANN_GRAPHS")
+
+
+def kept_graph_file(index_folder: str | Path) -> Path:
+    """The cache file that keeps the graph of the index in ``index_folder`` (it may not exist)."""
+    key = hashlib.blake2b(str(Path(index_folder).resolve()).encode("utf-8"), digest_size=8).hexdigest()
+    return graph_folder() / f"{key}.faiss"
 
 
 def prune_graphs(folder: Path, keep: Path | None = None) -> list[Path]:
@@ -300,4 +303,4 @@ def _live_refs(ordinals: np.ndarray, starts: np.ndarray, order: list[str], offse
     return out
 
 
-__all__ = ["FirstVectorANN", "graph_folder", "prune_graphs"]
+__all__ = ["FirstVectorANN", "graph_folder", "kept_graph_file", "prune_graphs"]
