@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from benchmarks import engines
-from benchmarks.measure import K, overlap
+from benchmarks.measure import K, overlap, write_results
 from benchmarks.scoring import cpu_class, cpu_description, load_average
 from metaembed import native
 from metaembed.cache import cache_root
@@ -244,11 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report["rows"] += warp_rows(retriever, embeddings, exact_ids, budgets, args.xtr_python,
                                         json.loads(args.xtr_settings), args.xtr_reps, Path(work))
         report["targets"] = targets(report["rows"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    (args.out / f"{args.name}.md").write_text(text)
-    print(text)
+    write_results(args.out, args.name, report, markdown(report))
     return report
 
 

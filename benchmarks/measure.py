@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -13,6 +15,14 @@ from metaembed.index import MultiVectorIndex
 from metaembed.index.codecs import embedding_bytes
 
 K = 10
+
+
+def write_results(folder: Path, name: str, report: dict, text: str) -> None:
+    """``folder/name.json`` (the report) and ``folder/name.md`` (its ``text``), then print the text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (folder / f"{name}.md").write_text(text)
+    print(text)
 
 
 def measure_gemm_peak(n: int = 2048, reps: int = 5) -> float:

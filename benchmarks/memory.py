@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from benchmarks.coarse_to_fine import BATCH, read_queries
-from benchmarks.measure import K, overlap
+from benchmarks.measure import K, overlap, write_results
 from benchmarks.scoring import cpu_class, cpu_description, load_average
 from metaembed import native
 from metaembed.budget import Budget
@@ -217,11 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     report["rows"] = measure(args.index, embeddings, list(retriever.ladder), args.shortlist)
     name = args.name.replace("{cpu}", f"{cpu_class()}-{native.isa() or 'blas'}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    (args.out / f"{name}.md").write_text(text)
-    print(text)
+    write_results(args.out, name, report, markdown(report))
     return report
 
 
