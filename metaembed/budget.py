@@ -167,4 +167,9 @@ def ladder_within(
     return parse_ladder(fitting)
 
 
-__all__ = ["Budget", "BudgetLike", "DEFAULT_LADDER", "ladder_within", "parse_ladder"]
+#: Candidates the first stage of a coarse-to-fine search (``mode`` ``coarse`` / ``ann``) hands to the
+#: exact re-rank when the search does not say: the other test-time knob beside the budget.
+DEFAULT_SHORTLIST = 1000
+
+
+__all__ = ["Budget", "BudgetLike", "DEFAULT_LADDER", "DEFAULT_SHORTLIST", "ladder_within", "parse_ladder"]

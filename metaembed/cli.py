@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from metaembed.budget import DEFAULT_SHORTLIST
 from metaembed.cache import cache_root
 from metaembed.errors import IndexCorruptError, MetaEmbedError
 from metaembed.model.builtin import DEFAULT_MODEL
@@ -461,8 +462,11 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", help="Query image file (alone or with the text)."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results to return."),
-    mode: str = typer.Option("exact", "--mode", help="'exact': MaxSim over every item; 'coarse': score all at budget 1,1, rerank the best 1000 "
-        "exactly; 'ann': take the shortlist from a FAISS graph (sub-linear), rerank exactly."),
+    mode: str = typer.Option("exact", "--mode", help="'exact': MaxSim over every item; 'coarse': score all at budget 1,1, rerank the best "
+        "--shortlist exactly; 'ann': take the shortlist from a FAISS graph (sub-linear), rerank exactly."),
+    shortlist: int = typer.Option(DEFAULT_SHORTLIST, "--shortlist", min=1,
+        help="--mode coarse / ann: how many candidates the first stage hands to the exact re-rank; "
+        "fewer is faster, more is closer to exact search."),
     per_file: bool = typer.Option(False, "--per-file", help="One result per file: its best page or passage."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OVERRIDE_HELP),
     server: Optional[str] = typer.Option(
@@ -502,7 +506,8 @@ def search(
 
         def run_search(count: int) -> tuple[Any, list]:
             answer = search_server(
-                server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode, api_key=api_key
+                server, query, image, k=count, budget=None if parsed is None else str(parsed), mode=mode,
+                shortlist=shortlist, api_key=api_key,
             )
             return answer["budget"], answer["results"]
     else:
@@ -514,7 +519,7 @@ def search(
         retriever = _open_retriever(index, model, exported_queries=True)
 
         def run_search(count: int) -> tuple[Any, list]:
-            hits = retriever.search(item, k=count, budget=parsed, mode=mode)
+            hits = retriever.search(item, k=count, budget=parsed, mode=mode, shortlist=shortlist)
             return parsed or retriever.default_budget, [hit.as_dict() for hit in hits]
 
     chosen, hits = run_search(k)

@@ -31,11 +31,13 @@ def search_server(
     k: int = 10,
     budget: str | None = None,
     mode: str = "exact",
+    shortlist: int | None = None,
     api_key: str | None = None,
     timeout: float = TIMEOUT_S,
 ) -> dict[str, Any]:
     """``POST {url}/search`` with text and/or an image file; the server's JSON answer
-    (``{"budget": "r_q,r_c", "results": [{"rank", "id", "score", "payload"}, ...]}``)."""
+    (``{"budget": "r_q,r_c", "results": [{"rank", "id", "score", "payload"}, ...]}``). ``shortlist``
+    (``None``: the server's default) sizes a ``coarse`` / ``ann`` search's re-rank."""
     if not url.startswith(("http://", "https://")):
         raise InputError(f"--server must be an http:// or https:// URL, got {url!r}")
     body: dict[str, Any] = {"k": k, "mode": mode}
@@ -45,6 +47,8 @@ def search_server(
         body["image"] = base64.b64encode(Path(image).read_bytes()).decode("ascii")
     if budget is not None:
         body["budget"] = budget
+    if shortlist is not None:
+        body["shortlist"] = shortlist
     headers = {"Content-Type": "application/json"}
     if api_key is not None:
         headers["X-API-Key"] = api_key

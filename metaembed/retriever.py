@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from metaembed.budget import Budget, BudgetLike, ladder_within, parse_ladder
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike, ladder_within, parse_ladder
 from metaembed.errors import BudgetError, IndexStateError, InputError, MetaEmbedError
 from metaembed.ingest import (
     ReadOptions, Record, Skipped, Splitter, file_of, iter_jsonl_records, read_file, scan_folder, token_windows,
@@ -397,9 +397,10 @@ class Retriever:
         budget: BudgetLike | None = None,
         mode: str = "exact",
         filter: "FilterLike | None" = None,
+        shortlist: int = DEFAULT_SHORTLIST,
     ) -> list["SearchResult"]:
         """Search with one query (see :meth:`search_many`); return up to ``k`` hits, best first."""
-        return self.search_many([query], k=k, budget=budget, mode=mode, filter=filter)[0]
+        return self.search_many([query], k=k, budget=budget, mode=mode, filter=filter, shortlist=shortlist)[0]
 
     def search_many(
         self,
@@ -408,6 +409,7 @@ class Retriever:
         budget: BudgetLike | None = None,
         mode: str = "exact",
         filter: "FilterLike | None" = None,
+        shortlist: int = DEFAULT_SHORTLIST,
     ) -> list[list["SearchResult"]]:
         """Search a batch of queries; one list of hits per query, best first.
 
@@ -416,6 +418,9 @@ class Retriever:
         ``MetaEmbedModel.encode_queries`` return; the items are encoded together, in one call.
         ``filter`` keeps only candidates whose payload matches (``{"field": value}`` or
         ``{"field": {"in": [values]}}``, see :mod:`metaembed.index.filters`), before top-k.
+        ``mode`` ``"coarse"`` or ``"ann"`` hands the exact re-rank a ``shortlist`` of candidates
+        from a first stage (:meth:`~metaembed.index.Searcher.search`): fewer is faster, more is
+        closer to exact search (at least ``k`` are kept).
 
         ``budget`` and ``filter`` are checked once, here; the ``(Q, r_q, D)`` queries go to the
         index's :meth:`~MultiVectorIndex.search_batch`.
@@ -424,8 +429,10 @@ class Retriever:
 
         from metaembed.index.filters import PayloadFilter
 
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+        from metaembed.index.inputs import positive_int
+
+        k = positive_int(k, "k")
+        shortlist = positive_int(shortlist, "shortlist")
         chosen = self.check_budget(budget)
         payload_filter = None if filter is None else PayloadFilter.parse(filter)
         queries = list(queries)
@@ -437,7 +444,7 @@ class Retriever:
         if to_encode:
             embeddings[to_encode] = self._encode_checked([queries[i] for i in to_encode], chosen)
         self.refresh()
-        return self.index.search_batch(embeddings, k, chosen, mode, filter=payload_filter)
+        return self.index.search_batch(embeddings, k, chosen, mode, shortlist, filter=payload_filter)
 
     def encode_queries(self, queries: Sequence[ItemLike], budget: BudgetLike | None = None) -> "torch.Tensor":
         """Encode query items to fp32 ``(Q, r_q, D)`` at ``budget``'s ``r_q`` (``None``: the default budget)."""

@@ -307,6 +307,13 @@ def test_search_through_a_running_server(collection, capsys):
         code, remote, err = run(capsys, "search", "--server", url, "cats sleeping", "-k", "4", "--budget", "2,4", "--json")
         assert code == 0, err
         assert json.loads(remote)["results"] == json.loads(local)["results"]
+        narrow = ("cats sleeping", "-k", "3", "--budget", "4,8", "--mode", "coarse", "--shortlist", "3", "--json")
+        code, local, _ = run(capsys, "search", collection.index, *narrow)
+        code, remote, err = run(capsys, "search", "--server", url, *narrow)
+        assert code == 0, err
+        assert json.loads(remote)["results"] == json.loads(local)["results"]  # the shortlist reaches the server
+        code, first, _ = run(capsys, "search", collection.index, "cats sleeping", "-k", "3", "--budget", "1,1", "--json")
+        assert {r["id"] for r in json.loads(local)["results"]} == {r["id"] for r in json.loads(first)["results"]}
         code, _, err = run(capsys, "search", "--server", url, "q", "--budget", "9,9")
         assert code == 2 and "answered 422" in err and len(err.strip().splitlines()) == 1
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaembed.errors import BudgetError, IndexStateError
+from metaembed.errors import BudgetError, IndexStateError, InputError
 from metaembed.ingest import iter_records
 from metaembed.retriever import Retriever, build_index
 from tests.frontdoor_helpers import BUDGETS, make_collection, write_docs
@@ -99,3 +99,15 @@ def test_add_is_all_or_nothing_and_delete(tmp_path, collection):
     assert "new" not in retriever.index and len(retriever) == 7
     with pytest.raises(IndexStateError, match="not in the index"):
         retriever.delete(["new"])
+
+
+def test_the_shortlist_sizes_a_coarse_search(collection):
+    retriever = Retriever.open(collection.index)
+    first_stage = {h.id for h in retriever.search("cats asleep", k=3, budget="1,1")}  # the (1,1) best three
+    exact = {h.id: h.score for h in retriever.search("cats asleep", k=7, budget="4,8")}
+    hits = retriever.search("cats asleep", k=3, budget="4,8", mode="coarse", shortlist=3)
+    assert {h.id for h in hits} == first_stage  # only the shortlist is re-ranked ...
+    assert [h.score for h in hits] == pytest.approx([exact[h.id] for h in hits], abs=1e-5)  # ... exactly
+    assert [h.id for h in retriever.search("cats asleep", k=7, budget="4,8", mode="coarse", shortlist=7)] == list(exact)
+    with pytest.raises(InputError, match="shortlist must be a positive integer, got 0"):
+        retriever.search("cats asleep", mode="coarse", shortlist=0)

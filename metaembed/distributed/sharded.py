@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from metaembed.budget import Budget, BudgetLike
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike
 from metaembed.errors import IndexStateError, InputError, ShardUnavailableError
 from metaembed.distributed.collection import Manifest, shard_name
 from metaembed.distributed.placement import shard_of, split_by_shard
@@ -356,7 +356,7 @@ class ShardedIndex(Searcher):
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: BudgetLike = (1, 1),
         filter: PayloadFilter | FilterLike | None = None,
         *,
@@ -388,7 +388,7 @@ class ShardedIndex(Searcher):
         k: int,
         budget: Budget,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: Budget = Budget(1, 1),
         filter: PayloadFilter | None = None,
     ) -> ShardedResults:

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from metaembed.budget import Budget, BudgetLike
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike
 from metaembed.errors import IndexCorruptError, IndexStateError, InputError
 from metaembed.index.catalog import Catalog, Damage
 from metaembed.index.files import new_staging_folder, publish_folder, storage_errors
@@ -395,7 +395,7 @@ class MultiVectorIndex(Searcher):
         k: int,
         budget: Budget,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: Budget = Budget(1, 1),
         filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:

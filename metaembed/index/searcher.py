@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import torch
 
-from metaembed.budget import Budget, BudgetLike
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index.filters import FilterLike, PayloadFilter
 from metaembed.index.inputs import positive_int
@@ -81,7 +81,7 @@ class Searcher(ABC):
         k: int = 10,
         budget: BudgetLike | None = None,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: BudgetLike = (1, 1),
         filter: PayloadFilter | FilterLike | None = None,
     ) -> list[list[SearchResult]]:
@@ -135,7 +135,7 @@ class Searcher(ABC):
         k: int,
         budget: Budget,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: Budget = Budget(1, 1),
         filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 import torch
 
-from metaembed.budget import Budget, BudgetLike
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult
 from metaembed.index.filters import PayloadFilter
@@ -139,7 +139,7 @@ class LanceDBSearcher(Searcher):
         k: int,
         budget: Budget,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: Budget = Budget(1, 1),
         filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:

@@ -37,7 +37,7 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.models.search_wrappers import SearchEncoderWrapper
 from mteb.types import PromptType
 
-from metaembed.budget import Budget, BudgetLike, parse_ladder
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike, parse_ladder
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, search_modes
 from metaembed.model.modeling import MetaEmbedModel, Side
@@ -168,7 +168,7 @@ class MetaEmbedSearchIndex:
     ``"coarse"`` and ``"ann"`` shortlist at ``first_stage_budget`` and re-rank exactly).
     """
 
-    def __init__(self, mode: str = "exact", shortlist: int = 1000, first_stage_budget: BudgetLike = (1, 1)) -> None:
+    def __init__(self, mode: str = "exact", shortlist: int = DEFAULT_SHORTLIST, first_stage_budget: BudgetLike = (1, 1)) -> None:
         if mode not in search_modes():
             raise InputError(f"unknown search mode {mode!r}; expected one of {search_modes()}")
         self.mode, self.shortlist, self.first_stage_budget = mode, shortlist, first_stage_budget

@@ -29,7 +29,7 @@ import torch
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
-from metaembed.budget import Budget, BudgetLike
+from metaembed.budget import DEFAULT_SHORTLIST, Budget, BudgetLike
 from metaembed.errors import InputError
 from metaembed.index import MultiVectorIndex, Searcher, SearchResult
 from metaembed.index.filters import PayloadFilter
@@ -160,7 +160,7 @@ class QdrantSearcher(Searcher):
         k: int,
         budget: Budget,
         mode: SearchMode = "exact",
-        shortlist: int = 1000,
+        shortlist: int = DEFAULT_SHORTLIST,
         first_stage_budget: Budget = Budget(1, 1),
         filter: PayloadFilter | None = None,
     ) -> list[list[SearchResult]]:

@@ -297,7 +297,8 @@ def create_app(
             torch.tensor(q.vectors, dtype=torch.float32) if q.vectors is not None else q.to_item() for q in queries
         ]
         hits = retriever.search_many(
-            prepared, k=options.k, budget=budget, mode=options.mode, filter=filter_spec(options.filter)
+            prepared, k=options.k, budget=budget, mode=options.mode, filter=filter_spec(options.filter),
+            shortlist=options.shortlist,
         )
         return str(budget), hits
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from metaembed.budget import DEFAULT_SHORTLIST
 from metaembed.index import search_modes
 
 MAX_TEXT_CHARS = 8_192
@@ -25,6 +26,8 @@ MAX_IMAGE_B64_CHARS = 12_000_000
 #: An image larger than this many pixels is refused (a decompression bomb guard).
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_K = 1_000
+#: The largest first-stage shortlist a request may ask for (each is re-ranked exactly).
+MAX_SHORTLIST = 100_000
 MAX_ITEMS_PER_REQUEST = 256
 MAX_QUERIES_PER_REQUEST = 64
 MAX_ID_CHARS = 512
@@ -216,8 +219,13 @@ class SearchOptions(_Body):
     )
     mode: Literal[tuple(search_modes())] = Field(  # type: ignore[valid-type]
         "exact",
-        description="'exact': MaxSim over every item; 'coarse': every item at budget 1,1, the best 1000 "
+        description="'exact': MaxSim over every item; 'coarse': every item at budget 1,1, the best 'shortlist' "
         "re-ranked exactly; 'ann': the shortlist from a FAISS HNSW graph (sub-linear), re-ranked exactly.",
+    )
+    shortlist: int = Field(
+        DEFAULT_SHORTLIST, ge=1, le=MAX_SHORTLIST,
+        description="'coarse' / 'ann': candidates the first stage hands to the exact re-rank (at least 'k' are "
+        "kept); fewer is faster, more is closer to exact search.",
     )
     filter: Optional[PayloadFilterBody] = None
 

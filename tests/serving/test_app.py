@@ -52,6 +52,7 @@ def test_search_text_and_image_match_the_library(served, collection):
         ({"image": base64.b64encode(b"plain text").decode()}, 422, "could not be decoded"),
         ({}, 422, "give 'text', 'image' or both"),
         ({"text": "q", "mode": "fast"}, 422, "mode: Input should be 'exact'"),
+        ({"text": "q", "mode": "coarse", "shortlist": 0}, 422, "shortlist: Input should be greater than or equal to 1"),
         ({"text": None}, 422, "text: Input should be a valid string"),
         ({"text": "q", "filter": {"lang": {"gt": 1}}}, 422, "filter.lang"),
         ({"text": "q", "filter": {"lang": ["en"]}}, 422, "filter.lang"),
@@ -249,6 +250,9 @@ def test_batch_and_vector_search_match_the_library(served):
     for mode in ("exact", "coarse", "ann"):  # every mode the CLI has; 7 items fit any shortlist
         found = client.post("/search", json={"text": "cats", "k": 7, "mode": mode}).json()["results"]
         assert sorted(h["id"] for h in found) == sorted(retriever.index.ids)
+    first = client.post("/search", json={"text": "cats", "k": 2, "budget": "1,1"}).json()["results"]
+    narrow = client.post("/search", json={"text": "cats", "k": 2, "budget": "4,8", "mode": "coarse", "shortlist": 2})
+    assert {h["id"] for h in narrow.json()["results"]} == {h["id"] for h in first}  # only the shortlist re-ranked
 
 
 def test_filter_applies_before_top_k(served):
