@@ -404,6 +404,7 @@ BAD_INPUTS = [
     (["search", "{index}", "q", "--budget", "0,1"], "r_q must be at least 1"),
     (["search", "{index}", "q", "-k", "0"], "Invalid value for '-k'"),
     (["search", "{index}", "q", "--mode", "fast"], "--mode must be one of exact, coarse, ann"),
+    (["search", "{index}", "q", "--mode", "ann", "--shortlist", "0"], "Invalid value for '--shortlist'"),
     (["search", "{index}", "   "], "the query text is empty"),
     (["search", "{index}", "q", "--model", "{tmp}/no-model"], "model folder not found"),
     (["search", "{index}", "q", "--bogus"], "No such option: --bogus"),
