@@ -26,7 +26,7 @@
 #define LANES 16
 
 /* Compiled for AVX-512, AVX2 + FMA and the baseline; the loader picks the widest this CPU runs. The
- * x86-64 levels (GCC 11+) bring FMA and AVX-512 VL/BW with them (17.4 -> 14.5 us a vector on Zen 5). */
+ * x86-64 levels (GCC 11+) also bring FMA and AVX-512 VL/BW; older GCC gets the plain feature clones. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define WIDEST __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
