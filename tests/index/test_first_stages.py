@@ -127,13 +127,13 @@ def kept_graphs(monkeypatch, tmp_path):
     monkeypatch.setattr(ann, "_KEEP_SECONDS", -1.0)
     monkeypatch.setenv("METAEMBED_ANN_GRAPHS", str(tmp_path / "graphs"))
     added: list[int] = []
-    original = faiss.IndexHNSWFlat.add
+    original = faiss.IndexHNSWSQ.add
 
     def counting_add(self, x, *args, **kwargs):
         added.append(len(x))
         return original(self, x, *args, **kwargs)
 
-    monkeypatch.setattr(faiss.IndexHNSWFlat, "add", counting_add)
+    monkeypatch.setattr(faiss.IndexHNSWSQ, "add", counting_add)
     return tmp_path / "graphs", added
 
 
@@ -156,6 +156,8 @@ def _ann_ids(index, queries, mode: str = "ann"):
 
 
 def test_the_next_process_loads_the_kept_graph_and_grows_it_by_the_segments_added_since(tmp_path, kept_graphs) -> None:
+    import faiss
+
     folder, added = kept_graphs
     index, pages, ids = _built(tmp_path / "ix", 7, 60, 30, 50)
     with index:
@@ -167,6 +169,7 @@ def test_the_next_process_loads_the_kept_graph_and_grows_it_by_the_segments_adde
     with MultiVectorIndex.open(tmp_path / "ix") as index:  # the kept graph holds 50 rows: only the new 10 are added
         grown = _ann_ids(index, queries)
         assert added == [30, 20, 10] and index._first_stages["ann"]._graph.ntotal == 60
+        assert isinstance(index._first_stages["ann"]._graph, faiss.IndexHNSWSQ)  # fp16 points, kept and loaded as such
         assert grown == _ann_ids(index, queries, mode="coarse")
 
 

@@ -1,4 +1,4 @@
-"""The ``ann`` first stage: FAISS HNSW over each candidate's first vector, sub-linear in the index size.
+"""The ``ann`` first stage: FAISS HNSW over each candidate's first vector (kept in fp16), sub-linear in the index size.
 
 At a first-stage budget ``(r_q, 1)`` MaxSim collapses to one inner product:
 ``sum_i max_{j<1} <q_i, c_0> = <sum_i q_i, c_0>``. So the cheap stage is exactly a
@@ -59,7 +59,8 @@ _ADD_ROWS = 65536
 # A graph whose build (or growth) took longer than this is kept in the cache for the next process.
 _KEEP_SECONDS = 1.0
 _MAGIC = b"metaembed-ann-graph\n"
-_VERSION = 2  # 2: the header records the index folder (version 1 files are replaced or pruned)
+# 2: the header records the index folder; 3: the graph stores fp16 vectors (older files are replaced or pruned)
+_VERSION = 3
 # A temporary file older than this is a crashed writer's, removed by the next save.
 _STALE_TEMPORARY_SECONDS = 3600.0
 # A graph file's JSON header is a few KiB (segment names); a larger recorded size means a damaged file.
@@ -83,9 +84,7 @@ class FirstVectorANN(FirstStage):
             raise InputError(f"mode 'ann' needs a first-stage budget with r_c == 1, got {budget}")
 
     def reset(self) -> None:
-        import faiss
-
-        self._graph = faiss.IndexHNSWFlat(self.dim, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        self._graph = new_graph(self.dim)
         self._segments: list[str] = []  # segments in the graph, in the order their rows were added
         self._starts: list[int] = []  # graph ordinal of each segment's row 0
         self._loaded = False  # whether the cache was tried since the graph was last emptied
@@ -200,6 +199,18 @@ class FirstVectorANN(FirstStage):
         return torch.from_numpy(_live_refs(ordinals, starts, order, offsets, alive, width))
 
 
+def new_graph(dim: int) -> "faiss.Index":
+    """An empty HNSW inner-product graph that stores its points in fp16 (FAISS ``IndexHNSWSQ``).
+
+    fp16 rather than fp32 points: the graph of the 100k index of ``make bench-approximate`` takes
+    100 instead of 173 MiB (``benchmarks/results/memory-*.md``) and finds the same shortlists as
+    fast (``approximate-*.md``); the shortlist is re-ranked from the index's own vectors anyway.
+    """
+    import faiss
+
+    return faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
+
+
 def graph_folder() -> Path:
     """Where graphs are kept: ``$METAEMBED_ANN_GRAPHS`` when set (the test suite points it at a
     scratch folder), else ``ann-graphs/`` of the cache root."""
@@ -303,4 +314,4 @@ def _live_refs(ordinals: np.ndarray, starts: np.ndarray, order: list[str], offse
     return out
 
 
-__all__ = ["FirstVectorANN", "graph_folder", "kept_graph_file", "prune_graphs"]
+__all__ = ["FirstVectorANN", "new_graph", "graph_folder", "kept_graph_file", "prune_graphs"]
