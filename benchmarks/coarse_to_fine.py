@@ -89,11 +89,13 @@ def _timed_search(retriever: Retriever, embeddings: torch.Tensor, **search: Any)
 def measure(retriever: Retriever, embeddings: torch.Tensor, shortlists: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, list[list[str]]]]:
     """Rows of (budget, method, shortlist, overlap with exact top-10, median latency per batch), and
     exact search's top-10 ids per budget."""
-    folder = retriever.index.path
-    kept = folder is not None and kept_graph_file(folder).is_file()
+    kept = None if retriever.index.path is None else kept_graph_file(retriever.index.path)
+    stamp = _modified(kept)
     begin = time.perf_counter()
     retriever.index.search(embeddings[:1], k=K, mode="ann", budget=Budget(1, 1))  # build (or load) the graph untimed
     graph_s = time.perf_counter() - begin
+    # loaded: a kept graph was there and was not rewritten (a build or a growth over 1 s rewrites it)
+    loaded = stamp is not None and _modified(kept) == stamp
     rows, exact_ids = [], {}
     for budget in retriever.ladder:
         if budget == Budget(1, 1):
@@ -107,8 +109,16 @@ def measure(retriever: Retriever, embeddings: torch.Tensor, shortlists: Sequence
                 seconds, found = _timed_search(retriever, embeddings, budget=budget, mode=mode, shortlist=shortlist)
                 rows.append({"budget": str(budget), "method": mode, "shortlist": shortlist,
                              "overlap": overlap(found, exact), "latency_ms": 1e3 * seconds,
-                             **({"graph_build_s": graph_s, "graph_was_kept": kept} if mode == "ann" else {})})
+                             **({"graph_build_s": graph_s, "graph_was_kept": loaded} if mode == "ann" else {})})
     return rows, exact_ids
+
+
+def _modified(path: Path | None) -> int | None:
+    """``path``'s modification time in ns, ``None`` when there is no such file."""
+    try:
+        return None if path is None else path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def warp_rows(retriever: Retriever, embeddings: torch.Tensor, exact_ids: dict[str, list[list[str]]],
