@@ -38,7 +38,7 @@ from benchmarks import engines
 from benchmarks.measure import K, overlap, write_results
 from benchmarks.scoring import cpu_class, cpu_description, load_average
 from metaembed import native
-from metaembed.cache import cache_root
+from metaembed.cache import cache_folder
 from metaembed.budget import Budget
 from metaembed.errors import InputError
 from metaembed.index.first_stages.ann import kept_graph_file
@@ -54,7 +54,7 @@ WARP_SETTINGS = '[{}, {"nprobe": 32}, {"nprobe": 64}]'
 
 def default_index() -> Path:
     """The quickstart's index: ``$METAEMBED_CACHE/quickstart/index`` (``~/.cache/metaembed`` by default)."""
-    return cache_root() / "quickstart" / "index"
+    return cache_folder("quickstart") / "index"
 
 
 def read_queries(path: Path, field: str, limit: int | None) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from metaembed.budget import DEFAULT_SHORTLIST
-from metaembed.cache import cache_root
+from metaembed.cache import cache_folder
 from metaembed.errors import IndexCorruptError, MetaEmbedError
 from metaembed.model.builtin import DEFAULT_MODEL
 
@@ -39,6 +39,9 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 model_app = typer.Typer(help="Prepare a model for fast use (export).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(model_app, name="model")
+cache_app = typer.Typer(help="What metaembed keeps in its cache, and clearing it (info | clear).",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(cache_app, name="cache")
 
 MODEL_HELP = (
     "A built-in model name or the folder of a saved MetaEmbed model. Default: the built-in "
@@ -681,6 +684,47 @@ def checkout_root(start: Path, package_dir: Path) -> Path | None:
 
 
 # --- serve -----------------------------------------------------------------------------------
+# --- cache ----------------------------------------------------------------------------------
+@cache_app.command("info")
+def cache_info(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+    """Each cache folder: where it is, what it holds, its size. Everything there is rebuilt when needed."""
+    from metaembed.cache import FOLDERS, cache_root, usage
+
+    rows = usage()
+    if as_json:
+        _echo_json({"root": str(cache_root()), "folders": [
+            {"name": row.name, "path": str(row.path), "bytes": row.bytes, "files": row.files,
+             "holds": FOLDERS[row.name].holds} for row in rows]})
+        return
+    typer.echo(f"cache: {cache_root()} ($METAEMBED_CACHE)")
+    for row in rows:
+        typer.echo(f"  {row.name:<16} {_human_bytes(row.bytes):>10} {row.files:>6} files  {row.path}  "
+                   f"({FOLDERS[row.name].holds})")
+    typer.echo(f"  {'total':<16} {_human_bytes(sum(row.bytes for row in rows)):>10}")
+
+
+@cache_app.command("clear", no_args_is_help=True)
+def cache_clear(
+    names: Optional[list[str]] = typer.Argument(None, help="Cache folders to delete (see 'metaembed cache info')."),
+    everything: bool = typer.Option(False, "--all", help="Delete every cache folder."),
+) -> None:
+    """Delete cache folders; each is rebuilt when next needed (the quickstart's index, exports, graphs).
+
+    \b
+    Examples:
+      metaembed cache clear ann-graphs
+      metaembed cache clear --all
+    """
+    from metaembed.cache import FOLDERS, clear
+
+    if bool(names) == everything:
+        raise MetaEmbedError("name the cache folders to clear, or give --all (not both)")
+    removed, left = clear(list(FOLDERS) if everything else list(names or []))
+    typer.echo(f"cleared {len(removed)} folder(s)" + "".join(f"\n  {path}" for path in removed))
+    for path in left:
+        typer.echo(f"left {path}: an environment variable puts it outside the cache root; delete it yourself")
+
+
 @app.command(no_args_is_help=True)
 def serve(
     index: Path = typer.Argument(..., help="Index folder to serve."),
@@ -728,7 +772,7 @@ def serve(
 @app.command()
 def quickstart(
     cache: Path = typer.Option(
-        cache_root() / "quickstart",
+        cache_folder("quickstart"),
         "--cache", help="Folder for the held-out collection, the index, the results table and plot.",
     ),
     retrain: bool = typer.Option(

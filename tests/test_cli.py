@@ -405,6 +405,8 @@ BAD_INPUTS = [
     (["search", "{index}", "q", "-k", "0"], "Invalid value for '-k'"),
     (["search", "{index}", "q", "--mode", "fast"], "--mode must be one of exact, coarse, ann"),
     (["search", "{index}", "q", "--mode", "ann", "--shortlist", "0"], "Invalid value for '--shortlist'"),
+    (["cache", "clear", "bogus"], "no cache folder 'bogus'; the folders are quickstart"),
+    (["cache", "clear", "--all", "quickstart"], "name the cache folders to clear, or give --all (not both)"),
     (["search", "{index}", "   "], "the query text is empty"),
     (["search", "{index}", "q", "--model", "{tmp}/no-model"], "model folder not found"),
     (["search", "{index}", "q", "--bogus"], "No such option: --bogus"),

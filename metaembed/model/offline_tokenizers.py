@@ -16,7 +16,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from metaembed.cache import cache_root
+from metaembed.cache import cache_folder
 
 # A little English text to train the tiny tokenizers on: enough merges for
 # ordinary words to become a few tokens each.
@@ -86,7 +86,7 @@ def qwen_tokenizer() -> Any:
     """
     from transformers import AutoTokenizer, Qwen2Tokenizer
 
-    cached = cache_root() / "qwen2-tokenizer"
+    cached = cache_folder("qwen2-tokenizer")
     if (cached / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cached))
     import base64

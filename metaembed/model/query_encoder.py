@@ -70,7 +70,7 @@ def exports_root() -> Path:
     ``$METAEMBED_QUERY_ENCODERS`` when set (the test suite points it at a scratch folder), else
     ``query-encoders`` in :func:`metaembed.cache.cache_root`.
     """
-    return cache_folder("query-encoders", "METAEMBED_QUERY_ENCODERS")
+    return cache_folder("query-encoders")
 
 
 def model_folder(source: str | Path) -> Path | None:

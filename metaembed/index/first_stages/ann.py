@@ -215,7 +215,7 @@ def new_graph(dim: int) -> "faiss.Index":
 def graph_folder() -> Path:
     """Where graphs are kept: ``$METAEMBED_ANN_GRAPHS`` when set (the test suite points it at a
     scratch folder), else ``ann-graphs/`` of the cache root."""
-    return cache_folder("ann-graphs", "METAEMBED_ANN_GRAPHS")
+    return cache_folder("ann-graphs")
 
 
 def kept_graph_file(index_folder: str | Path) -> Path:
