@@ -687,7 +687,13 @@ def checkout_root(start: Path, package_dir: Path) -> Path | None:
 # --- cache ----------------------------------------------------------------------------------
 @cache_app.command("info")
 def cache_info(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
-    """Each cache folder: where it is, what it holds, its size. Everything there is rebuilt when needed."""
+    """Each cache folder: where it is, what it holds, its size. Everything there is rebuilt when needed.
+
+    \b
+    Examples:
+      metaembed cache info
+      METAEMBED_CACHE=/scratch/metaembed metaembed cache info --json
+    """
     from metaembed.cache import FOLDERS, cache_root, usage
 
     rows = usage()
