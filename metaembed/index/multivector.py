@@ -376,10 +376,6 @@ class MultiVectorIndex(Searcher):
         elif drop:
             self._store.delete(drop)
 
-    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """The stored payloads of those ``ids`` that are in the index (``None`` where none was stored)."""
-        return self._store.payloads(id_list(ids))
-
     def delete(self, ids: Sequence[str]) -> None:
         """Remove candidates by id. :class:`IndexStateError` naming them if any id is not in the index."""
         self._store.delete(list(dict.fromkeys(id_list(ids))))

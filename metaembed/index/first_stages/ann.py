@@ -38,7 +38,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from metaembed.index.catalog import CATALOG_NAME
 from metaembed.index.checksum import crc
 from metaembed.index.first_stages import FIRST_STAGES, FirstStage
 from metaembed.index.search import SegmentView, bases
+
+if TYPE_CHECKING:  # pragma: no cover
+    import faiss
 
 # HNSW graph degree; 32 is FAISS's common default for d = 128..2048.
 _HNSW_M = 32
