@@ -13,7 +13,9 @@ The shipped model (``metaembed-minilm``: 384-d, 16 page vectors) encodes once, c
   (:mod:`metaembed.quickstart.docpages`), added to the held-out pages as a larger corpus
   (distractors: the held-out qrels still score nDCG@10 on it).
 
-For each corpus, codec and budget it prints bytes per vector (and the ratio to float16), the
+For each corpus, codec and budget it prints bytes per stored vector (and the ratio to float16),
+what a search at the budget reads against float16's (the same ratio, but for ``ppq*``, which
+spends more of an item's bytes on its first vectors: :mod:`metaembed.index.codecs.predictive`), the
 top-10 overlap with exact fp32 search (the fraction of fp32's top 10 a codec's top 10 holds,
 averaged over queries), nDCG@10 beside fp32's (a trained codec twice: with codebooks fit on the
 corpus it codes, and on unseen vectors, codebooks fit on one half of the pages coding the other:
@@ -247,10 +249,11 @@ def measure(data: dict[str, Any], codecs: list[str], repeats: int) -> list[dict[
                         reference[text] = (top, ndcg)
                     if name == "float16":
                         fp16_time[text] = seconds
-                    per_vector = codec.bytes_per_item(1, dim)
+                    per_vector = index.memory_bytes() // (len(index) * num_vectors)  # stored bytes a vector
                     row = {
                         "corpus": corpus, "pages": len(ids), "codec": name, "budget": text,
                         "bytes_per_vector": per_vector, "ratio_to_float16": per_vector / (2 * dim),
+                        "read_vs_float16": index.memory_bytes(budget) / (len(index) * budget.r_c * 2 * dim),
                         "overlap@10": overlap(top, reference[text][0]), "ndcg@10": ndcg,
                         "ndcg@10_float32": reference[text][1], "build_seconds": build_seconds,
                         "search_seconds": seconds,
@@ -283,6 +286,7 @@ def _build(row: dict[str, Any]) -> float:
 def _line(row: dict[str, Any]) -> str:
     latency = "" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}x"
     return (f"{row['codec']:>9} {row['budget']:>5} {row['bytes_per_vector']:>6} B {row['ratio_to_float16']:>6.3f} "
+            f"{_number(row.get('read_vs_float16')):>6} "
             f"{row['overlap@10']:>8.3f} {_unseen(row, 'overlap@10'):>8} {_number(row['ndcg@10']):>7} "
             f"{_unseen(row, 'ndcg@10'):>8} {_number(row['ndcg@10_float32']):>6} {_build(row):>6.1f}s {latency:>8}")
 
@@ -296,7 +300,7 @@ def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-HEADER = (f"{'codec':>9} {'budget':>5} {'bytes/vec':>8} {'/fp16':>6} {'overlap':>8} {'unseen':>8} {'nDCG@10':>7} "
+HEADER = (f"{'codec':>9} {'budget':>5} {'bytes/vec':>8} {'/fp16':>6} {'read':>6} {'overlap':>8} {'unseen':>8} {'nDCG@10':>7} "
           f"{'unseen':>8} {'fp32':>6} "
           f"{'build':>7} {'latency':>8}")
 
@@ -328,15 +332,15 @@ def markdown(report: dict[str, Any]) -> str:
            f"Command: `{report['command']}`", ""]
     for corpus in dict.fromkeys(row["corpus"] for row in report["rows"]):
         out += [f"## {corpus}", "",
-                "| codec | budget | bytes/vector | of float16 | top-10 overlap with fp32 | overlap, unseen vectors | nDCG@10 "
-                "| nDCG@10, unseen | fp32 nDCG@10 | build (train + encode) | latency vs float16 |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| codec | budget | bytes/vector | of float16 | read at the budget, of float16 | top-10 overlap with fp32 "
+                "| overlap, unseen vectors | nDCG@10 | nDCG@10, unseen | fp32 nDCG@10 | build (train + encode) | latency vs float16 |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in report["rows"]:
             if row["corpus"] != corpus:
                 continue
             latency = "—" if row["latency_vs_float16"] is None else f"{row['latency_vs_float16']:.2f}×"
             out.append(f"| {row['codec']} | {row['budget']} | {row['bytes_per_vector']} | {row['ratio_to_float16']:.3f} "
-                       f"| {row['overlap@10']:.3f} | {_unseen(row, 'overlap@10')} | {_number(row['ndcg@10'])} "
+                       f"| {_number(row.get('read_vs_float16'))} | {row['overlap@10']:.3f} | {_unseen(row, 'overlap@10')} | {_number(row['ndcg@10'])} "
                        f"| {_unseen(row, 'ndcg@10')} | {_number(row['ndcg@10_float32'])} "
                        f"| {_build(row):.1f} s | {latency} |")
         out.append("")

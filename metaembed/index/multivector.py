@@ -46,7 +46,7 @@ from metaembed.index.files import new_staging_folder, publish_folder, storage_er
 from metaembed.index.lock import DEFAULT_TIMEOUT
 from metaembed.index.filters import PayloadFilter
 from metaembed.index.inputs import id_list, json_dict, json_payloads, positive_int, unique_ids
-from metaembed.index.codecs import embedding_bytes, get_codec
+from metaembed.index.codecs import get_codec
 from metaembed.index.first_stages import EXACT, FIRST_STAGES, FirstStage, search_modes
 from metaembed.index.search import SegmentView, exact_topk, rerank, resolve
 from metaembed.index.searcher import SearchMode, SearchResult, Searcher
@@ -279,12 +279,13 @@ class MultiVectorIndex(Searcher):
                 f"num_vectors={self.num_vectors}, dtype={self.dtype!r})")
 
     def memory_bytes(self, budget: BudgetLike | None = None) -> int:
-        """Bytes of candidate vectors a search at ``budget`` reads: ``len(self) * r_c`` stored vectors.
+        """Bytes of candidate vectors a search at ``budget`` reads: ``len(self)`` times the first ``r_c`` vectors' slabs.
 
         ``None`` counts all ``num_vectors`` (the stored size). Budgets are checked against ``num_vectors``.
+        The trained codec counts (``ppq*`` spends more of an item's bytes on its first vectors).
         """
         r_c = self.check_budget(budget).r_c
-        return embedding_bytes(r_c, self.dim, self.dtype, num_candidates=len(self))
+        return len(self) * self._store.fmt.bytes_per_item(r_c, self.dim)
 
     def flops(self, budget: BudgetLike | None = None, num_queries: int = 1) -> int:
         """Multiply-add FLOPs of an exact search of ``num_queries`` queries at ``budget`` (``2 r_q r_c D`` per pair)."""

@@ -81,8 +81,9 @@ class Segment:
         The chunks read are verified against their checksums the first time (:meth:`check`).
         """
         self.check(r_c, start, stop)
-        scales = None if self.scales is None else self.scales[:r_c, start:stop]
-        return self.fmt.source(self.codes[:r_c, start:stop], scales, column)
+        slots = self.fmt.slots(r_c)
+        scales = None if self.scales is None else self.scales[:slots, start:stop]
+        return self.fmt.source(self.codes[:slots, start:stop], scales, column, r_c)
 
     def rows_source(self, rows: np.ndarray, r_c: int, column: int) -> CandidateSource:
         """The first ``r_c`` vectors of the sorted ``rows`` for the kernel, at output ``column`` on.
@@ -93,7 +94,7 @@ class Segment:
         """
         if self.fmt.kernel_dtype is None:
             codes, scales = self.gather(rows, r_c)
-            return self.fmt.source(codes, scales, column)
+            return self.fmt.source(codes, scales, column, r_c)
         self.check_chunks(r_c, np.unique(rows // self.chunk_rows))
         whole = self._slabs.get(r_c)
         if whole is None:
@@ -102,13 +103,18 @@ class Segment:
         return CandidateSource(whole.positions, whole.scales, column, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
 
     def gather(self, rows: np.ndarray, r_c: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(r_c, n, D)`` and scales ``(r_c, n, G)``."""
+        """Copy the first ``r_c`` vectors of the given rows: C-contiguous codes ``(slots, n, W)`` and scales ``(slots, n, G)``.
+
+        ``slots`` is ``fmt.slots(r_c)``: ``r_c`` but for a codec that packs each item into one
+        byte stream (:meth:`Codec.slots`).
+        """
         order = np.sort(rows)  # sorted reads are sequential on a memmap
         self.check_chunks(r_c, np.unique(order // self.chunk_rows))
-        # np.take keeps the position-major order; fancy indexing codes[:r_c, order] would
-        # return a (n, r_c, D)-ordered array and cost a transposing copy downstream.
-        codes = np.take(self.codes[:r_c], order, axis=1)
-        scales = None if self.scales is None else np.take(self.scales[:r_c], order, axis=1)
+        slots = self.fmt.slots(r_c)
+        # np.take keeps the position-major order; fancy indexing codes[:slots, order] would
+        # return a (n, slots, W)-ordered array and cost a transposing copy downstream.
+        codes = np.take(self.codes[:slots], order, axis=1)
+        scales = None if self.scales is None else np.take(self.scales[:slots], order, axis=1)
         if not np.array_equal(order, rows):
             back = np.argsort(np.argsort(rows))
             codes = np.take(codes, back, axis=1)
@@ -122,11 +128,12 @@ class Segment:
             self.check_chunks(r_c, np.arange(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1))
 
     def check_chunks(self, r_c: int, chunks: np.ndarray) -> None:
-        """:class:`IndexCorruptError` naming the file if a chunk of slabs ``< r_c`` is damaged."""
+        """:class:`IndexCorruptError` naming the file if a chunk of the slabs holding ``r_c`` vectors is damaged."""
+        slots = self.fmt.slots(r_c)
         done = self._legacy_verified if self.checks is None else self.checks[0].verified
-        if done.size and done[:r_c, chunks].all():
+        if done.size and done[:slots, chunks].all():
             return
-        for j in range(r_c):
+        for j in range(slots):
             for chunk in chunks.tolist():
                 self._check_chunk(j, int(chunk))
 

@@ -321,7 +321,7 @@ class SegmentStore:
         if not self.fmt.trained or self.fmt.fitted:
             return self.fmt, None
         check_finite(values, 0)
-        fitted = self.fmt.fit(values[:, : self.num_vectors].reshape(-1, values.shape[-1]))
+        fitted = self.fmt.fit(values[:, : self.num_vectors])
         return fitted, write_state(self.folder, fitted)
 
     def delete(self, ids: list[str]) -> None:
@@ -559,7 +559,7 @@ class SegmentStore:
         out = torch.empty(len(ids), self.num_vectors, self.dim)
         for position, (name, row) in enumerate(places):
             codes, scales = segments[name].gather(np.array([row]), self.num_vectors)  # verified on first read
-            out[position] = self.fmt.decode(codes[:, 0], None if scales is None else scales[:, 0])
+            out[position] = self.fmt.decode_prefix(codes[:, 0], None if scales is None else scales[:, 0], self.num_vectors)
         return out
 
     def export(self, r_c: int, batch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -572,8 +572,9 @@ class SegmentStore:
                 if not alive.any():
                     continue
                 segment.check(r_c, start, stop)
-                scales = None if segment.scales is None else segment.scales[:r_c, start:stop]
-                values = self.fmt.decode(segment.codes[:r_c, start:stop], scales).transpose(0, 1)
+                slots = self.fmt.slots(r_c)
+                scales = None if segment.scales is None else segment.scales[:slots, start:stop]
+                values = self.fmt.decode_prefix(segment.codes[:slots, start:stop], scales, r_c).transpose(0, 1)
                 yield list(view.ids[start:stop][alive]), values[torch.from_numpy(alive)].contiguous()
 
     def close(self) -> None:

@@ -13,8 +13,11 @@ block. A codec is a small object with a ``name``:
     fp32 ``(..., D)`` to ``(codes (..., W), scales (..., G) or None)`` and back to fp32.
 ``bytes_per_item(r_c, dim)``
     what one candidate costs at budget ``r_c`` (:func:`embedding_bytes` multiplies it out).
-``source(codes, scales, column)``
-    position-major codes ``(r_c, n, W)`` as a :class:`~metaembed.scoring.CandidateSource`:
+``slots(r_c)`` / ``decode_prefix(codes, scales, r_c)``
+    the stored positions a prefix of ``r_c`` vectors occupies (``r_c`` but for a codec that
+    spends its bytes unevenly over the positions, :mod:`.predictive`) and its decoding.
+``source(codes, scales, column, r_c)``
+    position-major codes ``(slots(r_c), n, W)`` as a :class:`~metaembed.scoring.CandidateSource`:
     a codec whose codes the kernel reads (``kernel_dtype`` set) hands views of them, no copy;
     any other codec decodes the block to fp32 first (the base class does that).
 ``check_dim(dim)``
@@ -99,7 +102,10 @@ class Codec:
         return True
 
     def fit(self, sample: torch.Tensor) -> "Codec":
-        """A copy of this codec trained on fp32 ``sample`` ``(n, D)`` (an untrained codec returns itself)."""
+        """A copy of this codec trained on fp32 ``sample``: items ``(n, R, D)`` (what an index's first add hands it) or vectors ``(n, D)``.
+
+        An untrained codec returns itself; the per-vector quantisers flatten the items.
+        """
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -111,9 +117,18 @@ class Codec:
         return self
 
     def bytes_per_item(self, r_c: int, dim: int) -> int:
-        """Bytes one candidate's first ``r_c`` vectors take: codes plus scales."""
+        """Bytes one candidate's first ``r_c`` vectors take: codes plus scales (the ``slots(r_c)`` slabs read)."""
         per_vector = self.code_width(dim) * np.dtype(self.file_dtype).itemsize + 4 * self.scale_groups(dim)
-        return int(r_c) * per_vector
+        return self.slots(int(r_c)) * per_vector
+
+    def slots(self, r_c: int) -> int:
+        """Stored positions (slabs of ``W`` elements) that hold the first ``r_c`` vectors of each item.
+
+        ``r_c`` for every codec that stores vector ``j`` at position ``j``; a codec that spends
+        its bytes unevenly over the positions (:mod:`.predictive`) packs each item's vectors
+        into one byte stream cut into ``R`` slabs, so a prefix may need more (or fewer) slabs.
+        """
+        return int(r_c)
 
     def encode(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """fp32 ``vectors`` ``(..., D)`` as ``(codes (..., W) of file_dtype, scales (..., G) fp32 or None)``."""
@@ -123,29 +138,35 @@ class Codec:
         """The fp32 ``(..., D)`` values that ``codes`` (and ``scales``) stand for: the inverse of :meth:`encode`."""
         raise NotImplementedError
 
+    def decode_prefix(self, codes: np.ndarray, scales: np.ndarray | None, r_c: int) -> torch.Tensor:
+        """fp32 ``(r_c, ..., D)``: the first ``r_c`` vectors held by position-major ``codes`` ``(slots(r_c), ..., W)``."""
+        return self.decode(codes, scales)
+
     def as_torch(self, codes: np.ndarray) -> torch.Tensor:
         """``codes`` (a numpy array or read-only memmap) as a torch tensor of :attr:`kernel_dtype`, no copy."""
         tensor = tensor_view(codes)
         return tensor if self.kernel_dtype is None else tensor.view(self.kernel_dtype)
 
-    def source(self, codes: np.ndarray, scales: np.ndarray | None, column: int = 0) -> CandidateSource:
-        """Position-major ``codes`` ``(r_c, n, W)`` (and ``scales`` ``(r_c, n, G)``) ready for the kernel.
+    def source(self, codes: np.ndarray, scales: np.ndarray | None, column: int = 0, r_c: int | None = None) -> CandidateSource:
+        """Position-major ``codes`` ``(slots(r_c), n, W)`` (and ``scales``) as the kernel's ``r_c`` positions.
 
-        The result's candidates go to the output columns from ``column`` on. Codecs the kernel
-        reads set :attr:`kernel_dtype` and get views of their codes; for any other, the source
-        decodes with :meth:`decode` chunk by chunk as the kernel's tasks score them
+        ``r_c`` defaults to ``codes.shape[0]`` (one vector per stored position). The result's
+        candidates go to the output columns from ``column`` on. Codecs the kernel reads set
+        :attr:`kernel_dtype` and get views of their codes; for any other, the source decodes with
+        :meth:`decode_prefix` chunk by chunk as the kernel's tasks score them
         (:attr:`CandidateSource.decode`), so no fp32 copy of the block is made.
         """
+        count = int(codes.shape[0]) if r_c is None else int(r_c)
         if self.kernel_dtype is None:
             def decode(start: int, stop: int) -> list[torch.Tensor]:
                 part = None if scales is None else scales[:, start:stop]
-                return list(self.decode(codes[:, start:stop], part))
+                return list(self.decode_prefix(codes[:, start:stop], part, count))
 
-            return CandidateSource([tensor_view(codes[j]) for j in range(codes.shape[0])], None, column, decode=decode)
-        positions = [self.as_torch(codes[j]) for j in range(codes.shape[0])]
+            return CandidateSource([tensor_view(codes[0])] * count, None, column, decode=decode)
+        positions = [self.as_torch(codes[j]) for j in range(count)]
         position_scales = None
         if scales is not None:
-            position_scales = [tensor_view(np.ascontiguousarray(scales[j])) for j in range(scales.shape[0])]
+            position_scales = [tensor_view(np.ascontiguousarray(scales[j])) for j in range(count)]
         return CandidateSource(positions, position_scales, column)
 
     def __repr__(self) -> str:

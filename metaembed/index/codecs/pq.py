@@ -67,27 +67,15 @@ class ProductQuantizer(Codec):
         return self.centroids is not None
 
     def fit(self, sample: torch.Tensor) -> "ProductQuantizer":
-        """Learn the codebooks from fp32 ``sample`` ``(n, D)``, ``n >= 256`` (a seeded subsample of 16,384 if larger)."""
-        import faiss
-
+        """Learn the codebooks from fp32 ``sample`` ``(..., D)``, at least 256 vectors (a seeded subsample of 16,384 if more)."""
         sample = sample.reshape(-1, sample.shape[-1]).to(torch.float32)
-        dim = sample.shape[-1]
-        self.check_dim(dim)
+        self.check_dim(sample.shape[-1])
         if sample.shape[0] < CENTROIDS:
             raise InputError(
                 f"dtype {self.name} learns its codebooks from the first vectors added: it needs at least {CENTROIDS} "
                 f"vectors, got {sample.shape[0]}; add more items in the first batch"
             )
-        if sample.shape[0] > TRAINING_VECTORS:
-            chosen = torch.randperm(sample.shape[0], generator=torch.Generator().manual_seed(_SEED))[:TRAINING_VECTORS]
-            sample = sample[chosen.sort().values]
-        quantizer = faiss.ProductQuantizer(dim, self.code_width(dim), 8)
-        quantizer.cp.seed = _SEED
-        quantizer.cp.min_points_per_centroid = 1  # a small first add trains on what it has, without a warning
-        quantizer.cp.max_points_per_centroid = TRAINING_VECTORS // CENTROIDS
-        quantizer.train(np.ascontiguousarray(sample.numpy()))
-        centroids = faiss.vector_to_array(quantizer.centroids).reshape(self.code_width(dim), CENTROIDS, self.run)
-        return ProductQuantizer(self.bits, centroids.astype(np.float32))
+        return ProductQuantizer(self.bits, train_codebooks(sample, self.run))
 
     def state(self) -> dict[str, np.ndarray]:
         return {} if self.centroids is None else {"centroids": self.centroids}
@@ -115,12 +103,7 @@ class ProductQuantizer(Codec):
         """The FAISS quantizer holding these codebooks (made once: encoding is FAISS's compute_codes)."""
         with self._faiss_lock:
             if self._faiss is None:
-                import faiss
-
-                width = self.centroids.shape[0]
-                quantizer = faiss.ProductQuantizer(width * self.run, width, 8)
-                faiss.copy_array_to_vector(self.centroids.ravel(), quantizer.centroids)
-                self._faiss = quantizer
+                self._faiss = faiss_quantizer(self.centroids)
             return self._faiss
 
     def encode(self, vectors: torch.Tensor) -> tuple[np.ndarray, None]:
@@ -135,13 +118,48 @@ class ProductQuantizer(Codec):
     def decode(self, codes: np.ndarray, scales: np.ndarray | None = None) -> torch.Tensor:
         """fp32 ``(..., M * run)``: each code replaced by its centroid (one table look-up per code)."""
         self._trained()
-        width = codes.shape[-1]
-        offsets = torch.arange(width, dtype=torch.int64) * CENTROIDS  # run m's centroids start at row m * 256
-        rows = tensor_view(codes).to(torch.int64) + offsets
-        return F.embedding(rows, self._table).flatten(-2)
+        return lookup(codes, self._table)
+
+
+def train_codebooks(sample: torch.Tensor, run: int) -> np.ndarray:
+    """k-means codebooks ``(D / run, 256, run)`` fp32 for fp32 ``sample`` ``(n, D)``, ``n >= 256``.
+
+    Each run of ``run`` consecutive values gets 256 centroids (FAISS's :class:`faiss.ProductQuantizer`,
+    seeded); a sample above :data:`TRAINING_VECTORS` is subsampled (seeded) first.
+    """
+    import faiss
+
+    if sample.shape[0] > TRAINING_VECTORS:
+        chosen = torch.randperm(sample.shape[0], generator=torch.Generator().manual_seed(_SEED))[:TRAINING_VECTORS]
+        sample = sample[chosen.sort().values]
+    dim = sample.shape[-1]
+    quantizer = faiss.ProductQuantizer(dim, dim // run, 8)
+    quantizer.cp.seed = _SEED
+    quantizer.cp.min_points_per_centroid = 1  # a small first add trains on what it has, without a warning
+    quantizer.cp.max_points_per_centroid = TRAINING_VECTORS // CENTROIDS
+    quantizer.train(np.ascontiguousarray(sample.to(torch.float32).numpy()))
+    return faiss.vector_to_array(quantizer.centroids).reshape(dim // run, CENTROIDS, run).astype(np.float32)
+
+
+def faiss_quantizer(centroids: np.ndarray) -> Any:
+    """A FAISS quantizer holding ``centroids`` ``(M, 256, run)``: ``compute_codes`` of fp32 ``(n, M * run)`` is the nearest code per run."""
+    import faiss
+
+    width, _, run = centroids.shape
+    quantizer = faiss.ProductQuantizer(width * run, width, 8)
+    faiss.copy_array_to_vector(np.ascontiguousarray(centroids).ravel(), quantizer.centroids)
+    return quantizer
+
+
+def lookup(codes: np.ndarray, table: torch.Tensor) -> torch.Tensor:
+    """fp32 ``(..., M * run)`` for uint8 ``codes`` ``(..., M)``: code ``m`` replaced by row ``256 m + code`` of ``table`` ``(256 M, run)``."""
+    width = codes.shape[-1]
+    offsets = torch.arange(width, dtype=torch.int64) * CENTROIDS  # run m's centroids start at row m * 256
+    rows = tensor_view(codes).to(torch.int64) + offsets
+    return F.embedding(rows, table).flatten(-2)
 
 
 for _bits in (4, 2, 1):
     CODECS.register(ProductQuantizer(_bits))
 
-__all__ = ["ProductQuantizer", "CENTROIDS", "TRAINING_VECTORS"]
+__all__ = ["ProductQuantizer", "CENTROIDS", "TRAINING_VECTORS", "train_codebooks", "faiss_quantizer", "lookup"]

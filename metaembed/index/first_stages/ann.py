@@ -111,8 +111,9 @@ class FirstVectorANN(FirstStage):
             segment = view.segment
             for start in range(0, view.rows, _ADD_ROWS):
                 stop = min(view.rows, start + _ADD_ROWS)
-                scales = None if segment.scales is None else segment.scales[0, start:stop]
-                first = segment.fmt.decode(segment.codes[0, start:stop], scales)
+                slots = segment.fmt.slots(1)
+                scales = None if segment.scales is None else segment.scales[:slots, start:stop]
+                first = segment.fmt.decode_prefix(segment.codes[:slots, start:stop], scales, 1)[0]
                 self._graph.add(np.ascontiguousarray(first.numpy(), dtype=np.float32))
         if time.perf_counter() - started > _KEEP_SECONDS:
             self._save()
