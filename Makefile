@@ -47,7 +47,7 @@ builtin-model: builtin-data
 builtin-report:
 	$(PYTHON) experiments/builtin_model.py --phases report
 
-.PHONY: bench-approximate bench-memory
+.PHONY: bench-approximate bench-memory bench-codecs-scale
 
 # Approximate search on real embeddings at N = 100k (issue 20): 100,000 40-word passages of three
 # Debian doc packages (python3.11-doc, python-django-doc, postgresql-doc-15, installed with apt-get,
@@ -63,6 +63,13 @@ bench-approximate:
 	$(PYTHON) -m metaembed.cli index build -i $(APPROX_DIR)/passages.jsonl -o $(APPROX_DIR)/index --batch-size 64
 	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.coarse_to_fine --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
 		--field text --shortlists 10,20,50,100,200,500,1000,2000 $(if $(XTR_PYTHON),--xtr-python $(XTR_PYTHON),) --name "approximate-{cpu}"
+
+# Storage codecs on bench-approximate's index (issue 20): every codec's top-10 overlap with exact
+# float32 search per budget, on passages its codebooks never saw (fit on 4,096 others; ppq's sample);
+# about 25 minutes on 2 Zen 5 cores.
+bench-codecs-scale:
+	OMP_NUM_THREADS=2 $(PYTHON) -m benchmarks.codecs --index $(APPROX_DIR)/index --queries $(APPROX_DIR)/queries.jsonl \
+		--codecs int8,pq2,apq2,ppq2,ppq4 --fit-pages 4096 --repeats 1 --threads 2 --out "benchmarks/results/codecs-scale-{cpu}"
 
 # The index memory each budget and search mode keeps in the page cache, on bench-approximate's index
 # (Linux; a minute).

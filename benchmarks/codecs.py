@@ -392,8 +392,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed searches per codec and budget (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-machine", action="store_true", help="say in the results that latency was taken on a loaded machine")
-    parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    parser.add_argument("--out", help="write OUT.json and OUT.md; {cpu} becomes the CPU class and kernel ISA, e.g. zen3-avx2")
     args = parser.parse_args(argv)
+    if args.out:
+        from benchmarks.scoring import cpu_class
+        from metaembed import native
+
+        args.out = Path(args.out.replace("{cpu}", f"{cpu_class()}-{native.isa() or 'blas'}"))
     torch.set_num_threads(args.threads)
     args.cache = args.cache / model_key()  # vectors of other weights are never reused
     validation = args.validation if args.corpus == "validation" else None

@@ -55,7 +55,9 @@ DTYPE_HELP = (
     "Storage type of the vectors: float16 (default; 2 bytes a value), bfloat16 (2 bytes, float32's "
     "range), int8 (1 byte plus one float32 scale per 64 values), float32 (4 bytes, exact), or the product "
     "quantisers pq4, pq2, pq1 (1/4, 1/8, 1/16 of float16; codebooks learnt from the first 16,384 vectors), "
-    "or apq2 (pq2's 1/8 of float16 with codes chosen for inner products: closer to exact search; unit vectors only)."
+    "apq2 (pq2's 1/8 of float16 with codes chosen for inner products: closer to exact search; unit vectors only), "
+    "or ppq2 / ppq4 (1/8 / 1/4 of float16 an item: each vector coded as what the item's earlier vectors do not "
+    "predict, vector 0 at a byte a value; the closest to exact search at those sizes; learnt from the first 4,096 items)."
 )
 STRICT_HELP = "Stop at the first file that cannot be read (default: skip it, say why, and go on)."
 REPORT_HELP = "Write what was added, updated, deleted and skipped (with reasons) to this JSON file."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 
 import pytest
@@ -103,3 +105,23 @@ def test_build_with_a_product_quantiser(tmp_path, collection, capsys) -> None:
     code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
                        "--dtype", "pq2")
     assert code == 2 and "at least 256 vectors" in err and len(err.strip().splitlines()) == 1
+
+
+def test_build_with_the_predictive_quantiser(tmp_path, collection, capsys) -> None:
+    """``--dtype ppq2``: learnt from whole items (at least 256 of them), searched and checked like any index."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    rows = [{"id": f"t{i}", "text": f"{words[i % 8]} {words[(3 * i) % 8]} note {i}"} for i in range(300)]
+    source = write_jsonl(tmp_path / "notes.jsonl", rows)
+    index = tmp_path / "ppq.index"
+    code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", index, "--dtype", "ppq2")
+    assert code == 0, err
+    assert "300 indexed" in out
+    code, out, _ = run(capsys, "index", "info", index)
+    assert "storage:     ppq2" in out
+    assert run(capsys, "index", "check", index)[0] == 0
+    code, out, _ = run(capsys, "search", index, "alpha beta note 0", "-k", "3", "--json")
+    assert code == 0 and len(json.loads(out)["results"]) == 3
+    few = write_jsonl(tmp_path / "few.jsonl", rows[:5])
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
+                       "--dtype", "ppq2")
+    assert code == 2 and "at least 256 items" in err and len(err.strip().splitlines()) == 1

@@ -34,8 +34,10 @@ Adding a codec is one new module in this package with a :class:`Codec` subclass 
 ``CODECS.register`` call from anywhere before the index is created. The first members:
 ``float32`` (exact), ``float16`` (the default) and ``bfloat16`` in :mod:`.floats`,
 ``int8`` with a scale per 64 values in :mod:`.int8`, and the product quantisers ``pq4``,
-``pq2`` and ``pq1`` (4, 2 and 1 bits a value: 1/4, 1/8 and 1/16 of float16) in :mod:`.pq`, and
-``apq2`` (pq2's bytes, codes chosen for inner products by the anisotropic loss) in :mod:`.anisotropic`.
+``pq2`` and ``pq1`` (4, 2 and 1 bits a value: 1/4, 1/8 and 1/16 of float16) in :mod:`.pq`,
+``apq2`` (pq2's bytes, codes chosen for inner products by the anisotropic loss) in :mod:`.anisotropic`,
+and ``ppq2`` / ``ppq4`` (pq2's / pq4's bytes per item, each vector coded as the residual of a
+prediction from the item's earlier vectors, vector 0 at a byte a value) in :mod:`.predictive`.
 
 >>> embedding_bytes(64, 128, "float16"), embedding_bytes(64, 128, "int8")
 (16384, 8704)
