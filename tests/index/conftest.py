@@ -43,6 +43,40 @@ def built_in_two_adds(path, dtype: str, ids: list[str], candidates: torch.Tensor
     return index
 
 
+def search_matches_brute_force(index, queries: torch.Tensor, decoded: torch.Tensor, ids: list[str]) -> None:
+    """Exact search at (1,1), (2,4), (4,8) returns brute force's top 10 over ``decoded`` (ids and scores)."""
+    from metaembed.budget import Budget
+
+    for budget in (Budget(1, 1), Budget(2, 4), Budget(4, 8)):
+        found = index.search_batch(queries[:, : budget.r_q], 10, budget)
+        expected = brute_force(queries, decoded, ids, budget.r_q, budget.r_c, 10)
+        for hits, reference in zip(found, expected):
+            assert [h.id for h in hits] == [i for i, _ in reference]
+            np.testing.assert_allclose([h.score for h in hits], [s for _, s in reference], rtol=1e-5, atol=1e-5)
+
+
+def survives_merge_save_and_reopen(index, ids: list[str], candidates: torch.Tensor, queries: torch.Tensor, deleted: int,
+                                   copy) -> None:
+    """Delete and re-add ``ids[:deleted]`` (a mostly-deleted segment is rewritten: codes copied, not re-encoded),
+    save to ``copy``, close; the reopened copy is clean, trained, and returns the same top 5 at (4,8)."""
+    from metaembed.budget import Budget
+    from metaembed.index import MultiVectorIndex
+
+    dtype = index.dtype
+    before = [[(h.id, h.score) for h in row] for row in index.search_batch(queries, 5, Budget(4, 8))]
+    index.delete(ids[:deleted])
+    index.add(ids[:deleted], candidates[:deleted])  # later adds use the same codebooks
+    index.save(copy)
+    assert len(list(copy.glob("codec-*.npz"))) == 1
+    index.close()
+    with MultiVectorIndex.open(copy) as reopened:
+        assert reopened.dtype == dtype and reopened.training_items == 0
+        after = [[(h.id, h.score) for h in row] for row in reopened.search_batch(queries, 5, Budget(4, 8))]
+        assert MultiVectorIndex.check(copy) == []
+    assert [[i for i, _ in row] for row in after] == [[i for i, _ in row] for row in before]
+    np.testing.assert_allclose([s for row in after for _, s in row], [s for row in before for _, s in row], rtol=1e-6)
+
+
 @pytest.fixture
 def corpus() -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """60 candidates of 8 vectors, 5 queries of 4 vectors, D = 16."""

@@ -77,51 +77,50 @@ def test_check_of_a_damaged_configuration_says_rebuild(tmp_path, collection, cap
         assert code == 2 and "catalog.sqlite" in err and "rebuild" in err and "Traceback" not in err
 
 
-def test_build_with_a_product_quantiser(tmp_path, collection, capsys) -> None:
-    """``--dtype pq2``: the codebooks are learnt from the first batches (held back until they are enough)."""
+def _build_trained(tmp_path, collection, capsys, dtype: str, items: int):
+    """``index build --dtype DTYPE`` of ``items`` short notes (the codec learns from the first batches, held back
+    until they are enough), then info, check and a search; the index path and the source rows."""
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
-    rows = [{"id": f"t{i}", "text": f"{words[i % 8]} {words[(3 * i) % 8]} note {i}"} for i in range(40)]
+    rows = [{"id": f"t{i}", "text": f"{words[i % 8]} {words[(3 * i) % 8]} note {i}"} for i in range(items)]
     source = write_jsonl(tmp_path / "notes.jsonl", rows)
-    index = tmp_path / "pq.index"
-    code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", index, "--dtype", "pq2")
+    index = tmp_path / f"{dtype}.index"
+    code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", index, "--dtype", dtype)
     assert code == 0, err
-    assert "40 indexed" in out
+    assert f"{items} indexed" in out
     code, out, _ = run(capsys, "index", "info", index)
-    assert "storage:     pq2" in out
+    assert f"storage:     {dtype}" in out
     assert run(capsys, "index", "check", index)[0] == 0
-    code, out, _ = run(capsys, "search", index, "alpha beta note 0", "-k", "3")
-    assert code == 0 and "t" in out
+    code, out, _ = run(capsys, "search", index, "alpha beta note 0", "-k", "3", "--json")
+    assert code == 0 and len(json.loads(out)["results"]) == 3
+    return index, rows
+
+
+def _too_few(tmp_path, collection, capsys, dtype: str, rows: list) -> str:
+    """The one-line error of building a ``dtype`` index from 5 items."""
+    few = write_jsonl(tmp_path / "few.jsonl", rows[:5])
+    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
+                       "--dtype", dtype)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_build_with_a_product_quantiser(tmp_path, collection, capsys) -> None:
+    """``--dtype pq2``: a damaged codebook is found by check; an unknown dtype and too few vectors are one-line errors."""
+    index, rows = _build_trained(tmp_path, collection, capsys, "pq2", 40)
     (codebook,) = index.glob("codec-*.npz")
     data = bytearray(codebook.read_bytes())
     data[-40] ^= 0x10
     codebook.write_bytes(bytes(data))
     code, out, err = run(capsys, "index", "check", index)
     assert code == 2 and "codebook" in out + err and "Traceback" not in err
-
+    source = tmp_path / "notes.jsonl"
     code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", tmp_path / "x.index",
                        "--dtype", "pq3")
     assert code == 2 and "pq2" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.index").exists()
-    few = write_jsonl(tmp_path / "few.jsonl", rows[:5])
-    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
-                       "--dtype", "pq2")
-    assert code == 2 and "at least 256 vectors" in err and len(err.strip().splitlines()) == 1
+    assert "at least 256 vectors" in _too_few(tmp_path, collection, capsys, "pq2", rows)
 
 
 def test_build_with_the_predictive_quantiser(tmp_path, collection, capsys) -> None:
     """``--dtype ppq2``: learnt from whole items (at least 256 of them), searched and checked like any index."""
-    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
-    rows = [{"id": f"t{i}", "text": f"{words[i % 8]} {words[(3 * i) % 8]} note {i}"} for i in range(300)]
-    source = write_jsonl(tmp_path / "notes.jsonl", rows)
-    index = tmp_path / "ppq.index"
-    code, out, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", source, "-o", index, "--dtype", "ppq2")
-    assert code == 0, err
-    assert "300 indexed" in out
-    code, out, _ = run(capsys, "index", "info", index)
-    assert "storage:     ppq2" in out
-    assert run(capsys, "index", "check", index)[0] == 0
-    code, out, _ = run(capsys, "search", index, "alpha beta note 0", "-k", "3", "--json")
-    assert code == 0 and len(json.loads(out)["results"]) == 3
-    few = write_jsonl(tmp_path / "few.jsonl", rows[:5])
-    code, _, err = run(capsys, "index", "build", "-m", collection.model_dir, "-i", few, "-o", tmp_path / "few.index",
-                       "--dtype", "ppq2")
-    assert code == 2 and "at least 256 items" in err and len(err.strip().splitlines()) == 1
+    _, rows = _build_trained(tmp_path, collection, capsys, "ppq2", 300)
+    assert "at least 256 items" in _too_few(tmp_path, collection, capsys, "ppq2", rows)

@@ -15,7 +15,7 @@ from metaembed.index import MultiVectorIndex
 from metaembed.index.codecs import embedding_bytes, get_codec
 from metaembed.index.codecs.pq import CENTROIDS
 
-from .conftest import brute_force, built_in_two_adds, unit_vectors
+from .conftest import built_in_two_adds, search_matches_brute_force, survives_merge_save_and_reopen, unit_vectors
 
 
 def _nearest_codes(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -100,12 +100,7 @@ def test_search_equals_brute_force_over_the_decoded_vectors(pq_index) -> None:
     index, ids, candidates, queries = pq_index
     decoded = _decoded(index, candidates)
     assert torch.allclose(index.vectors(ids), decoded, atol=1e-6)
-    for budget in (Budget(1, 1), Budget(2, 4), Budget(4, 8)):
-        found = index.search_batch(queries[:, : budget.r_q], 10, budget)
-        expected = brute_force(queries, decoded, ids, budget.r_q, budget.r_c, 10)
-        for hits, reference in zip(found, expected):
-            assert [h.id for h in hits] == [i for i, _ in reference]
-            np.testing.assert_allclose([h.score for h in hits], [s for _, s in reference], rtol=1e-5, atol=1e-5)
+    search_matches_brute_force(index, queries, decoded, ids)
     # the coarse-to-fine first stage works on the same codes: with a shortlist of everything it is exact
     coarse = index.search_batch(queries, 10, Budget(4, 8), mode="coarse", shortlist=len(ids))
     exact = index.search_batch(queries, 10, Budget(4, 8))
@@ -136,18 +131,7 @@ def test_exact_search_decodes_a_bounded_chunk_at_a_time(pq_index, monkeypatch) -
 
 def test_the_codebook_survives_reopen_merge_and_save(pq_index, tmp_path) -> None:
     index, ids, candidates, queries = pq_index
-    before = [[(h.id, h.score) for h in row] for row in index.search_batch(queries, 5, Budget(4, 8))]
-    index.delete(ids[:70])  # a mostly-deleted segment is rewritten: codes are copied, not re-encoded
-    index.add(ids[:70], candidates[:70])  # later adds use the same codebooks
-    index.save(tmp_path / "copy.index")
-    assert len(list((tmp_path / "copy.index").glob("codec-*.npz"))) == 1
-    index.close()
-    with MultiVectorIndex.open(tmp_path / "copy.index") as reopened:
-        assert reopened.dtype == "pq2" and reopened.training_items == 0
-        after = [[(h.id, h.score) for h in row] for row in reopened.search_batch(queries, 5, Budget(4, 8))]
-        assert MultiVectorIndex.check(tmp_path / "copy.index") == []
-    assert [[i for i, _ in row] for row in after] == [[i for i, _ in row] for row in before]
-    np.testing.assert_allclose([s for row in after for _, s in row], [s for row in before for _, s in row], rtol=1e-6)
+    survives_merge_save_and_reopen(index, ids, candidates, queries, 70, tmp_path / "copy.index")
 
 
 def test_a_damaged_or_missing_codebook_is_detected(pq_index) -> None:

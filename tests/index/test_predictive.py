@@ -8,11 +8,10 @@ import torch
 
 from metaembed.budget import Budget
 from metaembed.errors import InputError
-from metaembed.index import MultiVectorIndex
 from metaembed.index.codecs import get_codec
 from metaembed.index.codecs.predictive import allocate
 
-from .conftest import brute_force, built_in_two_adds, unit_vectors
+from .conftest import built_in_two_adds, search_matches_brute_force, survives_merge_save_and_reopen, unit_vectors
 
 
 def grouped_items(seed: int, items: int, count: int = 8, dim: int = 32) -> torch.Tensor:
@@ -116,12 +115,7 @@ def test_search_equals_brute_force_over_the_decoded_vectors(ppq_index, tmp_path,
     exported = torch.cat([vectors for _, vectors in index.export(batch=64)])
     torch.testing.assert_close(exported, decoded, rtol=0, atol=0)
     assert (decoded - candidates).pow(2).sum(-1).mean() < 0.05
-    for budget in (Budget(1, 1), Budget(2, 4), Budget(4, 8)):
-        found = index.search_batch(queries[:, : budget.r_q], 10, budget)
-        expected = brute_force(queries, decoded, ids, budget.r_q, budget.r_c, 10)
-        for hits, reference in zip(found, expected):
-            assert [h.id for h in hits] == [i for i, _ in reference]
-            np.testing.assert_allclose([h.score for h in hits], [s for _, s in reference], rtol=1e-5, atol=1e-5)
+    search_matches_brute_force(index, queries, decoded, ids)
     exact = [[h.id for h in row] for row in index.search_batch(queries, 10, Budget(4, 8))]
     for mode in ("coarse", "ann"):  # first stages read vector 0 from its slabs; with everything shortlisted, exact
         found = index.search_batch(queries, 10, Budget(4, 8), mode=mode, shortlist=len(ids))
@@ -136,17 +130,7 @@ def test_search_equals_brute_force_over_the_decoded_vectors(ppq_index, tmp_path,
 
 def test_the_state_survives_reopen_merge_and_save(ppq_index, tmp_path) -> None:
     index, ids, candidates, queries = ppq_index
-    before = [[(h.id, h.score) for h in row] for row in index.search_batch(queries, 5, Budget(4, 8))]
-    index.delete(ids[:350])  # a mostly-deleted segment is rewritten: the streams are copied, not re-encoded
-    index.add(ids[:350], candidates[:350])
-    index.save(tmp_path / "copy.index")
-    index.close()
-    with MultiVectorIndex.open(tmp_path / "copy.index") as reopened:
-        assert reopened.dtype == "ppq2" and reopened.training_items == 0
-        after = [[(h.id, h.score) for h in row] for row in reopened.search_batch(queries, 5, Budget(4, 8))]
-        assert MultiVectorIndex.check(tmp_path / "copy.index") == []
-    assert [[i for i, _ in row] for row in after] == [[i for i, _ in row] for row in before]
-    np.testing.assert_allclose([s for row in after for _, s in row], [s for row in before for _, s in row], rtol=1e-6)
+    survives_merge_save_and_reopen(index, ids, candidates, queries, 350, tmp_path / "copy.index")
 
 
 @pytest.mark.parametrize("run", [1, 2, 3, 6, 12, 16])
