@@ -197,7 +197,8 @@ class PredictiveProductQuantizer(Codec):
         for run in sorted({dim // w for w in widths[1:]}):
             chosen = torch.cat([residuals[j - 1] for j in range(1, count) if dim // widths[j] == run])
             state[f"run{run}"] = train_codebooks(chosen, run)
-        # Closed loop: refit each position's weights and scale on the vectors decoding gives.
+        # Closed loop: refit each position's weights and scale on the vectors decoding gives. codec.weights and
+        # codec.scales share memory with its state arrays, so the refit values are what state() saves.
         state.update(widths=np.array(widths, dtype=np.int64), weights=weights.numpy().copy(), scales=scales.numpy().copy())
         codec = PredictiveProductQuantizer(self.bits, state)
         decoded = torch.empty_like(x)
