@@ -1,8 +1,9 @@
 """Compiled kernels: the fused budgeted MaxSim of :mod:`metaembed.native.maxsim` (C, AVX2 + FMA + F16C),
 and the apq2 encoder (``apq.c``, portable C: :func:`apq_encode`).
 
-The kernel picks the widest vector instructions this CPU has (AVX-512 where
-present, else AVX2); ``METAEMBED_NATIVE_ISA=avx2`` keeps it on AVX2.
+The kernel picks the widest instructions this CPU has (Intel's AMX tiles for
+float16 / bfloat16 candidates where present, AVX-512, else AVX2);
+``METAEMBED_NATIVE_ISA=avx2`` (or ``avx512``) keeps it there.
 The extension is built by ``pip install`` when a C compiler is present and is
 optional: where it is missing, cannot run on this CPU, or is switched off with
 ``METAEMBED_NATIVE=0``, :func:`available` is false and :mod:`metaembed.scoring`
@@ -71,23 +72,36 @@ def apq_encode(vectors: torch.Tensor, centroids: torch.Tensor, eta: float, passe
     return codes
 
 
-_ISA_CODES = {"auto": 0, "avx2": 1, "avx512": 2}
+_ISA_CODES = {"auto": 0, "avx2": 1, "avx512": 2, "amx": 3}
 
 
-def isa() -> str | None:
-    """The instruction set the kernel runs with here: ``"avx512"``, ``"avx2"``, or ``None`` when unavailable.
-
-    ``METAEMBED_NATIVE_ISA`` (``avx2``, ``avx512`` or ``auto``) overrides the automatic choice.
-    """
-    if not available():
-        return None
+def _wanted() -> str:
     wanted = os.environ.get("METAEMBED_NATIVE_ISA", "auto").strip().lower()
     if wanted not in _ISA_CODES:
         raise ValueError(f"METAEMBED_NATIVE_ISA must be one of {sorted(_ISA_CODES)}, got {wanted!r}")
+    return wanted
+
+
+def isa() -> str | None:
+    """The instruction set the kernel runs with here: ``"amx"``, ``"avx512"``, ``"avx2"``, or ``None`` when unavailable.
+
+    ``"amx"`` (Intel's tile unit, Sapphire Rapids and later, where the OS grants it) scores float16
+    and bfloat16 candidates at fp32 accuracy for batches of at least 64 query rows (every batch
+    when pinned); other storage and smaller batches run on AVX-512. ``METAEMBED_NATIVE_ISA``
+    (``avx2``, ``avx512``, ``amx`` or ``auto``) overrides the automatic choice.
+    """
+    if not available():
+        return None
+    wanted = _wanted()
     has_avx512 = bool(_maxsim.has_avx512())
+    has_amx = has_avx512 and bool(_maxsim.has_amx())
     if wanted == "avx512" and not has_avx512:
         raise NativeUnsupported("METAEMBED_NATIVE_ISA=avx512 but this CPU has no AVX-512")
-    return "avx2" if wanted == "avx2" or not has_avx512 else "avx512"
+    if wanted == "amx" and not has_amx:
+        raise NativeUnsupported("METAEMBED_NATIVE_ISA=amx but this CPU (or its OS) offers no AMX tiles")
+    if wanted == "avx2" or not has_avx512:
+        return "avx2"
+    return "amx" if wanted in ("auto", "amx") and has_amx else "avx512"
 
 
 def _pointers(tensors: Sequence[torch.Tensor]) -> bytes:
@@ -127,8 +141,7 @@ def score_run(
     Raises:
         NativeUnsupported: the kernel is unavailable or these layouts are outside it.
     """
-    instruction_set = isa()
-    if instruction_set is None:
+    if isa() is None:
         raise NativeUnsupported("the compiled MaxSim kernel is not available")
     dtype = positions[0].dtype
     if dtype not in _DTYPE_CODES or any(block.dtype != dtype for block in positions):
@@ -154,7 +167,7 @@ def score_run(
         query_rows.data_ptr(), num_rows, r_q, dim,
         _pointers(positions), row_stride, _DTYPE_CODES[dtype],
         scale_pointers, scale_stride, groups,
-        count, out.data_ptr(), out.stride(0), _ISA_CODES[instruction_set], 0 if rows is None else rows.data_ptr(),
+        count, out.data_ptr(), out.stride(0), _ISA_CODES[_wanted()], 0 if rows is None else rows.data_ptr(),
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 /*
- * Fused budgeted MaxSim for x86-64 CPUs with AVX2 + FMA + F16C, and AVX-512 where present.
+ * Fused budgeted MaxSim for x86-64 CPUs with AVX2 + FMA + F16C, AVX-512 where present, and Intel's
+ * AMX tile unit for float16 / bfloat16 candidates where present (maxsim_amx.h).
  *
  * Why a hand-written kernel: scoring a query batch against candidates position by
  * position with a BLAS GEMM and a separate max pass leaves a third to a half of the
@@ -19,7 +20,7 @@
  * done, each query's r_q maxima are summed into the output.
  *
  * Arithmetic is fp32 throughout (fp16/bf16/int8 storage loses nothing beyond its own
- * rounding). The module compiles on any platform; `available()` says whether this CPU
+ * rounding; the AMX path multiplies exact bf16 parts of the values and sums in fp32). The module compiles on any platform; `available()` says whether this CPU
  * can run the kernel, and the Python side falls back to the BLAS path when it cannot.
  */
 #define PY_SSIZE_T_CLEAN
@@ -64,23 +65,30 @@ typedef struct {
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 
+static const int64_t ELEMENT_BYTES[] = {4, 2, 2, 1}; /* by dtype */
+
+/* The row of candidate `first + i` (of n read in order) at one position, through job->index when set. */
+static inline int64_t candidate_row(const Job *job, int64_t position, int64_t first, int64_t i, int64_t n) {
+    const int64_t row = job->index ? job->index[first + i] : first + i;
+    const int64_t bytes = ELEMENT_BYTES[job->dtype], row_bytes = job->dim * bytes, stride_bytes = job->row_stride * bytes;
+    if ((job->index || stride_bytes > 2 * row_bytes) && i + PREFETCH_ROWS < n) {
+        /* A shortlist's rows come in no order the hardware prefetcher can follow, and a prefix of
+         * long rows leaves gaps (a page apart) that it does not cross: ask for a later row now,
+         * so that its cache (and TLB) misses overlap the work on this one. */
+        const int64_t ahead = job->index ? job->index[first + i + PREFETCH_ROWS] : first + i + PREFETCH_ROWS;
+        const char *next = (const char *)job->positions[position] + ahead * stride_bytes;
+        for (int64_t byte = 0; byte < row_bytes; byte += 64)
+            _mm_prefetch(next + byte, _MM_HINT_T0);
+    }
+    return row;
+}
+
 /* Upcast `n` candidate rows of one position into dst (n, dim) fp32 (through job->index when set). */
 TARGET static void upcast_rows(const Job *job, int64_t position, int64_t first, int64_t n, float *dst) {
     const int64_t dim = job->dim;
-    static const int64_t element_bytes[] = {4, 2, 2, 1}; /* by dtype */
     const char *base = (const char *)job->positions[position];
-    const int64_t row_bytes = dim * element_bytes[job->dtype], stride_bytes = job->row_stride * element_bytes[job->dtype];
     for (int64_t i = 0; i < n; i++) {
-        const int64_t row = job->index ? job->index[first + i] : first + i;
-        if ((job->index || stride_bytes > 2 * row_bytes) && i + PREFETCH_ROWS < n) {
-            /* A shortlist's rows come in no order the hardware prefetcher can follow, and a prefix of
-             * long rows leaves gaps (a page apart) that it does not cross: ask for a later row now,
-             * so that its cache (and TLB) misses overlap the work on this one. */
-            const int64_t ahead = job->index ? job->index[first + i + PREFETCH_ROWS] : first + i + PREFETCH_ROWS;
-            const char *next = base + ahead * stride_bytes;
-            for (int64_t byte = 0; byte < row_bytes; byte += 64)
-                _mm_prefetch(next + byte, _MM_HINT_T0);
-        }
+        const int64_t row = candidate_row(job, position, first, i, n);
         float *out = dst + i * dim;
         int64_t k = 0;
         switch (job->dtype) {
@@ -181,10 +189,19 @@ typedef void (*TileFn)(int, const float *, int64_t, const float *, int64_t, floa
 typedef struct Isa {
     int64_t lanes, mr;
     TileFn wide, narrow;
+    int64_t amx_rows; /* jobs of at least this many query rows on float16 / bfloat16 candidates go to the
+                       * tile unit (maxsim_amx.h), the rest to the AVX-512 tiles; 0: never */
 } Isa;
 
-static const Isa ISA_AVX2 = {8, 6, tile_wide_avx2, tile_narrow_avx2};
-static const Isa ISA_AVX512 = {16, 8, tile_wide_avx512, tile_narrow_avx512};
+#ifndef AMX_MIN_ROWS
+#define AMX_MIN_ROWS 64 /* below four 16-row query tiles, splitting the candidates into bf16 costs more than
+                         * the tile unit saves (budget (2,4) x 16 queries: 10% slower than AVX-512) */
+#endif
+
+static const Isa ISA_AVX2 = {8, 6, tile_wide_avx2, tile_narrow_avx2, 0};
+static const Isa ISA_AVX512 = {16, 8, tile_wide_avx512, tile_narrow_avx512, 0};
+static const Isa ISA_AMX = {16, 8, tile_wide_avx512, tile_narrow_avx512, 1};             /* pinned: every job */
+static const Isa ISA_AMX_AUTO = {16, 8, tile_wide_avx512, tile_narrow_avx512, AMX_MIN_ROWS}; /* where it pays */
 
 /* Pack query rows (rows, dim) into panels of two vectors of query rows (and a last one of one vector),
  * k-major, zero padded. */
@@ -208,10 +225,40 @@ static float *scratch(int64_t values) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
+/* Sum each query's r_q maxima: out[q, c0 + i] = sum_t best[i, q * r_q + t] for the n candidates of a
+ * block (best: n rows of `padded` query rows). Query-major, so each output row is written contiguously
+ * (candidate-major stores would touch one cache line per query per candidate: a third of the time at
+ * budget (1,1)). */
+static void sum_maxima(const Job *job, const float *best, int64_t padded, int64_t c0, int64_t n) {
+    for (int64_t q = 0; q < job->rows / job->r_q; q++) {
+        float *target = job->out + q * job->out_stride + c0;
+        const float *column = best + q * job->r_q;
+        for (int64_t i = 0; i < n; i++) {
+            float total = 0.0f;
+            for (int64_t t = 0; t < job->r_q; t++)
+                total += column[i * padded + t];
+            target[i] = total;
+        }
+    }
+}
+
+static int cpu_ok(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return cpu_ok() && __builtin_cpu_supports("avx512f");
+}
+
+#include "maxsim_amx.h"
+
 TARGET static int run_job(const Job *job, const Isa *isa) {
+    if (isa->amx_rows && job->rows >= isa->amx_rows && (job->dtype == DTYPE_F16 || job->dtype == DTYPE_BF16))
+        return run_job_amx(job);
     const int64_t dim = job->dim, rows = job->rows, mr_full = isa->mr;
     const int64_t padded = (rows + isa->lanes - 1) / isa->lanes * isa->lanes;
-    const int64_t num_queries = rows / job->r_q;
     float *packed = scratch(padded * dim);
     int64_t cb = BLOCK_BYTES / (dim * (int64_t)sizeof(float)) / mr_full * mr_full;
     cb = cb < mr_full ? mr_full : cb > CB_MAX ? CB_MAX : cb;
@@ -257,38 +304,22 @@ TARGET static int run_job(const Job *job, const Isa *isa) {
                 }
             }
         }
-        /* Sum each query's r_q maxima: out[q, c0 + i] = sum_t best[i, q * r_q + t]. Query-major,
-         * so each output row is written contiguously (candidate-major stores would touch one
-         * cache line per query per candidate: a third of the time at budget (1,1)). */
-        for (int64_t q = 0; q < num_queries; q++) {
-            float *target = job->out + q * job->out_stride + c0;
-            const float *column = best + q * job->r_q;
-            for (int64_t i = 0; i < n; i++) {
-                float total = 0.0f;
-                for (int64_t t = 0; t < job->r_q; t++)
-                    total += column[i * padded + t];
-                target[i] = total;
-            }
-        }
+        sum_maxima(job, best, padded, c0, n);
     }
     free(packed); free(upcast); free(partial); free(best);
     return 0;
 }
 
-static int cpu_ok(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
-
-static int cpu_has_avx512(void) {
-    __builtin_cpu_init();
-    return cpu_ok() && __builtin_cpu_supports("avx512f");
-}
-
-/* ISA wanted: 0 = the widest this CPU has, 1 = AVX2, 2 = AVX-512 (NULL if this CPU lacks it). */
+/* ISA wanted: 0 = the widest this CPU has, 1 = AVX2, 2 = AVX-512, 3 = AMX (NULL if this CPU lacks it). */
 static const Isa *pick_isa(int wanted) {
     if (wanted == 1)
         return &ISA_AVX2;
+    if (wanted == 3 || wanted == 0) {
+        if (amx_usable())
+            return wanted == 3 ? &ISA_AMX : &ISA_AMX_AUTO;
+        if (wanted == 3)
+            return NULL;
+    }
     if (wanted == 2 || wanted == 0)
         return cpu_has_avx512() ? &ISA_AVX512 : wanted == 0 ? &ISA_AVX2 : NULL;
     return NULL;
@@ -300,6 +331,7 @@ typedef struct Isa Isa;
 static int run_job(const Job *job, const Isa *isa) { (void)job; (void)isa; return -2; }
 static int cpu_ok(void) { return 0; }
 static int cpu_has_avx512(void) { return 0; }
+static int amx_usable(void) { return 0; }
 static const Isa *pick_isa(int wanted) { (void)wanted; return NULL; }
 
 #endif
@@ -322,6 +354,11 @@ static PyObject *py_has_avx512(PyObject *self, PyObject *args) {
  * while the kernel runs. The caller validates shapes; this only guards against values that
  * would make the kernel index out of range.
  */
+static PyObject *py_has_amx(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    return PyBool_FromLong(cpu_ok() && amx_usable());
+}
+
 static PyObject *py_score(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long queries, out, index = 0;
@@ -364,6 +401,7 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "True when this CPU can run the fused kernel (AVX2, FMA, F16C)."},
     {"has_avx512", py_has_avx512, METH_NOARGS, "True when this CPU also runs the AVX-512 variant."},
+    {"has_amx", py_has_amx, METH_NOARGS, "True when this CPU and OS run the AMX path (float16 / bfloat16 candidates)."},
     {"score", py_score, METH_VARARGS, "Fused budgeted MaxSim over one run of candidates (see maxsim.c)."},
     {NULL, NULL, 0, NULL}};
 

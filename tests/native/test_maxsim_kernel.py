@@ -12,11 +12,17 @@ from metaembed.scoring import CandidateSource, query_matrix, score_many, score_s
 needs_kernel = pytest.mark.skipif(not native.available(), reason="the compiled MaxSim kernel is not built here")
 
 
-@pytest.fixture(autouse=True, params=["avx2", "avx512"])
+def has_amx() -> bool:
+    return native._maxsim is not None and bool(native._maxsim.has_avx512()) and bool(native._maxsim.has_amx())
+
+
+@pytest.fixture(autouse=True, params=["avx2", "avx512", "amx"])
 def instruction_set(request, monkeypatch) -> str:
-    """Every test runs on both vector widths of the kernel, where this CPU has them."""
+    """Every test runs on each instruction set of the kernel that this CPU has (AMX pinned: every job on the tiles)."""
     if request.param == "avx512" and not (native._maxsim is not None and native._maxsim.has_avx512()):
         pytest.skip("this CPU has no AVX-512")
+    if request.param == "amx" and not has_amx():
+        pytest.skip("this CPU (or its OS) has no AMX tiles")
     monkeypatch.setenv("METAEMBED_NATIVE_ISA", request.param)
     return request.param
 
@@ -51,6 +57,35 @@ def test_matches_the_reference_for_every_tiling_edge(shape, dtype: torch.dtype) 
     stored = torch.randn(r_c, count, dim, generator=generator).to(dtype)
     got = run(queries, r_q, list(stored))
     np.testing.assert_allclose(got.numpy(), reference(queries, stored.float(), r_q), rtol=1e-4, atol=1e-4 * dim**0.5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 16, 50, 64, 128), (20, 4, 300, 8, 384), (5, 1, 17, 1, 2048), (3, 5, 37, 3, 100)],
+                         ids=str)
+def test_compact_storage_scores_at_fp32_accuracy(shape, dtype: torch.dtype) -> None:
+    # Every path computes in fp32 (AMX: the exact bf16 parts of the stored values times the query's
+    # three bf16 parts). Dropping one of those products shows here: 3.5e-6 at the first shape.
+    num_queries, r_q, count, r_c, dim = shape
+    generator = torch.Generator().manual_seed(dim)
+    queries = torch.nn.functional.normalize(torch.randn(num_queries, r_q, dim, generator=generator), dim=-1)
+    stored = torch.nn.functional.normalize(torch.randn(r_c, count, dim, generator=generator), dim=-1).to(dtype)
+    error = np.abs(run(queries, r_q, list(stored)).numpy() - reference(queries, stored.float(), r_q)).max()
+    assert error < 1.5e-6
+
+
+@needs_kernel
+def test_the_automatic_choice_scores_batches_on_either_side_of_the_tile_threshold(monkeypatch, instruction_set: str) -> None:
+    if instruction_set != "amx":
+        pytest.skip("the automatic choice between AMX and AVX-512 is what this checks")
+    monkeypatch.setenv("METAEMBED_NATIVE_ISA", "auto")
+    assert native.isa() == "amx"
+    generator = torch.Generator().manual_seed(9)
+    stored = torch.randn(4, 70, 96, generator=generator).half()
+    for num_queries, r_q in [(2, 4), (16, 4), (8, 16)]:  # 8 rows: AVX-512; 64 and 128: the tiles
+        queries = torch.randn(num_queries, r_q, 96, generator=generator)
+        np.testing.assert_allclose(run(queries, r_q, list(stored)).numpy(), reference(queries, stored.float(), r_q),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel
