@@ -269,9 +269,17 @@ class PredictiveProductQuantizer(Codec):
         return self._finish(values + self.mean if j == 0 else prediction + self.scales[j] * values)
 
     def _prediction(self, j: int, decoded: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[j, k] decoded[k] over k < j, term by term in order: every item gets the same bits
+        whatever else is decoded with it (a BLAS product picks its kernel by shape: one item alone came
+        out 1e-7 off the same item in a batch, so a vector read by id differed from its exported copy)."""
         if j == 0:
             return torch.zeros(())
-        return torch.einsum("k,k...d->...d", self.weights[j, :j], decoded[:j])
+        weights = self.weights[j, :j].tolist()
+        total = decoded[0] * weights[0]
+        term = torch.empty_like(total)
+        for k in range(1, j):
+            total.add_(torch.mul(decoded[k], weights[k], out=term))
+        return total
 
     def encode(self, vectors: torch.Tensor) -> tuple[np.ndarray, None]:
         """Position-major fp32 items ``(R, n, D)`` as codes ``(R, n, W)``: each item's stream cut into ``R`` slabs."""
