@@ -2,7 +2,7 @@
 and the apq2 encoder (``apq.c``, portable C: :func:`apq_encode`).
 
 The kernel picks the widest instructions this CPU has (Intel's AMX tiles for
-float16 / bfloat16 candidates where present, AVX-512, else AVX2);
+float16 / bfloat16 / int8 candidates where present, AVX-512, else AVX2);
 ``METAEMBED_NATIVE_ISA=avx2`` (or ``avx512``) keeps it there.
 The extension is built by ``pip install`` when a C compiler is present and is
 optional: where it is missing, cannot run on this CPU, or is switched off with
@@ -85,8 +85,8 @@ def _wanted() -> str:
 def isa() -> str | None:
     """The instruction set the kernel runs with here: ``"amx"``, ``"avx512"``, ``"avx2"``, or ``None`` when unavailable.
 
-    ``"amx"`` (Intel's tile unit, Sapphire Rapids and later, where the OS grants it) scores float16
-    and bfloat16 candidates at fp32 accuracy for batches of at least 64 query rows (every batch
+    ``"amx"`` (Intel's tile unit, Sapphire Rapids and later, where the OS grants it) scores float16,
+    bfloat16 and int8 candidates at fp32 accuracy for batches of at least 64 query rows (every batch
     when pinned); other storage and smaller batches run on AVX-512. ``METAEMBED_NATIVE_ISA``
     (``avx2``, ``avx512``, ``amx`` or ``auto``) overrides the automatic choice.
     """

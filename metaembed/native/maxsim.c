@@ -1,6 +1,6 @@
 /*
  * Fused budgeted MaxSim for x86-64 CPUs with AVX2 + FMA + F16C, AVX-512 where present, and Intel's
- * AMX tile unit for float16 / bfloat16 candidates where present (maxsim_amx.h).
+ * AMX tile unit for float16 / bfloat16 / int8 candidates where present (maxsim_amx.h).
  *
  * Why a hand-written kernel: scoring a query batch against candidates position by
  * position with a BLAS GEMM and a separate max pass leaves a third to a half of the
@@ -189,7 +189,7 @@ typedef void (*TileFn)(int, const float *, int64_t, const float *, int64_t, floa
 typedef struct Isa {
     int64_t lanes, mr;
     TileFn wide, narrow;
-    int64_t amx_rows; /* jobs of at least this many query rows on float16 / bfloat16 candidates go to the
+    int64_t amx_rows; /* jobs of at least this many query rows on storage the tiles hold exactly go to the
                        * tile unit (maxsim_amx.h), the rest to the AVX-512 tiles; 0: never */
 } Isa;
 
@@ -255,7 +255,7 @@ static int cpu_has_avx512(void) {
 #include "maxsim_amx.h"
 
 TARGET static int run_job(const Job *job, const Isa *isa) {
-    if (isa->amx_rows && job->rows >= isa->amx_rows && (job->dtype == DTYPE_F16 || job->dtype == DTYPE_BF16))
+    if (isa->amx_rows && job->rows >= isa->amx_rows && amx_serves(job))
         return run_job_amx(job);
     const int64_t dim = job->dim, rows = job->rows, mr_full = isa->mr;
     const int64_t padded = (rows + isa->lanes - 1) / isa->lanes * isa->lanes;
@@ -401,7 +401,7 @@ static PyObject *py_score(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "True when this CPU can run the fused kernel (AVX2, FMA, F16C)."},
     {"has_avx512", py_has_avx512, METH_NOARGS, "True when this CPU also runs the AVX-512 variant."},
-    {"has_amx", py_has_amx, METH_NOARGS, "True when this CPU and OS run the AMX path (float16 / bfloat16 candidates)."},
+    {"has_amx", py_has_amx, METH_NOARGS, "True when this CPU and OS run the AMX path (float16 / bfloat16 / int8 candidates)."},
     {"score", py_score, METH_VARARGS, "Fused budgeted MaxSim over one run of candidates (see maxsim.c)."},
     {NULL, NULL, 0, NULL}};
 

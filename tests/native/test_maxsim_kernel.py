@@ -60,7 +60,7 @@ def test_matches_the_reference_for_every_tiling_edge(shape, dtype: torch.dtype) 
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("shape", [(16, 16, 50, 64, 128), (20, 4, 300, 8, 384), (5, 1, 17, 1, 2048), (3, 5, 37, 3, 100)],
                          ids=str)
 def test_compact_storage_scores_at_fp32_accuracy(shape, dtype: torch.dtype) -> None:
@@ -69,9 +69,18 @@ def test_compact_storage_scores_at_fp32_accuracy(shape, dtype: torch.dtype) -> N
     num_queries, r_q, count, r_c, dim = shape
     generator = torch.Generator().manual_seed(dim)
     queries = torch.nn.functional.normalize(torch.randn(num_queries, r_q, dim, generator=generator), dim=-1)
-    stored = torch.nn.functional.normalize(torch.randn(r_c, count, dim, generator=generator), dim=-1).to(dtype)
-    error = np.abs(run(queries, r_q, list(stored)).numpy() - reference(queries, stored.float(), r_q)).max()
-    assert error < 1.5e-6
+    unit = torch.nn.functional.normalize(torch.randn(r_c, count, dim, generator=generator), dim=-1)
+    scales = None
+    if dtype == torch.int8:  # as the index stores it: a scale per group of 64 values (one group if D is not a multiple)
+        groups = unit.unflatten(-1, (dim // 64 if dim % 64 == 0 else 1, -1))
+        scales = groups.abs().amax(-1) / 127
+        stored = (groups / scales[..., None]).round().to(torch.int8).flatten(-2)
+        values = (stored.float().unflatten(-1, groups.shape[-2:]) * scales[..., None]).flatten(-2)
+    else:
+        stored = unit.to(dtype)
+        values = stored.float()
+    got = run(queries, r_q, list(stored), None if scales is None else list(scales))
+    assert np.abs(got.numpy() - reference(queries, values, r_q)).max() < 1.5e-6
 
 
 @needs_kernel
