@@ -69,3 +69,18 @@ def test_the_pattern_recognises_a_spill() -> None:
     assert VECTOR_STORE_TO_STACK.search("60b3:\tvmovups %zmm3,0xc8(%rbp)")
     assert not VECTOR_STORE_TO_STACK.search("43cc:\tvmovups %ymm0,(%r11)")
     assert not VECTOR_STORE_TO_STACK.search("60a7:\tvmovaps -0x78(%rsp),%ymm5")  # a reload is not a store
+
+
+def test_the_amx_path_multiplies_on_the_tile_unit() -> None:
+    # The AMX path is compiled on every x86-64 build (it runs only where the CPU has tiles), so its
+    # tile products must be in the machine code wherever the kernel is: 5 per query tile with a float16
+    # lo part, 3 without, for 1-4 query tiles (GCC may keep them in helpers or inline them).
+    import platform
+
+    if native._maxsim is None or shutil.which("objdump") is None or platform.machine() != "x86_64":
+        pytest.skip("no built x86-64 kernel or no objdump here")
+    functions = disassembly_by_function(native._maxsim.__file__)
+    products = sum("tdpbf16ps" in line for label, body in functions.items() if "amx" in label for line in body)
+    if not functions:
+        pytest.skip("the extension carries no symbol table (stripped)")
+    assert products >= (5 + 3) * (1 + 2 + 3 + 4), f"the AMX path holds {products} tile products"
