@@ -36,6 +36,9 @@
 #define AMX_BLOCK_BYTES (512 * 1024) /* bf16 hi + lo bytes per candidate block */
 #endif
 
+#define ARCH_REQ_XCOMP_PERM 0x1023 /* arch_prctl request of <asm/prctl.h> (Linux 5.16+) */
+#define XFEATURE_XTILEDATA 18
+
 /* The 64-byte tile configuration of palette 1 (Intel SDM, LDTILECFG). */
 typedef struct {
     uint8_t palette_id, start_row, reserved[14];
@@ -55,7 +58,7 @@ static int amx_usable(void) {
         /* Linux hands out the 8 KiB of tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA);
          * without it the first tile instruction faults. The permission is the whole process's. */
         if (yes)
-            yes = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+            yes = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
         state = yes;
     }
     return state;
