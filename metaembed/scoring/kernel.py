@@ -19,9 +19,10 @@ very slow fallback (docs/results/lab-notes.md has the measurements):
   them) is upcast to fp32 one ``(chunk, D)`` block at a time; arithmetic is
   always fp32, so fp16 storage loses nothing beyond its own rounding.
 * Where the compiled kernel of :mod:`metaembed.native` is built (x86-64 with
-  AVX2 + FMA + F16C; AVX-512 used where present), each chunk is scored by it
-  instead: the same position-major walk, but the max over positions and the sum
-  over query vectors are fused into the register tiles of the product, so nothing
+  AVX2 + FMA + F16C; AVX-512 used where present, and AMX tiles for float16 /
+  bfloat16 / int8 storage at fp32 accuracy), each chunk is scored by it instead:
+  the same position-major walk, but the max over positions and the sum over
+  query vectors are fused into the register tiles of the product, so nothing
   is re-packed or written back per position (faster than the BLAS path at the
   ladder's budgets; see benchmarks/results/). The BLAS path below remains for every other CPU
   and layout, and ``METAEMBED_NATIVE=0`` selects it.
