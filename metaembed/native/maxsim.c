@@ -20,7 +20,8 @@
  * done, each query's r_q maxima are summed into the output.
  *
  * Arithmetic is fp32 throughout (fp16/bf16/int8 storage loses nothing beyond its own
- * rounding; the AMX path multiplies exact bf16 parts of the values and sums in fp32). The module compiles on any platform; `available()` says whether this CPU
+ * rounding; the AMX path multiplies exact bf16 parts of the values and sums in fp32).
+ * The module compiles on any platform; `available()` says whether this CPU
  * can run the kernel, and the Python side falls back to the BLAS path when it cannot.
  */
 #define PY_SSIZE_T_CLEAN
