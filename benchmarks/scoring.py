@@ -376,19 +376,23 @@ def _cpu_fields() -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in fields.items()}
 
 
-# AMD family numbers of the Zen generations: 23 = Zen 1/2, 25 = Zen 3/4, 26 = Zen 5. Family 25 spans Zen 3
-# and Zen 4, which differ in AVX-512 (a hypervisor may hide it: the shared development machine reports
-# family 25 model 17 without it), so the class follows what the kernel can use.
+# AMD family numbers of the Zen generations: 23 = Zen 1/2, 25 = Zen 3/4, 26 = Zen 5. Family 23 models
+# below 0x30 are Zen 1 and Zen+ (two 128-bit FMA pipes: half Zen 2's fp32 rate; QEMU's "EPYC" model
+# reports family 23 model 1), the rest Zen 2. Family 25 spans Zen 3 and Zen 4, which differ in AVX-512
+# (a hypervisor may hide it: the shared development machine reports family 25 model 17 without it), so
+# the class follows what the kernel can use.
 _AMD_FAMILIES = {"23": "zen2", "25": "zen3", "26": "zen5"}
 
 
 def cpu_class() -> str:
-    """A short name of this CPU class for result files: ``zen3``, ``zen5``, ``intel-6-143`` ..."""
+    """A short name of this CPU class for result files: ``zen1``, ``zen3``, ``zen5``, ``intel-6-143`` ..."""
     fields = _cpu_fields()
     family, model = fields.get("cpu family", "?"), fields.get("model", "?")
     if fields.get("vendor_id") == "AuthenticAMD" and family in _AMD_FAMILIES:
         if family == "25" and "avx512f" in fields.get("flags", "").split():
             return "zen4"
+        if family == "23" and model.isdigit() and int(model) < 0x30:
+            return "zen1"
         return _AMD_FAMILIES[family]
     vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), platform.machine())
     return f"{vendor}-{family}-{model}"

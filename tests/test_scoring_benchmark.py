@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import peers
+from benchmarks import scoring
 from benchmarks.scoring import main
 
 
@@ -41,3 +44,18 @@ def test_quick_benchmark_runs_every_scorer_and_they_agree(tmp_path) -> None:
         peer = next(r for r in rows if (r["size"], r["budget"], r["method"]) == (cell["size"], cell["budget"], cell["fastest_peer"]))
         peer_latency = peer.get("latency_s_at_full_n", peer["latency_s"])
         assert abs(cell["speedup_at_100pct_of_peak"] - peer_latency * peak / ours["flops"]) < 1e-9 * peak
+
+
+@pytest.mark.parametrize(("vendor", "family", "model", "flags", "expected"), [
+    ("AuthenticAMD", "23", "1", "fma avx2", "zen1"),        # QEMU's "EPYC" model (Naples)
+    ("AuthenticAMD", "23", "8", "fma avx2", "zen1"),        # Zen+
+    ("AuthenticAMD", "23", "49", "fma avx2", "zen2"),       # Rome, model 0x31
+    ("AuthenticAMD", "25", "17", "fma avx2", "zen3"),       # the development machine: AVX-512 hidden
+    ("AuthenticAMD", "25", "17", "avx2 avx512f", "zen4"),
+    ("AuthenticAMD", "26", "2", "avx2 avx512f", "zen5"),
+    ("GenuineIntel", "6", "167", "avx2 avx512f amx_bf16", "intel-6-167"),
+])
+def test_result_files_are_named_by_cpu_class(monkeypatch, vendor, family, model, flags, expected) -> None:
+    fields = {"vendor_id": vendor, "cpu family": family, "model": model, "flags": flags}
+    monkeypatch.setattr(scoring, "_cpu_fields", lambda: fields)
+    assert scoring.cpu_class() == expected
