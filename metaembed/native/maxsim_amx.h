@@ -261,7 +261,7 @@ TARGET_AMX static int run_job_amx(const Job *job) {
                     }
                 }
         }
-        sum_maxima(job, best, padded, c0, n);
+        sum_maxima(job, best, padded, c0, n, sums); /* sums (>= cb x padded values) is free again here */
     }
     _tile_release();
     free(query_parts); free(ahi); free(alo); free(best); free(sums); free(scale); free(group_sums);

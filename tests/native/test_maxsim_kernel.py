@@ -42,9 +42,12 @@ def run(queries: torch.Tensor, r_q: int, positions, scales=None, width: int | No
 
 # (queries, r_q, candidates, r_c, D): query rows below, at and between the 8/16/32-wide panels;
 # candidate counts that leave partial 6- or 8-row tiles and partial blocks; D below 8, not a multiple
-# of 8, and above the 256-value K block with a remainder.
+# of 8, and above the 256-value K block with a remainder. The last three reach the 8 x 8 transposes that
+# sum each query's maxima (r_q = 1 straight into the output, r_q > 1 through its scratch) with query
+# and candidate counts that leave partial blocks of 8.
 SHAPES = [(1, 1, 1, 1, 3), (3, 5, 7, 3, 13), (2, 4, 50, 8, 128), (5, 3, 97, 5, 200), (16, 16, 49, 64, 64),
-          (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520), (3, 8, 61, 2, 300)]
+          (4, 2, 13, 2, 1030), (2, 12, 6, 4, 520), (3, 8, 61, 2, 300),
+          (16, 1, 50, 1, 64), (11, 1, 45, 2, 32), (9, 2, 23, 3, 40)]
 
 
 @needs_kernel
