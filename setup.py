@@ -13,7 +13,7 @@ setup(
         Extension(
             "metaembed.native._maxsim",
             ["metaembed/native/maxsim.c"],
-            depends=["metaembed/native/maxsim_tile.h", "metaembed/native/maxsim_amx.h"],
+            depends=["metaembed/native/maxsim_tile.h", "metaembed/native/maxsim_amx.h", "metaembed/native/topk.h"],
             # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which stops GCC from keeping the
             # micro-kernel's addressing in registers and halves its speed (58 vs 105 GFLOP/s).
             extra_compile_args=["-O3", "-fno-wrapv", "-std=c11"],

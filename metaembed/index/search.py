@@ -199,16 +199,13 @@ def _score_in_place(views: tuple[SegmentView, ...], queries: torch.Tensor, parts
 def resolve(views: tuple[SegmentView, ...], refs: torch.Tensor) -> list[list[str]]:
     """The ids of ``refs`` ``(Q, k)``, dropping ``-1`` entries."""
     offsets = bases(views)
-    out = []
-    for row in refs.tolist():
-        ids = []
-        for ref in row:
-            if ref < 0:
-                continue
-            index = int(np.searchsorted(offsets, ref, side="right") - 1)
-            ids.append(views[index].ids[ref - offsets[index]])
-        out.append(ids)
-    return out
+    flat = refs.numpy().reshape(-1)
+    owners = (np.searchsorted(offsets, flat, side="right") - 1).reshape(refs.shape).tolist()  # one call, not one a ref
+    starts = offsets.tolist()
+    return [
+        [views[owner].ids[ref - starts[owner]] for ref, owner in zip(row, row_owners) if ref >= 0]
+        for row, row_owners in zip(refs.tolist(), owners)
+    ]
 
 
 __all__ = ["SegmentView", "exact_topk", "rerank", "gather", "resolve", "bases"]

@@ -171,4 +171,40 @@ def score_run(
     )  # fmt: skip
 
 
-__all__ = ["available", "isa", "score_run", "NativeUnsupported", "apq_available", "apq_encode"]
+# The largest k the compiled top-k takes (topk.h's TOPK_MAX): an insertion shifts up to k entries.
+TOPK_MAX = 128
+
+
+def topk_rows(scores: torch.Tensor, k: int, values: torch.Tensor, columns: torch.Tensor) -> bool:
+    """Each row's ``k`` largest scores, best first, into ``values`` / ``columns``.
+
+    Args:
+        scores: fp32 ``(R, N)`` with contiguous rows, ``1 <= k <= min(N, TOPK_MAX)``.
+        values: contiguous fp32 ``(R, k)``; receives the scores (equal scores: lower column first).
+        columns: contiguous int64 ``(R, k)``; receives their columns.
+
+    Runs on the calling thread, GIL released. NaN ranks below every number.
+
+    Returns:
+        True; False when the scores needed too many insertions into the running list (e.g.
+        scores rising along the row, where ``torch.topk`` is faster): the outputs are then
+        incomplete and the caller should use ``torch.topk``.
+
+    Raises:
+        NativeUnsupported: the kernel is unavailable or these layouts are outside it.
+    """
+    if not available():
+        raise NativeUnsupported("the compiled kernels are not available")
+    rows, cols = scores.shape
+    if (scores.dtype != torch.float32 or (cols > 1 and scores.stride(1) != 1) or (rows > 1 and scores.stride(0) < cols)
+            or not 1 <= k <= min(cols, TOPK_MAX)):
+        raise NativeUnsupported("top-k takes fp32 scores with contiguous rows and 1 <= k <= min(N, 128)")
+    if (values.dtype, columns.dtype) != (torch.float32, torch.int64) or not (values.is_contiguous() and columns.is_contiguous()):
+        raise NativeUnsupported("top-k writes contiguous fp32 values and int64 columns")
+    if values.shape != (rows, k) or columns.shape != (rows, k):
+        raise ValueError(f"top-k outputs must be ({rows}, {k})")
+    return bool(_maxsim.topk(scores.data_ptr(), rows, cols, scores.stride(0) if rows > 1 else cols, k,
+                             values.data_ptr(), columns.data_ptr()))
+
+
+__all__ = ["available", "isa", "score_run", "topk_rows", "TOPK_MAX", "NativeUnsupported", "apq_available", "apq_encode"]

@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,6 +301,7 @@ static int cpu_has_avx512(void) {
 }
 
 #include "maxsim_amx.h"
+#include "topk.h"
 
 TARGET static int run_job(const Job *job, const Isa *isa) {
     if (isa->amx_rows && job->rows >= isa->amx_rows && amx_serves(job))
@@ -380,6 +382,11 @@ static int cpu_ok(void) { return 0; }
 static int cpu_has_avx512(void) { return 0; }
 static int amx_usable(void) { return 0; }
 static const Isa *pick_isa(int wanted) { (void)wanted; return NULL; }
+static PyObject *py_topk(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    PyErr_SetString(PyExc_RuntimeError, "the compiled top-k needs an x86-64 CPU; use torch.topk");
+    return NULL;
+}
 
 #endif
 
@@ -450,6 +457,7 @@ static PyMethodDef methods[] = {
     {"has_avx512", py_has_avx512, METH_NOARGS, "True when this CPU also runs the AVX-512 variant."},
     {"has_amx", py_has_amx, METH_NOARGS, "True when this CPU and OS run the AMX path (float16 / bfloat16 / int8 candidates)."},
     {"score", py_score, METH_VARARGS, "Fused budgeted MaxSim over one run of candidates (see maxsim.c)."},
+    {"topk", py_topk, METH_VARARGS, "Each row's k largest fp32 scores, best first (see topk.h)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {
