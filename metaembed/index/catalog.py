@@ -23,11 +23,15 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from metaembed.errors import IndexCorruptError, IndexStateError
-from metaembed.index.checksum import row_check
+from metaembed.index.checksum import row_check, item_rows_sound
 
 CATALOG_NAME = "catalog.sqlite"
 FORMAT_NAME = "metaembed-multivector-index"
@@ -79,8 +83,19 @@ class Snapshot:
     generation: int
     config: dict[str, Any]
     segments: list[tuple[str, int, str | None]]  # (name, rows, checks) in insertion order
-    items: list[tuple[str, str, int]]  # (id, segment, row)
+    placed: dict[str, tuple[list[str], np.ndarray]]  # segment -> (its items' ids, their rows (n,) int64)
     damage: list[Damage] = field(default_factory=list)
+
+
+def _by_segment(items: Iterable[tuple]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """``(id, segment, row, ...)`` rows grouped as ``segment -> (ids, rows)``; items come in runs of a segment."""
+    grouped: dict[str, tuple[list[str], list[int]]] = {}
+    for segment, run in groupby(items, key=itemgetter(1)):
+        run_ids, _, run_rows, *_ = zip(*run)
+        ids, rows = grouped.setdefault(segment, ([], []))
+        ids.extend(run_ids)
+        rows.extend(run_rows)
+    return {segment: (ids, np.asarray(rows, dtype=np.int64)) for segment, (ids, rows) in grouped.items()}
 
 
 def _item_check(item_id: str, segment: str, row: int) -> int:
@@ -238,6 +253,9 @@ class Catalog:
                         continue
                     segments.append((name, rows, checks))
                     known[name] = rows
+                placed = None if damage else self._sound_items(known)
+                if placed is not None:
+                    return Snapshot(generation, config, segments, placed, damage)
                 items, taken = [], set()
                 lost: dict[str, list[str]] = {d.segment: [] for d in damage if d.segment is not None}
                 sql = "SELECT id, segment, row, NULL FROM items" if self.legacy else "SELECT id, segment, row, crc FROM items"
@@ -261,7 +279,25 @@ class Catalog:
                 self._db.execute("COMMIT")
         damage = [Damage(d.kind, d.file, d.message, d.segment, tuple(lost[d.segment])) if d.segment in lost else d
                   for d in damage]
-        return Snapshot(generation, config, segments, items, damage)
+        return Snapshot(generation, config, segments, _by_segment(items), damage)
+
+    def _sound_items(self, known: dict[str, int]) -> dict[str, tuple[list[str], np.ndarray]] | None:
+        """:attr:`Snapshot.placed` if every item row is sound, else ``None``.
+
+        The common case of :meth:`snapshot`, checked in bulk: types and checksums in one
+        pass without per-row calls, places and uniqueness with array operations per segment.
+        Any doubt returns ``None`` and the row-by-row check that names the damage runs.
+        """
+        rows = self._db.execute("SELECT id, segment, row, NULL FROM items" if self.legacy
+                                else "SELECT id, segment, row, crc FROM items").fetchall()
+        if not item_rows_sound(rows, checked=not self.legacy):
+            return None
+        placed = _by_segment(rows)
+        for segment, (_, places) in placed.items():
+            size = known.get(segment, 0)
+            if not size or places.min() < 0 or places.max() >= size or np.bincount(places).max() > 1:
+                return None
+        return placed
 
     def _read_config(self) -> dict[str, Any]:
         sql = "SELECT key, value, NULL FROM config" if self.legacy else "SELECT key, value, crc FROM config"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import crc32c
 import numpy as np
@@ -31,9 +32,30 @@ def crc(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     return crc32c.crc32c(data, value)
 
 
+_SEPARATOR = "\x1f"  # between a row's fields in the checksummed text
+
+
 def row_check(*fields: object) -> int:
     """The checksum of one catalog row: CRC-32C of its fields, unit-separated."""
-    return crc("\x1f".join("" if f is None else str(f) for f in fields).encode("utf-8", "surrogatepass"))
+    return crc(_SEPARATOR.join("" if f is None else str(f) for f in fields).encode("utf-8", "surrogatepass"))
+
+
+def item_rows_sound(rows: Iterable[tuple[object, object, object, object]], checked: bool = True) -> bool:
+    """Whether every catalog item row ``(id, segment, row, check)`` has ``str``, ``str``, ``int``
+    fields and ``check == row_check(id, segment, row)``: the bulk form, for opening an index.
+    ``checked=False`` (catalogs from before checksums) tests the types only.
+
+    One pass with no per-row calls (100k rows in a fraction of :func:`row_check`'s time);
+    the text it checksums is :func:`row_check`'s for these three fields.
+    """
+    c32 = crc32c.crc32c
+    if not checked:
+        return all(type(item_id) is str and type(segment) is str and type(row) is int for item_id, segment, row, _ in rows)
+    return all(
+        type(item_id) is str and type(segment) is str and type(row) is int
+        and check == c32(f"{item_id}\x1f{segment}\x1f{row}".encode("utf-8", "surrogatepass"))
+        for item_id, segment, row, check in rows
+    )
 
 
 @dataclass
@@ -91,6 +113,7 @@ __all__ = [
     "CHUNK_ROWS",
     "crc",
     "row_check",
+    "item_rows_sound",
     "FileChecks",
     "ChunkHasher",
     "chunk_checksum",

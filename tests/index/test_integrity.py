@@ -21,6 +21,7 @@ import torch
 from metaembed.errors import IndexCorruptError, IndexStateError, InputError
 from metaembed.index import MultiVectorIndex
 from metaembed.index.catalog import FORMAT_VERSION
+from metaembed.index.checksum import row_check
 
 from .conftest import brute_force, stored_values, unit_vectors
 
@@ -151,6 +152,29 @@ def test_swapped_item_rows_are_detected_and_repaired(tmp_path) -> None:
     live = [i for i in IDS if i not in ("doc-1", "doc-2")]
     with MultiVectorIndex.open(path) as index:
         assert sorted(index.ids) == sorted(live)
+
+
+def resealed(path: Path, item_id: str, row: object) -> str:
+    """SQL that moves ``item_id`` to ``row`` and recomputes its checksum, so only the place check can object."""
+    db = sqlite3.connect(path / "catalog.sqlite")
+    (segment,) = db.execute("SELECT segment FROM items WHERE id = ?", (item_id,)).fetchone()
+    db.close()
+    value = f"'{row}'" if isinstance(row, str) else str(row)
+    return f"UPDATE items SET row = {value}, crc = {row_check(item_id, segment, row)} WHERE id = '{item_id}'"
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [(25, "points at row 25"), (-1, "points at row -1"), (2, "points at row 2"), ("two", "fails its checksum")],
+    ids=["past-the-segment", "negative", "taken-by-another", "stored-as-text"],
+)
+def test_an_item_row_with_a_matching_checksum_but_a_wrong_place_is_detected(tmp_path, row, problem) -> None:
+    path = build(tmp_path / "idx")
+    edit_catalog(path, resealed(path, "doc-1", row))
+    with pytest.raises(IndexCorruptError, match=rf"catalog\.sqlite.*{problem}"):
+        MultiVectorIndex.open(path)
+    found = MultiVectorIndex.check(path)  # one item lost: doc-1, or doc-2 whose row it took
+    assert len(found) == 1 and found[0].ids in {("doc-1",), ("doc-2",)}, found
 
 
 def test_a_changed_segment_row_count_is_detected(tmp_path) -> None:
