@@ -5,7 +5,9 @@ reported as the median:
 
 * ``python -c pass``: the interpreter's own start, the floor of any command;
 * bare model load: ``load_model(MODEL)`` and nothing else, the floor of a cold search;
-* ``metaembed index info IDX``: needs no model;
+* ``metaembed index info IDX``: needs no model; also on an index of 100,000 items, where opening
+  reads and checks every catalog row (its vectors are small random stand-ins: opening reads the
+  catalog and maps the vector files, whose size it does not depend on);
 * cold ``metaembed search IDX "..."`` with the model's exported query encoder in the cache
   (``metaembed model export``; ``index build`` makes it too): imports, the ONNX query encoder's
   load (no transformers, no peft), one query encode, the search;
@@ -18,15 +20,13 @@ The model is the built-in one when it is installed, otherwise a stand-in of the 
 packaged MiniLM-L6 backbone with fresh Meta Tokens: same weights to load and the same encoder to
 run, untrained), said in the output. The collection is 60 generated text files.
 
-    python -m benchmarks.cli_latency [--repeats 5] [--out benchmarks/results]
+    python -m benchmarks.cli_latency [--repeats 5] [--out benchmarks/results] [--name cli_latency-{cpu}]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -35,6 +35,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from benchmarks.measure import write_results
+from benchmarks.scoring import cpu_class, cpu_description
+from metaembed import native
 
 QUERY = "which river flows past the old mill"
 
@@ -63,6 +67,22 @@ def _collection(folder: Path, files: int = 60) -> Path:
         )
         (folder / f"note-{number:03d}.txt").write_text(text)
     return folder
+
+
+def large_index(path: Path, metadata: dict, items: int = 100_000, segment: int = 25_000) -> Path:
+    """An index of ``items`` items with passage-sized payloads, in segments of ``segment`` items,
+    recording ``metadata`` (a built index's: its model and budgets)."""
+    import numpy as np
+
+    from metaembed.index import MultiVectorIndex
+
+    rng = np.random.default_rng(0)
+    with MultiVectorIndex.create(path, dim=8, num_vectors=4, metadata=metadata) as index:
+        for start in range(0, items, segment):
+            ids = [f"docs/library/page-{n // 40:05d}.html#passage-{n % 40}" for n in range(start, min(items, start + segment))]
+            payloads = [{"path": item.split("#")[0], "text": f"passage {item} " + "words " * 40} for item in ids]
+            index.add(ids, rng.standard_normal((len(ids), 4, 8)).astype(np.float32), payloads)
+    return path
 
 
 def _wall(argv: list[str], env: dict[str, str]) -> float:
@@ -101,7 +121,9 @@ def measure(repeats: int, work: Path) -> dict:
 
     model, model_note = _model(work)
     index = work / "notes.index"
-    build_index(model, _collection(work / "notes"), index, progress=False).index.close()
+    built = build_index(model, _collection(work / "notes"), index, progress=False).index
+    large = large_index(work / "large.index", built.metadata)
+    built.close()
     # exports go to this run's own cache, so that "with" and "without" are what they say
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                METAEMBED_QUERY_ENCODERS=str(work / "query-encoders"))
@@ -115,6 +137,7 @@ def measure(repeats: int, work: Path) -> dict:
         "python -c pass": [sys.executable, "-c", "pass"],
         "bare model load": load,
         "index info (no model)": _cli("index", "info", str(index)),
+        "index info, 100,000 items (no model)": _cli("index", "info", str(large)),
         "cold search (exported query encoder)": _cli("search", str(index), QUERY, "-k", "5"),
         "first search without an export (model load + export)": _cli("search", str(index), QUERY, "-k", "5"),
     }
@@ -144,8 +167,7 @@ def measure(repeats: int, work: Path) -> dict:
     return {
         "load_average_1min_at_end": os.getloadavg()[0],  # other jobs on the machine, which slow every row
         "model": model_note,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
-                   "(AMD EPYC Zen 3 class, AVX2, 2 cores)",
+        "machine": f"{cpu_description()}, {os.cpu_count()} logical CPUs",
         "repeats": repeats,
         "model_export_seconds": export_seconds,
         "seconds": {name: {"median": statistics.median(v), "min": min(v), "all": v} for name, v in times.items()},
@@ -165,15 +187,14 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="Fresh processes per command (median reported).")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder for cli_latency.json/.md.")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder for NAME.json/.md.")
+    parser.add_argument("--name", default="cli_latency-{cpu}",
+                        help="output stem; {cpu} becomes the CPU class and kernel ISA, e.g. zen3-avx2")
     args = parser.parse_args(argv)
+    name = args.name.replace("{cpu}", f"{cpu_class()}-{native.isa() or 'blas'}")
     with tempfile.TemporaryDirectory(prefix="metaembed-cli-latency-") as work:
         result = measure(args.repeats, Path(work))
-    table = markdown(result)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cli_latency.json").write_text(json.dumps(result, indent=2))
-    (args.out / "cli_latency.md").write_text(table + "\n")
+    write_results(args.out, name, result, markdown(result) + "\n")
 
 
 if __name__ == "__main__":
