@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from metaembed.errors import IndexCorruptError, IndexStateError
-from metaembed.index.checksum import row_check, item_rows_sound
+from metaembed.index.checksum import item_rows_sound, payload_rows_sound, row_check
 
 CATALOG_NAME = "catalog.sqlite"
 FORMAT_NAME = "metaembed-multivector-index"
@@ -96,6 +96,18 @@ def _by_segment(items: Iterable[tuple]) -> dict[str, tuple[list[str], np.ndarray
         ids.extend(run_ids)
         rows.extend(run_rows)
     return {segment: (ids, np.asarray(rows, dtype=np.int64)) for segment, (ids, rows) in grouped.items()}
+
+
+def _decoded_payloads(rows: list[tuple[str, str | None, Any]], checked: bool) -> list[tuple[str, Any]]:
+    """``(id, decoded payload)`` of ``(id, payload text, ...)`` rows.
+
+    ``checked`` (their checksums hold, so each text is one JSON value as it was written): one
+    parse for all of them. Otherwise (an old catalog without checksums) one parse each, so that
+    a damaged text cannot shift its neighbours.
+    """
+    texts = [payload for _, payload, _ in rows if payload is not None]
+    values = iter(json.loads(f"[{','.join(texts)}]") if checked else [json.loads(text) for text in texts])
+    return [(item_id, None if payload is None else next(values)) for item_id, payload, _ in rows]
 
 
 def _item_check(item_id: str, segment: str, row: int) -> int:
@@ -328,10 +340,12 @@ class Catalog:
             for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
                 chunk = list(ids[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                for item_id, payload, check in self._db.execute(f"{sql} WHERE id IN ({marks})", chunk):
-                    if not self.legacy and check != row_check(item_id, payload):
-                        raise self._corrupt(f"the payload of item {item_id!r} fails its checksum")
-                    found[item_id] = None if payload is None else json.loads(payload)
+                rows = self._db.execute(f"{sql} WHERE id IN ({marks})", chunk).fetchall()
+                if not self.legacy and not payload_rows_sound(rows):
+                    for item_id, payload, check in rows:
+                        if check != row_check(item_id, payload):
+                            raise self._corrupt(f"the payload of item {item_id!r} fails its checksum")
+                found.update(_decoded_payloads(rows, checked=not self.legacy))
         return found
 
     def integrity_problems(self) -> list[str]:

@@ -58,6 +58,17 @@ def item_rows_sound(rows: Iterable[tuple[object, object, object, object]], check
     )
 
 
+def payload_rows_sound(rows: Iterable[tuple[object, object, object]]) -> bool:
+    """Whether every catalog payload row ``(id, payload, check)`` has ``check == row_check(id, payload)``
+    (``payload`` a ``str`` or ``None``): the bulk form, for the payloads of a search's results."""
+    c32 = crc32c.crc32c
+    return all(
+        type(item_id) is str and (payload is None or type(payload) is str)
+        and check == c32(f"{item_id}\x1f{'' if payload is None else payload}".encode("utf-8", "surrogatepass"))
+        for item_id, payload, check in rows
+    )
+
+
 @dataclass
 class FileChecks:
     """Chunk checksums of one segment file: ``values[j, c]`` covers slab ``j``, rows ``[c * chunk_rows, ...)``."""
@@ -114,6 +125,7 @@ __all__ = [
     "crc",
     "row_check",
     "item_rows_sound",
+    "payload_rows_sound",
     "FileChecks",
     "ChunkHasher",
     "chunk_checksum",

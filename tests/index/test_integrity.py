@@ -295,6 +295,16 @@ def test_nan_in_an_index_of_the_previous_format_is_detected(tmp_path) -> None:
         index.add(["new"], VECTORS[:1])  # the upgrade refuses to checksum damaged data
 
 
+def test_a_payload_that_is_not_one_json_value_in_an_unchecked_catalog_is_an_error_not_a_shift(tmp_path) -> None:
+    path = build(tmp_path / "idx", "float16")
+    downgrade_to_format_2(path)  # no checksums: only the parse can notice
+    edit_catalog(path, "UPDATE items SET payload = '{\"n\": 7}, {\"n\": 8}' WHERE id = 'doc-7'")
+    with MultiVectorIndex.open(path) as index:
+        assert index.payloads(["doc-6", "doc-8"]) == {"doc-6": {"n": 6}, "doc-8": {"n": 8}}
+        with pytest.raises(IndexCorruptError, match="catalog"):
+            index.payloads(["doc-6", "doc-7", "doc-8"])
+
+
 def test_an_index_of_a_newer_format_says_what_to_do(tmp_path) -> None:
     path = build(tmp_path / "idx")
     edit_catalog(path, f"UPDATE config SET value = '{FORMAT_VERSION + 1}' WHERE key = 'format_version'")

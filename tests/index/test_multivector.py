@@ -116,6 +116,10 @@ def test_payloads_upsert_delete_and_ids(corpus) -> None:
         found = {r.id: r for r in index.search(vectors[40:41, :4], k=2, budget="4,8")[0]}
         assert set(found) == {"doc-5", "doc-40"} and found["doc-5"].payload == {"n": "moved"}
 
+        mixed = ["doc-7", "new", "doc-44", "doc-5", "missing", "doc-8"]  # payloads, none, unknown ids, in any order
+        assert index.payloads(mixed) == {"doc-7": {"n": 7}, "new": None, "doc-44": None, "doc-5": {"n": "moved"},
+                                         "doc-8": {"n": 8}}
+
         index.delete(["doc-40", "doc-0"])
         assert "doc-40" not in index and len(index) == 59
         assert index.search(vectors[40:41, :4], k=1, budget="4,8")[0][0].id == "doc-5"
