@@ -8,7 +8,7 @@ import torch
 from metaembed.errors import InputError
 from metaembed.model import MetaEmbedModel
 from metaembed.model.backbones import positions_from_mask
-from metaembed.model.backbones.encoder import FrozenStateCache
+from metaembed.model.backbones.encoder import FrozenStateCache, encoder_layer, unpadded_layers
 from metaembed.model.meta_tokens import last_valid_mask
 from metaembed.model.testing import tiny_model
 
@@ -42,6 +42,33 @@ def test_one_way_equals_the_masked_full_forward(one_way, side):
     valid = one_way.prepare(TEXTS, side)["attention_mask"].bool()
     torch.testing.assert_close(mine[slots], reference[slots], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mine[valid & ~slots], reference[valid & ~slots], atol=1e-5, rtol=1e-5)
+
+
+def test_the_unpadded_input_path_gives_the_padded_paths_states_and_gradients(one_way):
+    layers, width = one_way.backbone.encoder.layer, one_way.backbone.config.hidden_size
+    torch.manual_seed(0)
+    embeddings = torch.randn(3, 7, width)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 2, 5])[:, None]
+    runs = []
+    for unpadded in (False, True):
+        one_way.backbone.zero_grad()
+        given = embeddings.clone().requires_grad_(True)
+        if unpadded:
+            states = unpadded_layers(layers, given, mask)
+        else:
+            parts, hidden = [], given
+            for layer in layers:
+                hidden, key, value = encoder_layer(layer, hidden, mask, adapted=False)
+                parts += [key, value]
+            states = torch.stack(parts + [hidden])
+        weights = torch.linspace(-1, 1, states[:, mask].numel()).view(states[:, mask].shape)
+        (states[:, mask] * weights).sum().backward()  # gradients from the real tokens only
+        runs.append((states[:, mask].detach(), given.grad, layers[0].intermediate.dense.weight.grad.clone()))
+    (padded, padded_input_grad, padded_weight_grad), (mine, input_grad, weight_grad) = runs
+    torch.testing.assert_close(mine, padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(input_grad, padded_input_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weight_grad, padded_weight_grad, atol=1e-5, rtol=1e-5)
+    assert not unpadded_layers(layers, embeddings, mask)[:, ~mask].any()  # zeros at the padding
 
 
 def test_input_states_stay_the_pretrained_encoders_even_with_lora(one_way):

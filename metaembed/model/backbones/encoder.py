@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,40 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(batch, length, heads, width // heads).transpose(1, 2)
 
 
+def _project(layer: nn.Module, rows: torch.Tensor, adapted: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A BERT layer's query, key and value projections of ``rows`` ``(..., H)`` (any leading shape)."""
+    attention = layer.attention.self
+    return (_linear(attention.query, rows, adapted), _linear(attention.key, rows, adapted),
+            _linear(attention.value, rows, adapted))
+
+
+def _attend(layer: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of ``query`` ``(B, n, H)`` over ``key`` / ``value`` ``(B, m, H)`` where
+    ``mask`` ``(B, m)`` is true: ``(B, n, H)``."""
+    heads = layer.attention.self.num_attention_heads
+    attended = F.scaled_dot_product_attention(
+        _heads(query, heads), _heads(key, heads), _heads(value, heads), attn_mask=mask[:, None, None, :].bool(),
+        scale=1.0 / math.sqrt(query.shape[-1] // heads),
+    )
+    return attended.transpose(1, 2).reshape(query.shape)
+
+
+def _finish(layer: nn.Module, attended: torch.Tensor, rows: torch.Tensor, adapted: bool) -> torch.Tensor:
+    """The rest of a BERT layer after attention (row-wise, any leading shape): output projection,
+    residual and norm, feed-forward, residual and norm."""
+    output = layer.attention.output
+    hidden = output.LayerNorm(_linear(output.dense, attended, adapted) + rows)
+    intermediate = layer.intermediate.intermediate_act_fn(_linear(layer.intermediate.dense, hidden, adapted))
+    return layer.output.LayerNorm(_linear(layer.output.dense, intermediate, adapted) + hidden)
+
+
+def _padded(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(T, H)`` rows put at the true places of ``mask`` ``(B, L)`` (``T`` of them): ``(B, L, H)``, zeros elsewhere."""
+    out = tokens.new_zeros(*mask.shape, tokens.shape[-1])
+    out[mask] = tokens
+    return out
+
+
 def encoder_layer(
     layer: nn.Module,
     rows: torch.Tensor,
@@ -100,25 +134,33 @@ def encoder_layer(
     true). ``adapted`` applies LoRA adapters to the rows' own projections. Returns the rows'
     outputs ``(B, n, H)`` and their own keys and values ``(B, n, H)``.
     """
-    attention = layer.attention.self
-    heads = attention.num_attention_heads
-    own_key = _linear(attention.key, rows, adapted)
-    own_value = _linear(attention.value, rows, adapted)
-    query = _heads(_linear(attention.query, rows, adapted), heads)
+    query, own_key, own_value = _project(layer, rows, adapted)
     key, value, mask = own_key, own_value, row_mask
     if context is not None:
         key = torch.cat([context[0].to(own_key.dtype), own_key], dim=1)
         value = torch.cat([context[1].to(own_value.dtype), own_value], dim=1)
         mask = torch.cat([context_mask, row_mask], dim=1)
-    attended = F.scaled_dot_product_attention(
-        query, _heads(key, heads), _heads(value, heads), attn_mask=mask[:, None, None, :].bool(),
-        scale=1.0 / math.sqrt(query.shape[-1]),
-    )
-    attended = attended.transpose(1, 2).reshape(rows.shape)
-    output = layer.attention.output
-    hidden = output.LayerNorm(_linear(output.dense, attended, adapted) + rows)
-    intermediate = layer.intermediate.intermediate_act_fn(_linear(layer.intermediate.dense, hidden, adapted))
-    return layer.output.LayerNorm(_linear(layer.output.dense, intermediate, adapted) + hidden), own_key, own_value
+    return _finish(layer, _attend(layer, query, key, value, mask), rows, adapted), own_key, own_value
+
+
+def unpadded_layers(layers: Sequence[nn.Module], embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The base BERT layers over right-padded inputs, doing the row-wise work on real tokens only.
+
+    ``embeddings`` ``(B, L, H)``, ``mask`` ``(B, L)`` true at real tokens. The projections, norms
+    and feed-forward (most of a layer's cost) run on the ``T`` real tokens, not on ``B * L``
+    padded places (a batch of sorted passages pads to its longest: up to half of the places);
+    attention alone runs padded. Returns ``(2 * layers + 1, B, L, H)``: each layer's keys and
+    values, then the last layer's output, zeros at padding: :func:`encoder_layer`'s numbers at
+    the real tokens.
+    """
+    tokens, states = embeddings[mask], []
+    for layer in layers:
+        query, key, value = _project(layer, tokens, adapted=False)
+        key, value = _padded(key, mask), _padded(value, mask)
+        tokens = _finish(layer, _attend(layer, _padded(query, mask), key, value, mask)[mask], tokens, adapted=False)
+        states += [key, value]
+    states.append(_padded(tokens, mask))
+    return torch.stack(states)
 
 
 class OneWayQueryPath(nn.Module):
@@ -218,12 +260,7 @@ class BertAdapter(BackboneAdapter):
     def _input_states(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The frozen input path of right-padded inputs: ``(2 * layers + 1, B, L, H)``
         (each layer's keys and values, then the last layer's output)."""
-        states, hidden = [], embeddings
-        for layer in self._layers():
-            hidden, key, value = encoder_layer(layer, hidden, mask, adapted=False)
-            states += [key, value]
-        states.append(hidden)
-        return torch.stack(states)
+        return unpadded_layers(self._layers(), embeddings, mask)
 
     def _run_one_way(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         input_ids, attention_mask, slots = batch["input_ids"], batch["attention_mask"], batch["meta_slots"]
