@@ -48,12 +48,12 @@ def item_rows_sound(rows: Iterable[tuple[object, object, object, object]], check
     One pass with no per-row calls (100k rows in a fraction of :func:`row_check`'s time);
     the text it checksums is :func:`row_check`'s for these three fields.
     """
-    c32 = crc32c.crc32c
+    c32, sep = crc32c.crc32c, _SEPARATOR
     if not checked:
         return all(type(item_id) is str and type(segment) is str and type(row) is int for item_id, segment, row, _ in rows)
     return all(
         type(item_id) is str and type(segment) is str and type(row) is int
-        and check == c32(f"{item_id}\x1f{segment}\x1f{row}".encode("utf-8", "surrogatepass"))
+        and check == c32(f"{item_id}{sep}{segment}{sep}{row}".encode("utf-8", "surrogatepass"))
         for item_id, segment, row, check in rows
     )
 
@@ -61,10 +61,10 @@ def item_rows_sound(rows: Iterable[tuple[object, object, object, object]], check
 def payload_rows_sound(rows: Iterable[tuple[object, object, object]]) -> bool:
     """Whether every catalog payload row ``(id, payload, check)`` has ``check == row_check(id, payload)``
     (``payload`` a ``str`` or ``None``): the bulk form, for the payloads of a search's results."""
-    c32 = crc32c.crc32c
+    c32, sep = crc32c.crc32c, _SEPARATOR
     return all(
         type(item_id) is str and (payload is None or type(payload) is str)
-        and check == c32(f"{item_id}\x1f{'' if payload is None else payload}".encode("utf-8", "surrogatepass"))
+        and check == c32(f"{item_id}{sep}{'' if payload is None else payload}".encode("utf-8", "surrogatepass"))
         for item_id, payload, check in rows
     )
 
