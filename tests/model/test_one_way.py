@@ -8,7 +8,7 @@ import torch
 from metaembed.errors import InputError
 from metaembed.model import MetaEmbedModel
 from metaembed.model.backbones import positions_from_mask
-from metaembed.model.backbones.encoder import FrozenStateCache, encoder_layer, unpadded_layers
+from metaembed.model.backbones.encoder import FrozenStateCache, encoder_layer, shared_layers, unpadded_layers
 from metaembed.model.meta_tokens import last_valid_mask
 from metaembed.model.testing import tiny_model
 
@@ -69,6 +69,54 @@ def test_the_unpadded_input_path_gives_the_padded_paths_states_and_gradients(one
     torch.testing.assert_close(input_grad, padded_input_grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weight_grad, padded_weight_grad, atol=1e-5, rtol=1e-5)
     assert not unpadded_layers(layers, embeddings, mask)[:, ~mask].any()  # zeros at the padding
+
+
+def _run_both_ways(model: MetaEmbedModel, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``adapter.run`` of the same batch at inference (one pass per layer for both paths) and
+    with gradients on (the input path first, then the Meta Token path), and the places to compare."""
+    batch = model.prepare(TEXTS, side)
+    rows = model.meta_tokens.appended_rows(side, causal=False, one_way=True)
+    slots = last_valid_mask(batch["attention_mask"], rows.stop - rows.start)
+    with model.meta_tokens.injected(model.adapter.input_embeddings(), slots, rows):
+        with torch.no_grad():
+            shared = model.adapter.run({**batch, "meta_slots": slots})
+        apart = model.adapter.run({**batch, "meta_slots": slots}).detach()
+    return shared, apart, batch["attention_mask"].bool()
+
+
+@pytest.mark.parametrize("side", ["query", "candidate"])
+def test_inference_shares_each_weight_read_and_keeps_the_lora_numbers(one_way, side, monkeypatch):
+    from metaembed.model.backbones import encoder
+
+    calls = []
+    monkeypatch.setattr(encoder, "shared_layers", lambda *args: calls.append(1) or shared_layers(*args))
+    one_way.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # peft starts lora_B at zero: give the adapters something to add
+        for name, parameter in one_way.backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    one_way.eval()
+    shared, apart, valid = _run_both_ways(one_way, side)
+    assert calls == [1]  # the inference run took the shared pass, the other one the two paths
+    torch.testing.assert_close(shared[valid], apart[valid], atol=1e-5, rtol=1e-5)
+    plain = tiny_model("bert", num_query_tokens=2, num_candidate_tokens=3, meta_attention="one_way")
+    assert not torch.allclose(plain.encode_queries(TEXTS), one_way.encode_queries(TEXTS), atol=1e-3)
+
+
+def test_inference_runs_a_lora_kind_it_cannot_split_through_the_module_itself(one_way, monkeypatch):
+    from metaembed.model.backbones import encoder
+
+    one_way.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, parameter in one_way.backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    one_way.eval()
+    expected, _, valid = _run_both_ways(one_way, "candidate")
+    monkeypatch.setattr(encoder, "_lora_delta", lambda module, x: None)  # as for DoRA or merged adapters
+    fallback, apart, _ = _run_both_ways(one_way, "candidate")
+    torch.testing.assert_close(fallback[valid], expected[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fallback[valid], apart[valid], atol=1e-5, rtol=1e-5)
 
 
 def test_input_states_stay_the_pretrained_encoders_even_with_lora(one_way):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +74,52 @@ class FrozenStateCache:
         self._states[key] = states.detach().to(self.dtype).clone()
 
 
-def _linear(module: nn.Module, x: torch.Tensor, adapted: bool) -> torch.Tensor:
-    """``module(x)``; with ``adapted=False`` a peft LoRA layer's base layer only."""
-    return module(x) if adapted else getattr(module, "base_layer", module)(x)
+#: A linear layer's forward as a path computes it: ``(module, rows (..., H_in)) -> (..., H_out)``.
+Linear = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _adapted(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``: with its LoRA adapters, if any (the Meta Token rows)."""
+    return module(x)
+
+
+def _base(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A peft LoRA layer's base layer only (the input rows), else ``module(x)``."""
+    return getattr(module, "base_layer", module)(x)
+
+
+def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """What ``module``'s LoRA adapters add to its base layer's output of ``x`` (``0.0`` for a
+    plain layer), or ``None`` for a kind this does not reproduce (DoRA and other variants,
+    merged or disabled adapters: the caller then runs ``module(x)`` itself)."""
+    if not hasattr(module, "base_layer"):
+        return 0.0  # type: ignore[return-value]
+    if getattr(module, "merged", True) or getattr(module, "disable_adapters", True) or getattr(module, "lora_variant", None):
+        return None
+    delta = None
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        weight = module.lora_A[name].weight
+        part = module.lora_B[name](module.lora_A[name](module.lora_dropout[name](x.to(weight.dtype)))) * module.scaling[name]
+        delta = part if delta is None else delta + part
+    return 0.0 if delta is None else delta  # type: ignore[return-value]
+
+
+def _split_linear(split: int) -> Linear:
+    """One weight read for both paths (inference): the base layer on every row, the LoRA
+    adapters' part added to rows ``split:`` (the Meta Tokens) only."""
+
+    def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = _base(module, x)
+        delta = _lora_delta(module, x[split:])
+        if delta is None:
+            out[split:] = module(x[split:])
+        else:
+            out[split:] += delta
+        return out
+
+    return linear
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -84,11 +127,10 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(batch, length, heads, width // heads).transpose(1, 2)
 
 
-def _project(layer: nn.Module, rows: torch.Tensor, adapted: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _project(layer: nn.Module, rows: torch.Tensor, linear: Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A BERT layer's query, key and value projections of ``rows`` ``(..., H)`` (any leading shape)."""
     attention = layer.attention.self
-    return (_linear(attention.query, rows, adapted), _linear(attention.key, rows, adapted),
-            _linear(attention.value, rows, adapted))
+    return linear(attention.query, rows), linear(attention.key, rows), linear(attention.value, rows)
 
 
 def _attend(layer: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,13 +144,13 @@ def _attend(layer: nn.Module, query: torch.Tensor, key: torch.Tensor, value: tor
     return attended.transpose(1, 2).reshape(query.shape)
 
 
-def _finish(layer: nn.Module, attended: torch.Tensor, rows: torch.Tensor, adapted: bool) -> torch.Tensor:
+def _finish(layer: nn.Module, attended: torch.Tensor, rows: torch.Tensor, linear: Linear) -> torch.Tensor:
     """The rest of a BERT layer after attention (row-wise, any leading shape): output projection,
     residual and norm, feed-forward, residual and norm."""
     output = layer.attention.output
-    hidden = output.LayerNorm(_linear(output.dense, attended, adapted) + rows)
-    intermediate = layer.intermediate.intermediate_act_fn(_linear(layer.intermediate.dense, hidden, adapted))
-    return layer.output.LayerNorm(_linear(layer.output.dense, intermediate, adapted) + hidden)
+    hidden = output.LayerNorm(linear(output.dense, attended) + rows)
+    intermediate = layer.intermediate.intermediate_act_fn(linear(layer.intermediate.dense, hidden))
+    return layer.output.LayerNorm(linear(layer.output.dense, intermediate) + hidden)
 
 
 def _padded(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,13 +176,14 @@ def encoder_layer(
     true). ``adapted`` applies LoRA adapters to the rows' own projections. Returns the rows'
     outputs ``(B, n, H)`` and their own keys and values ``(B, n, H)``.
     """
-    query, own_key, own_value = _project(layer, rows, adapted)
+    linear = _adapted if adapted else _base
+    query, own_key, own_value = _project(layer, rows, linear)
     key, value, mask = own_key, own_value, row_mask
     if context is not None:
         key = torch.cat([context[0].to(own_key.dtype), own_key], dim=1)
         value = torch.cat([context[1].to(own_value.dtype), own_value], dim=1)
         mask = torch.cat([context_mask, row_mask], dim=1)
-    return _finish(layer, _attend(layer, query, key, value, mask), rows, adapted), own_key, own_value
+    return _finish(layer, _attend(layer, query, key, value, mask), rows, linear), own_key, own_value
 
 
 def unpadded_layers(layers: Sequence[nn.Module], embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -155,12 +198,42 @@ def unpadded_layers(layers: Sequence[nn.Module], embeddings: torch.Tensor, mask:
     """
     tokens, states = embeddings[mask], []
     for layer in layers:
-        query, key, value = _project(layer, tokens, adapted=False)
+        query, key, value = _project(layer, tokens, _base)
         key, value = _padded(key, mask), _padded(value, mask)
-        tokens = _finish(layer, _attend(layer, _padded(query, mask), key, value, mask)[mask], tokens, adapted=False)
+        tokens = _finish(layer, _attend(layer, _padded(query, mask), key, value, mask)[mask], tokens, _base)
         states += [key, value]
     states.append(_padded(tokens, mask))
     return torch.stack(states)
+
+
+def shared_layers(
+    layers: Sequence[nn.Module], tokens: torch.Tensor, mask: torch.Tensor, meta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both paths of one-way attention in one pass per layer, for inference (no gradients).
+
+    ``tokens`` ``(T, H)`` are the input's real tokens, the true places of ``mask`` ``(B, L)`` in
+    row-major order; ``meta`` ``(B, R, H)`` the Meta Token rows. Each linear layer reads its
+    weight once for both: its base weight on all ``T + B * R`` rows, the LoRA adapters' low-rank
+    part added on the Meta Token rows (at batch 1 the weight reads, not the arithmetic, are most
+    of a layer's time, so two paths that each read every weight cost nearly twice one).
+    Attention stays apart: the input over the input, the Meta Tokens over the input and each
+    other. Returns the last layer's ``(T, H)`` input states and ``(B, R, H)`` Meta Token states:
+    :func:`unpadded_layers` and :func:`encoder_layer`'s numbers.
+    """
+    size, count, width = meta.shape
+    split = tokens.shape[0]
+    linear = _split_linear(split)
+    both = torch.cat([mask, mask.new_ones(size, count)], dim=1)
+    rows = torch.cat([tokens, meta.reshape(-1, width)])
+    for layer in layers:
+        query, key, value = _project(layer, rows, linear)
+        input_key, input_value = _padded(key[:split], mask), _padded(value[:split], mask)
+        attended = _attend(layer, _padded(query[:split], mask), input_key, input_value, mask)[mask]
+        meta_key = torch.cat([input_key, key[split:].view(size, count, width)], dim=1)
+        meta_value = torch.cat([input_value, value[split:].view(size, count, width)], dim=1)
+        meta_attended = _attend(layer, query[split:].view(size, count, width), meta_key, meta_value, both)
+        rows = _finish(layer, torch.cat([attended, meta_attended.reshape(-1, width)]), rows, linear)
+    return rows[:split], rows[split:].view(size, count, width)
 
 
 class OneWayQueryPath(nn.Module):
@@ -276,6 +349,9 @@ class BertAdapter(BackboneAdapter):
         lengths = content.sum(dim=1)
         longest = int(lengths.max())
         packed_mask = torch.arange(longest, device=input_ids.device)[None, :] < lengths[:, None]
+        if not torch.is_grad_enabled() and self.state_cache is None:  # inference: both paths share each weight read
+            tokens, meta = shared_layers(self._layers(), embeddings[content], packed_mask, meta)
+            return self._placed(embeddings, content, tokens, slots, meta)
         # the input path is fixed when no gradient can reach its (base) weights
         frozen = not torch.is_grad_enabled() or not any(
             p.requires_grad for n, p in self.backbone.named_parameters() if "lora_" not in n
@@ -285,9 +361,16 @@ class BertAdapter(BackboneAdapter):
         for index, layer in enumerate(self._layers()):
             context = (states[2 * index], states[2 * index + 1])
             meta, _, _ = encoder_layer(layer, meta, meta_mask, adapted=True, context=context, context_mask=packed_mask)
-        # (B, L, H): the input's last-layer states at the input positions, the Meta Tokens' at the slots
-        hidden = embeddings.new_zeros(embeddings.shape[0], embeddings.shape[1], width, dtype=meta.dtype)
-        hidden = hidden.masked_scatter(content.unsqueeze(-1), states[-1][packed_mask].to(meta.dtype))
+        return self._placed(embeddings, content, states[-1][packed_mask].to(meta.dtype), slots, meta)
+
+    @staticmethod
+    def _placed(
+        embeddings: torch.Tensor, content: torch.Tensor, tokens: torch.Tensor, slots: torch.Tensor, meta: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, L, H)``: the input's last-layer states ``tokens`` ``(T, H)`` at the true places of
+        ``content``, the Meta Tokens' ``meta`` ``(B, R, H)`` at the ``slots``, zeros elsewhere."""
+        hidden = embeddings.new_zeros(embeddings.shape[0], embeddings.shape[1], embeddings.shape[-1], dtype=meta.dtype)
+        hidden = hidden.masked_scatter(content.unsqueeze(-1), tokens.to(meta.dtype))
         return hidden.masked_scatter(slots.unsqueeze(-1), meta)
 
     def _packed_states(
@@ -326,4 +409,4 @@ def lengths_of(mask: torch.Tensor, row: int) -> int:
     return int(mask[row].sum())
 
 
-__all__ = ["BertAdapter", "FrozenStateCache", "OneWayQueryPath", "encoder_layer"]
+__all__ = ["BertAdapter", "FrozenStateCache", "OneWayQueryPath", "encoder_layer", "shared_layers", "unpadded_layers"]
