@@ -28,7 +28,9 @@ content (:meth:`BertAdapter.cache_frozen_states`): every later pass over the
 same text, in any training step and for any model sharing the cache, runs only
 the few Meta Token rows. Dropout is not applied on either path (the input path
 is the frozen encoder in evaluation mode; the Meta Token path trains through
-its LoRA dropout).
+its LoRA dropout). At inference with no state cache, :func:`shared_layers` runs the two paths in
+one pass per layer instead, each linear layer reading its weight once for both (the same numbers,
+which a test checks): at batch 1 that halves the weight reads that dominate a layer.
 
 The same two paths, for a query and without the batch bookkeeping, are
 :class:`OneWayQueryPath`: one traceable graph from token ids to the query
