@@ -91,11 +91,9 @@ def _base(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """What ``module``'s LoRA adapters add to its base layer's output of ``x`` (``0.0`` for a
-    plain layer), or ``None`` for a kind this does not reproduce (DoRA and other variants,
-    merged or disabled adapters: the caller then runs ``module(x)`` itself)."""
-    if not hasattr(module, "base_layer"):
-        return 0.0  # type: ignore[return-value]
+    """What peft LoRA layer ``module``'s adapters add to its base layer's output of ``x``, or
+    ``None`` for a kind this does not reproduce (DoRA and other variants, merged or disabled
+    adapters: the caller then runs ``module(x)`` itself)."""
     if getattr(module, "merged", True) or getattr(module, "disable_adapters", True) or getattr(module, "lora_variant", None):
         return None
     delta = None
@@ -105,7 +103,7 @@ def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         weight = module.lora_A[name].weight
         part = module.lora_B[name](module.lora_A[name](module.lora_dropout[name](x.to(weight.dtype)))) * module.scaling[name]
         delta = part if delta is None else delta + part
-    return 0.0 if delta is None else delta  # type: ignore[return-value]
+    return delta  # None when no adapter is active: the caller runs the module
 
 
 def _split_linear(split: int) -> Linear:
@@ -114,6 +112,8 @@ def _split_linear(split: int) -> Linear:
 
     def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = _base(module, x)
+        if not hasattr(module, "base_layer"):  # a plain layer: nothing to add
+            return out
         delta = _lora_delta(module, x[split:])
         if delta is None:
             out[split:] = module(x[split:])
